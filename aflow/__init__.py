@@ -1,0 +1,1 @@
+"""aflow: an async-native workflow orchestrator with Airflow's vocabulary."""

@@ -1,0 +1,305 @@
+"""BaseOperator: the unit of work in a DAG, with Airflow's arguments and `>>` dependencies."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from aflow.authoring.dag import DAG, current_dag, validate_id
+from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
+from aflow.states import TriggerRule
+
+if TYPE_CHECKING:
+    from aflow.authoring.xcom_arg import XComArg
+
+RunIn = Literal["auto", "loop", "thread", "process"]
+_RUN_IN = ("auto", "loop", "thread", "process")
+
+DEFAULT_RETRY_DELAY = timedelta(seconds=300)
+DEFAULT_MAX_RETRY_DELAY = timedelta(hours=24)
+
+Callback = Callable[[dict[str, Any]], Any]
+
+
+def _init_param_names(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        init = getattr(init, "__wrapped__", init)
+        for name, p in inspect.signature(init).parameters.items():
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self":
+                names.add(name)
+    return names
+
+
+class BaseOperator:
+    """Base of every operator. Subclasses implement `execute(context)`, sync or async.
+
+    Arguments missing from a task's constructor are taken from its DAG's `default_args`.
+    """
+
+    template_fields: Sequence[str] = ()
+    template_ext: Sequence[str] = ()
+    ui_color: str = "#ffffff"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _apply_default_args(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        dag: DAG | None = None,
+        owner: str = "aflow",
+        retries: int | None = 0,
+        retry_delay: timedelta | float = DEFAULT_RETRY_DELAY,
+        retry_exponential_backoff: bool = False,
+        max_retry_delay: timedelta | float | None = None,
+        execution_timeout: timedelta | float | None = None,
+        trigger_rule: str | TriggerRule = TriggerRule.ALL_SUCCESS,
+        pool: str = "default_pool",
+        pool_slots: int = 1,
+        priority_weight: int = 1,
+        on_success_callback: Callback | list[Callback] | None = None,
+        on_failure_callback: Callback | list[Callback] | None = None,
+        on_retry_callback: Callback | list[Callback] | None = None,
+        on_execute_callback: Callback | list[Callback] | None = None,
+        run_in: RunIn = "auto",
+        do_xcom_push: bool = True,
+        params: dict[str, Any] | None = None,
+        doc_md: str | None = None,
+        email: str | list[str] | None = None,
+        depends_on_past: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise DagDefinitionError(
+                f"invalid arguments were passed to {type(self).__name__} "
+                f"(task_id {task_id!r}): {', '.join(sorted(kwargs))}"
+            )
+        self.task_id = validate_id("task_id", task_id)
+        self.owner = owner
+        self.retries = int(retries or 0)
+        if self.retries < 0:
+            raise DagDefinitionError(f"task {task_id!r}: retries must be >= 0")
+        self.retry_delay = _as_timedelta(retry_delay)
+        self.retry_exponential_backoff = retry_exponential_backoff
+        self.max_retry_delay = (
+            _as_timedelta(max_retry_delay) if max_retry_delay is not None else None
+        )
+        self.execution_timeout = (
+            _as_timedelta(execution_timeout) if execution_timeout is not None else None
+        )
+        try:
+            self.trigger_rule = TriggerRule(trigger_rule)
+        except ValueError:
+            raise DagDefinitionError(
+                f"task {task_id!r}: unknown trigger_rule {trigger_rule!r}; "
+                f"use one of {', '.join(r.value for r in TriggerRule)}"
+            ) from None
+        if run_in not in _RUN_IN:
+            raise DagDefinitionError(f"task {task_id!r}: run_in must be one of {_RUN_IN}")
+        self.run_in: RunIn = run_in
+        self.pool = pool
+        self.pool_slots = pool_slots
+        self.priority_weight = priority_weight
+        self.on_success_callback = _as_list(on_success_callback)
+        self.on_failure_callback = _as_list(on_failure_callback)
+        self.on_retry_callback = _as_list(on_retry_callback)
+        self.on_execute_callback = _as_list(on_execute_callback)
+        self.do_xcom_push = do_xcom_push
+        self.params = dict(params or {})
+        self.doc_md = doc_md
+        self.email = email
+        self.depends_on_past = depends_on_past
+        self.upstream_task_ids: set[str] = set()
+        self.downstream_task_ids: set[str] = set()
+        self.dag: DAG | None = None
+        the_dag = dag or current_dag()
+        if the_dag is not None:
+            self._attach(the_dag)
+
+    # -- DAG membership --------------------------------------------------
+    def _attach(self, dag: DAG) -> None:
+        if self.dag is not None and self.dag is not dag:
+            raise TaskAlreadyInDagError(
+                f"task {self.task_id!r} is already in DAG {self.dag.dag_id!r} "
+                f"and cannot be added to DAG {dag.dag_id!r}"
+            )
+        dag.add_task(self)
+        self.dag = dag
+
+    def _after_init(self) -> None:
+        """Once fully constructed: XComArgs in templated fields make upstream dependencies."""
+        from aflow.authoring.xcom_arg import iter_xcom_args
+
+        for name in self.template_fields:
+            for arg in iter_xcom_args(getattr(self, name, None)):
+                arg.operator.set_downstream(self)
+
+    # -- execution ---------------------------------------------------------
+    def execute(self, context: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement execute(context)")
+
+    def is_async(self) -> bool:
+        """True when `execute` is a coroutine function and so runs on the event loop."""
+        return inspect.iscoroutinefunction(self.execute)
+
+    def prepare_for_run(self) -> BaseOperator:
+        """A shallow copy for one try, so rendering templates never touches the DAG's task."""
+        return copy.copy(self)
+
+    # -- dependencies ------------------------------------------------------
+    def set_downstream(self, other: TaskLike | Iterable[TaskLike]) -> None:
+        for task in _tasks_of(other):
+            self._link(task)
+
+    def set_upstream(self, other: TaskLike | Iterable[TaskLike]) -> None:
+        for task in _tasks_of(other):
+            task._link(self)
+
+    def _link(self, downstream: BaseOperator) -> None:
+        if downstream is self:
+            raise DagDefinitionError(f"task {self.task_id!r} cannot depend on itself")
+        dag = self.dag or downstream.dag
+        if dag is None:
+            raise DagDefinitionError(
+                f"cannot link {self.task_id!r} >> {downstream.task_id!r}: neither is in a DAG"
+            )
+        if self.dag is None:
+            self._attach(dag)
+        if downstream.dag is None:
+            downstream._attach(dag)
+        if self.dag is not downstream.dag:
+            assert self.dag is not None and downstream.dag is not None
+            raise DagDefinitionError(
+                f"tasks {self.task_id!r} (DAG {self.dag.dag_id!r}) and {downstream.task_id!r} "
+                f"(DAG {downstream.dag.dag_id!r}) are in different DAGs"
+            )
+        self.downstream_task_ids.add(downstream.task_id)
+        downstream.upstream_task_ids.add(self.task_id)
+
+    def __rshift__(self, other: Any) -> Any:
+        self.set_downstream(other)
+        return other
+
+    def __lshift__(self, other: Any) -> Any:
+        self.set_upstream(other)
+        return other
+
+    def __rrshift__(self, other: Any) -> BaseOperator:
+        self.set_upstream(other)
+        return self
+
+    def __rlshift__(self, other: Any) -> BaseOperator:
+        self.set_downstream(other)
+        return self
+
+    @property
+    def upstream_list(self) -> list[BaseOperator]:
+        assert self.dag is not None
+        return [self.dag.task_dict[t] for t in sorted(self.upstream_task_ids)]
+
+    @property
+    def downstream_list(self) -> list[BaseOperator]:
+        assert self.dag is not None
+        return [self.dag.task_dict[t] for t in sorted(self.downstream_task_ids)]
+
+    @property
+    def output(self) -> XComArg:
+        """This task's return value, as an XComArg usable by other tasks."""
+        from aflow.authoring.xcom_arg import XComArg
+
+        return XComArg(self)
+
+    @property
+    def dag_id(self) -> str | None:
+        return self.dag.dag_id if self.dag else None
+
+    def __repr__(self) -> str:
+        return f"<Task({type(self).__name__}): {self.task_id}>"
+
+
+TaskLike = BaseOperator  # plus XComArg; resolved in _tasks_of
+
+
+def _tasks_of(other: Any) -> list[BaseOperator]:
+    from aflow.authoring.xcom_arg import XComArg
+
+    if isinstance(other, BaseOperator):
+        return [other]
+    if isinstance(other, XComArg):
+        return [other.operator]
+    if isinstance(other, Iterable) and not isinstance(other, str | bytes):
+        out: list[BaseOperator] = []
+        for item in other:
+            out.extend(_tasks_of(item))
+        return out
+    raise DagDefinitionError(f"cannot set a dependency on {other!r}: not a task")
+
+
+def chain(*items: Any) -> None:
+    """`chain(a, b, [c, d], e)`: a >> b >> [c, d] >> e; two adjacent lists are paired up."""
+    for left, right in zip(items, items[1:], strict=False):
+        left_list = isinstance(left, list | tuple)
+        right_list = isinstance(right, list | tuple)
+        if left_list and right_list:
+            if len(left) != len(right):
+                raise DagDefinitionError(
+                    f"chain: adjacent lists must have the same length ({len(left)} != {len(right)})"
+                )
+            for a, b in zip(left, right, strict=True):
+                for ta in _tasks_of(a):
+                    ta.set_downstream(b)
+        else:
+            for ta in _tasks_of(left):
+                ta.set_downstream(right)
+
+
+def _as_timedelta(value: timedelta | float) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
+
+
+def _as_list(cb: Callback | list[Callback] | None) -> list[Callback]:
+    if cb is None:
+        return []
+    return list(cb) if isinstance(cb, list | tuple) else [cb]
+
+
+def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap an operator's __init__ so that the DAG's default_args fill missing arguments."""
+
+    @functools.wraps(init)
+    def wrapper(self: BaseOperator, *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "_aflow_init_depth", 0) == 0:
+            dag = kwargs.get("dag") or current_dag()
+            defaults = dict(dag.default_args) if dag is not None else {}
+            explicit = kwargs.pop("default_args", None)
+            if explicit:
+                defaults.update(explicit)
+            if defaults:
+                accepted = _init_param_names(type(self))
+                for key, value in defaults.items():
+                    if key in accepted and key not in kwargs:
+                        kwargs[key] = value
+        self._aflow_init_depth = getattr(self, "_aflow_init_depth", 0) + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self._aflow_init_depth -= 1
+        if self._aflow_init_depth == 0:
+            del self._aflow_init_depth
+            self._after_init()
+
+    return wrapper
+
+
+BaseOperator.__init__ = _apply_default_args(BaseOperator.__init__)  # type: ignore[method-assign]

@@ -1,0 +1,298 @@
+"""DAG: a named graph of tasks with a schedule, as Airflow users write it."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from aflow.authoring.params import ParamsDict
+from aflow.exceptions import CycleError, DagDefinitionError, DuplicateTaskIdError
+
+if TYPE_CHECKING:
+    from aflow.authoring.baseoperator import BaseOperator
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+_dag_context: contextvars.ContextVar[list[DAG]] = contextvars.ContextVar("aflow_dag_stack")
+
+ScheduleArg = str | timedelta | None
+
+
+def validate_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 250 or not _ID_RE.match(value):
+        raise DagDefinitionError(
+            f"invalid {kind} {value!r}: use 1-250 letters, digits, '_', '-' or '.'"
+        )
+    return value
+
+
+def current_dag() -> DAG | None:
+    stack = _dag_context.get(None)
+    return stack[-1] if stack else None
+
+
+class DAG:
+    """A workflow. Use as a context manager so tasks created inside join it."""
+
+    def __init__(
+        self,
+        dag_id: str,
+        *,
+        schedule: ScheduleArg = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        catchup: bool = False,
+        default_args: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        description: str | None = None,
+        doc_md: str | None = None,
+        max_active_runs: int = 16,
+        max_active_tasks: int = 16,
+        dagrun_timeout: timedelta | None = None,
+        on_success_callback: Callable[[dict[str, Any]], Any] | None = None,
+        on_failure_callback: Callable[[dict[str, Any]], Any] | None = None,
+        user_defined_macros: dict[str, Any] | None = None,
+        user_defined_filters: dict[str, Callable[..., Any]] | None = None,
+        template_searchpath: str | list[str] | None = None,
+        render_template_as_native_obj: bool = False,
+        is_paused_upon_creation: bool | None = None,
+    ) -> None:
+        self.dag_id = validate_id("dag_id", dag_id)
+        if start_date is not None and start_date.tzinfo is None:
+            raise DagDefinitionError(
+                f"DAG {dag_id!r}: start_date {start_date} must be timezone-aware "
+                "(use e.g. datetime(2024, 1, 1, tzinfo=timezone.utc))"
+            )
+        self.schedule = schedule
+        self.start_date = start_date
+        self.end_date = end_date
+        self.catchup = catchup
+        self.default_args: dict[str, Any] = dict(default_args or {})
+        self.params = ParamsDict(params or {})
+        self.tags = sorted(set(tags or ()))
+        self.description = description
+        self.doc_md = doc_md
+        self.max_active_runs = max_active_runs
+        self.max_active_tasks = max_active_tasks
+        self.dagrun_timeout = dagrun_timeout
+        self.on_success_callback = on_success_callback
+        self.on_failure_callback = on_failure_callback
+        self.user_defined_macros = dict(user_defined_macros or {})
+        self.user_defined_filters = dict(user_defined_filters or {})
+        if isinstance(template_searchpath, str):
+            template_searchpath = [template_searchpath]
+        self.template_searchpath = list(template_searchpath or [])
+        self.render_template_as_native_obj = render_template_as_native_obj
+        self.is_paused_upon_creation = is_paused_upon_creation
+        self.fileloc: str | None = _caller_file()
+        self.task_dict: dict[str, BaseOperator] = {}
+        self._token: contextvars.Token[list[DAG]] | None = None
+
+    # -- context manager -------------------------------------------------
+    def __enter__(self) -> DAG:
+        stack = list(_dag_context.get([]))
+        stack.append(self)
+        self._token = _dag_context.set(stack)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _dag_context.reset(self._token)
+        self._token = None
+
+    # -- tasks -------------------------------------------------------------
+    @property
+    def tasks(self) -> list[BaseOperator]:
+        return list(self.task_dict.values())
+
+    @property
+    def task_ids(self) -> list[str]:
+        return list(self.task_dict)
+
+    def add_task(self, task: BaseOperator) -> None:
+        if task.task_id in self.task_dict and self.task_dict[task.task_id] is not task:
+            raise DuplicateTaskIdError(
+                f"DAG {self.dag_id!r}: task_id {task.task_id!r} is used by more than one task"
+            )
+        self.task_dict[task.task_id] = task
+
+    def get_task(self, task_id: str) -> BaseOperator:
+        from aflow.exceptions import TaskNotFound
+
+        try:
+            return self.task_dict[task_id]
+        except KeyError:
+            raise TaskNotFound(f"DAG {self.dag_id!r} has no task {task_id!r}") from None
+
+    def has_task(self, task_id: str) -> bool:
+        return task_id in self.task_dict
+
+    @property
+    def roots(self) -> list[BaseOperator]:
+        return [t for t in self.task_dict.values() if not t.upstream_task_ids]
+
+    @property
+    def leaves(self) -> list[BaseOperator]:
+        return [t for t in self.task_dict.values() if not t.downstream_task_ids]
+
+    def topological_order(self) -> list[BaseOperator]:
+        """Tasks in an order where each comes after its upstream; raises CycleError."""
+        indegree = {tid: len(t.upstream_task_ids) for tid, t in self.task_dict.items()}
+        ready = [tid for tid, n in indegree.items() if n == 0]
+        order: list[BaseOperator] = []
+        while ready:
+            tid = ready.pop()
+            task = self.task_dict[tid]
+            order.append(task)
+            for down in task.downstream_task_ids:
+                indegree[down] -= 1
+                if indegree[down] == 0:
+                    ready.append(down)
+        if len(order) != len(self.task_dict):
+            stuck = sorted(tid for tid, n in indegree.items() if n > 0)
+            cycle = _find_cycle(self, set(stuck))
+            raise CycleError(
+                f"DAG {self.dag_id!r} has a cycle: {' >> '.join(cycle)}"
+                if cycle
+                else f"DAG {self.dag_id!r} has a cycle among {stuck}"
+            )
+        return order
+
+    def validate(self) -> None:
+        """Check the whole DAG: every dependency names a task of this DAG, no cycle."""
+        for task in self.task_dict.values():
+            for other in task.upstream_task_ids | task.downstream_task_ids:
+                if other not in self.task_dict:
+                    raise DagDefinitionError(
+                        f"DAG {self.dag_id!r}: task {task.task_id!r} depends on "
+                        f"{other!r}, which is not in this DAG"
+                    )
+        self.topological_order()
+        if self.schedule is not None:
+            from aflow.runtime.timetable import timetable_for
+
+            timetable_for(self)  # raises on an invalid schedule
+
+    def structure(self) -> dict[str, Any]:
+        """A JSON-ready description of the DAG, stored for the UI and other hosts."""
+        return {
+            "dag_id": self.dag_id,
+            "schedule": _schedule_repr(self.schedule),
+            "description": self.description,
+            "tags": self.tags,
+            "max_active_runs": self.max_active_runs,
+            "max_active_tasks": self.max_active_tasks,
+            "params": self.params.describe(),
+            "tasks": [
+                {
+                    "task_id": t.task_id,
+                    "operator": type(t).__name__,
+                    "trigger_rule": str(t.trigger_rule),
+                    "retries": t.retries,
+                    "upstream": sorted(t.upstream_task_ids),
+                    "downstream": sorted(t.downstream_task_ids),
+                    "ui_color": t.ui_color,
+                }
+                for t in self.topological_order()
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return f"<DAG {self.dag_id}>"
+
+
+def _schedule_repr(schedule: ScheduleArg) -> str | None:
+    if schedule is None:
+        return None
+    if isinstance(schedule, timedelta):
+        return f"every {schedule}"
+    return str(schedule)
+
+
+def _find_cycle(dag: DAG, candidates: set[str]) -> list[str]:
+    """One concrete cycle among `candidates`, as a list of task ids closing on itself."""
+    visiting: list[str] = []
+    on_path: set[str] = set()
+    done: set[str] = set()
+
+    def walk(tid: str) -> list[str] | None:
+        visiting.append(tid)
+        on_path.add(tid)
+        for down in sorted(dag.task_dict[tid].downstream_task_ids & candidates):
+            if down in on_path:
+                return visiting[visiting.index(down) :] + [down]
+            if down not in done:
+                found = walk(down)
+                if found:
+                    return found
+        visiting.pop()
+        on_path.discard(tid)
+        done.add(tid)
+        return None
+
+    for start in sorted(candidates):
+        if start not in done:
+            found = walk(start)
+            if found:
+                return found
+    return []
+
+
+def _caller_file() -> str | None:
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if "aflow/authoring" not in filename.replace("\\", "/"):
+                return filename
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def dag(
+    dag_id: str | None = None, **dag_kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., DAG]]:
+    """TaskFlow: `@dag(schedule=..., start_date=...)` turns a function into a DAG factory.
+
+    The function's keyword arguments with defaults become the DAG's params.
+    """
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., DAG]:
+        @functools.wraps(fn)
+        def factory(*args: Any, **kwargs: Any) -> DAG:
+            sig = inspect.signature(fn)
+            params = dict(dag_kwargs.pop("params", None) or {})
+            for name, p in sig.parameters.items():
+                if p.default is not inspect.Parameter.empty and name not in params:
+                    params[name] = p.default
+            the_dag = DAG(dag_id or fn.__name__, params=params, **dag_kwargs)
+            the_dag.fileloc = inspect.getsourcefile(fn) or the_dag.fileloc
+            if fn.__doc__ and not the_dag.doc_md:
+                the_dag.doc_md = inspect.cleandoc(fn.__doc__)
+            with the_dag:
+                bound = sig.bind_partial(*args, **kwargs)
+                call_kwargs = {}
+                for name, p in sig.parameters.items():
+                    if name in bound.arguments:
+                        call_kwargs[name] = bound.arguments[name]
+                    elif p.default is not inspect.Parameter.empty:
+                        from aflow.authoring.xcom_arg import ParamRef
+
+                        call_kwargs[name] = ParamRef(name)
+                fn(**call_kwargs)
+            return the_dag
+
+        return factory
+
+    if callable(dag_id):  # used as bare @dag
+        fn, dag_id = dag_id, None
+        return decorator(fn)  # type: ignore[return-value]
+    return decorator

@@ -1,0 +1,152 @@
+"""TaskFlow: `@task`, `@task.bash` turn functions into tasks; calling one inside a DAG
+adds the task and returns an XComArg, so passing it to another task makes the dependency."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from aflow.authoring.baseoperator import BaseOperator
+from aflow.authoring.dag import current_dag
+from aflow.authoring.operators.bash import BashOperator
+from aflow.authoring.operators.python import PythonOperator, context_kwargs
+from aflow.authoring.templating import jinja_env, render_value
+from aflow.authoring.xcom_arg import XComArg
+from aflow.exceptions import DagDefinitionError, XComValueError
+
+
+class _PythonDecoratedOperator(PythonOperator):
+    def __init__(self, *, multiple_outputs: bool = False, **kwargs: Any) -> None:
+        self.multiple_outputs = multiple_outputs
+        super().__init__(**kwargs)
+
+    def execute(self, context: dict[str, Any]) -> Any:
+        result = super().execute(context)
+        if inspect.isawaitable(result):
+
+            async def finish() -> Any:
+                return self._push_outputs(await result, context)
+
+            return finish()
+        return self._push_outputs(result, context)
+
+    def _push_outputs(self, value: Any, context: dict[str, Any]) -> Any:
+        if self.multiple_outputs and value is not None:
+            if not isinstance(value, Mapping):
+                raise XComValueError(
+                    f"task {self.task_id!r} has multiple_outputs=True but returned "
+                    f"{type(value).__name__}, not a dict"
+                )
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise XComValueError(f"multiple_outputs keys must be strings, got {key!r}")
+                context["ti"].xcom_push(key=key, value=item)
+        return value
+
+
+class _BashDecoratedOperator(BashOperator):
+    """`@task.bash`: the function returns the command, which is then rendered and run."""
+
+    template_fields: Sequence[str] = ("op_args", "op_kwargs", "env", "cwd")
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable[..., str],
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.python_callable = python_callable
+        self.op_args = list(op_args or [])
+        self.op_kwargs = dict(op_kwargs or {})
+        super().__init__(bash_command="", **kwargs)
+
+    async def execute(self, context: dict[str, Any]) -> str | None:
+        kwargs = context_kwargs(self.python_callable, self.op_args, self.op_kwargs, context)
+        command = self.python_callable(*self.op_args, **kwargs)
+        if inspect.isawaitable(command):
+            command = await command
+        if not isinstance(command, str) or not command.strip():
+            raise DagDefinitionError(
+                f"@task.bash function {self.task_id!r} must return a non-empty command string, "
+                f"got {command!r}"
+            )
+        self.bash_command = render_value(command, context, jinja_env(self.dag))
+        return await super().execute(context)
+
+
+class DecoratedTask:
+    """What `@task` returns: call it inside a DAG to add a task and get its XComArg."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        operator_class: type[BaseOperator],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.function = function
+        self.operator_class = operator_class
+        self.kwargs = kwargs
+        functools.update_wrapper(self, function)
+
+    def override(self, **kwargs: Any) -> DecoratedTask:
+        return DecoratedTask(self.function, self.operator_class, {**self.kwargs, **kwargs})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+        op_kwargs = dict(self.kwargs)
+        task_id = op_kwargs.pop("task_id", None) or self.function.__name__
+        dag = op_kwargs.get("dag") or current_dag()
+        if dag is not None and "task_id" not in self.kwargs:
+            task_id = _unique_task_id(dag.task_ids, task_id)
+        if self.function.__doc__ and "doc_md" not in op_kwargs:
+            op_kwargs["doc_md"] = inspect.cleandoc(self.function.__doc__)
+        try:
+            inspect.signature(self.function).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise DagDefinitionError(f"task {task_id!r}: bad arguments: {exc}") from None
+        operator = self.operator_class(
+            task_id=task_id,
+            python_callable=self.function,
+            op_args=args,
+            op_kwargs=kwargs,
+            **op_kwargs,
+        )
+        return XComArg(operator)
+
+
+def _unique_task_id(existing: list[str], base: str) -> str:
+    if base not in existing:
+        return base
+    taken = set(existing)
+    n = 1
+    while f"{base}__{n}" in taken:
+        n += 1
+    return f"{base}__{n}"
+
+
+def _decorator(
+    operator_class: type[BaseOperator],
+) -> Callable[..., Any]:
+    def make(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        if python_callable is not None:
+            return DecoratedTask(python_callable, operator_class, kwargs)
+        return lambda fn: DecoratedTask(fn, operator_class, kwargs)
+
+    return make
+
+
+class _TaskFactory:
+    """`@task`, `@task(...)`, `@task.python`, `@task.bash`."""
+
+    def __init__(self) -> None:
+        self.python = _decorator(_PythonDecoratedOperator)
+        self.bash = _decorator(_BashDecoratedOperator)
+
+    def __call__(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        return self.python(python_callable, **kwargs)
+
+
+task = _TaskFactory()

@@ -1,0 +1,92 @@
+"""aflow's errors, in one short hierarchy, and the control-flow signals kept apart.
+
+    AflowError
+    ├── DagDefinitionError        a DAG file or DAG object is invalid
+    │   ├── CycleError
+    │   ├── DuplicateTaskIdError
+    │   └── TaskAlreadyInDagError
+    ├── InvalidConfError          `conf` or params do not validate
+    ├── DagNotFound / RunNotFound / TaskNotFound
+    ├── RunAlreadyExists
+    ├── StoreError                the store failed (driver errors are chained)
+    │   └── StoreUnavailable      cannot reach the database
+    ├── TaskFailure               raised by a task to fail without a retry
+    ├── XComValueError            a value is not JSON-serializable
+    └── TaskTimeout               execution_timeout elapsed
+
+Signals (not errors): ``SkipTask`` ends a task as skipped.
+"""
+
+from __future__ import annotations
+
+
+class AflowError(Exception):
+    """Base of every error aflow raises on purpose."""
+
+
+class DagDefinitionError(AflowError):
+    """A DAG (or the file defining it) is invalid."""
+
+
+class CycleError(DagDefinitionError):
+    """The task graph of a DAG has a cycle."""
+
+
+class DuplicateTaskIdError(DagDefinitionError):
+    """Two tasks in one DAG share a task_id."""
+
+
+class TaskAlreadyInDagError(DagDefinitionError):
+    """A task object was added to a second DAG."""
+
+
+class InvalidConfError(AflowError):
+    """A run's conf (or a DAG's params) does not validate; `problems` lists each one."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+class DagNotFound(AflowError):
+    pass
+
+
+class RunNotFound(AflowError):
+    pass
+
+
+class TaskNotFound(AflowError):
+    pass
+
+
+class RunAlreadyExists(AflowError):
+    pass
+
+
+class StoreError(AflowError):
+    """The store failed; the driver's exception is chained as __cause__."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or opened."""
+
+
+class TaskFailure(AflowError):
+    """Raise inside a task to fail it at once, without using its remaining retries."""
+
+
+class XComValueError(AflowError):
+    """An XCom value cannot be stored as JSON."""
+
+
+class TaskTimeout(AflowError):
+    """A task ran longer than its execution_timeout."""
+
+
+class TemplateError(AflowError):
+    """A templated field failed to render."""
+
+
+class SkipTask(Exception):  # noqa: N818 - a signal, named like Airflow's AirflowSkipException
+    """Raise inside a task to end it as skipped (a signal, not an error)."""

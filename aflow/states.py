@@ -1,0 +1,68 @@
+"""States of task instances and runs, trigger rules and run types."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    NONE = "none"  # created, its upstream not yet satisfied
+    SCHEDULED = "scheduled"  # ready, waiting for a slot
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UP_FOR_RETRY = "up_for_retry"
+    UP_FOR_RESCHEDULE = "up_for_reschedule"
+    DEFERRED = "deferred"
+    SKIPPED = "skipped"
+    UPSTREAM_FAILED = "upstream_failed"
+    REMOVED = "removed"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_TASK_STATES
+
+
+FINISHED_TASK_STATES = frozenset(
+    {
+        TaskState.SUCCESS,
+        TaskState.FAILED,
+        TaskState.SKIPPED,
+        TaskState.UPSTREAM_FAILED,
+        TaskState.REMOVED,
+    }
+)
+
+
+class DagRunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (DagRunState.SUCCESS, DagRunState.FAILED)
+
+
+class RunType(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+    WEBHOOK = "webhook"
+    EVENT = "event"
+
+
+class TriggerRule(StrEnum):
+    ALL_SUCCESS = "all_success"
+    ALL_FAILED = "all_failed"
+    ALL_DONE = "all_done"
+    ALL_SKIPPED = "all_skipped"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    ONE_DONE = "one_done"
+    NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    NONE_SKIPPED = "none_skipped"
+    ALWAYS = "always"

@@ -1,0 +1,161 @@
+"""The Store: the one async interface to everything durable. Backends implement it and
+pass the shared contract suite (tests/integration/test_store_contract.py)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+
+from aflow.states import DagRunState
+from aflow.store.records import (
+    DagRecord,
+    DagRunRecord,
+    ImportErrorRecord,
+    ProcessRecord,
+    TaskInstanceRecord,
+    XComRecord,
+)
+
+
+class Store(abc.ABC):
+    """Async, domain-speaking persistence. Open with `async with store:` (runs migrations).
+
+    Writes that the engine makes at a high rate (`save_tis`, `finish_ti`, `save_run`)
+    are group-committed: they return once their transaction has committed, and many
+    concurrent calls share one transaction.
+    """
+
+    url: str
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations. Raises StoreUnavailable with the reason."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    # -- DAGs ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def upsert_dags(self, dags: Sequence[DagRecord]) -> None:
+        """Record DAG structures; keeps each DAG's paused flag unless it is new."""
+
+    @abc.abstractmethod
+    async def list_dags(self) -> list[DagRecord]: ...
+
+    @abc.abstractmethod
+    async def get_dag(self, dag_id: str) -> DagRecord | None: ...
+
+    @abc.abstractmethod
+    async def set_dag_paused(self, dag_id: str, paused: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def deactivate_dags(self, keep: Iterable[str]) -> None:
+        """Mark DAGs not in `keep` as inactive (their file is gone or no longer defines them)."""
+
+    @abc.abstractmethod
+    async def replace_import_errors(self, errors: Sequence[ImportErrorRecord]) -> None: ...
+
+    @abc.abstractmethod
+    async def list_import_errors(self) -> list[ImportErrorRecord]: ...
+
+    # -- runs -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_run(self, run: DagRunRecord, tis: Sequence[TaskInstanceRecord]) -> None:
+        """Insert a run with its TIs in one transaction; RunAlreadyExists if the id is taken."""
+
+    @abc.abstractmethod
+    async def get_run(self, dag_id: str, run_id: str) -> DagRunRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        dag_id: str | None = None,
+        states: Iterable[DagRunState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[DagRunRecord]:
+        """Newest logical date first."""
+
+    @abc.abstractmethod
+    async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:
+        """The run with the latest logical date (of `run_type`, if given)."""
+
+    @abc.abstractmethod
+    async def save_run(self, run: DagRunRecord) -> None:
+        """Group-committed full-row update of a run."""
+
+    @abc.abstractmethod
+    async def claim_runs(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DagRunRecord]:
+        """Take ownership of unfinished runs that have no live owner (none, or lease expired).
+
+        Runs this owner already holds are not returned again.
+        """
+
+    @abc.abstractmethod
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        """Extend every lease `owner` holds; returns how many runs it holds."""
+
+    @abc.abstractmethod
+    async def release_runs(self, owner: str, run_keys: Iterable[tuple[str, str]] | None = None) -> None:
+        """Give up ownership (all runs, or the given (dag_id, run_id) pairs)."""
+
+    @abc.abstractmethod
+    async def expire_leases_of(self, owner: str) -> int:
+        """Expire the leases of an owner known to be dead, so others adopt its runs at once."""
+
+    # -- task instances -----------------------------------------------------
+    @abc.abstractmethod
+    async def get_tis(self, dag_id: str, run_id: str) -> list[TaskInstanceRecord]: ...
+
+    @abc.abstractmethod
+    async def save_tis(self, tis: Sequence[TaskInstanceRecord]) -> None:
+        """Group-committed upsert of full TI rows."""
+
+    @abc.abstractmethod
+    async def finish_ti(
+        self,
+        ti: TaskInstanceRecord,
+        xcoms: Sequence[XComRecord] = (),
+        run: DagRunRecord | None = None,
+    ) -> None:
+        """Group-committed: a TI's terminal row, its XComs (replacing older ones of the TI)
+        and optionally its run's row, all in one transaction."""
+
+    # -- XCom -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_xcoms(
+        self, dag_id: str, run_id: str, task_id: str | None = None
+    ) -> list[XComRecord]: ...
+
+    # -- processes (heartbeats) ---------------------------------------------------
+    @abc.abstractmethod
+    async def register_process(self, process: ProcessRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def heartbeat(self, process_id: str, now: datetime) -> None: ...
+
+    @abc.abstractmethod
+    async def unregister_process(self, process_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_processes(self, kind: str | None = None) -> list[ProcessRecord]: ...

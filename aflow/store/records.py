@@ -1,0 +1,96 @@
+"""Plain records the Store reads and writes: frozen dataclasses, aware datetimes, JSON data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aflow.states import DagRunState, RunType, TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class DagRecord:
+    dag_id: str
+    fileloc: str | None
+    structure: dict[str, Any]
+    is_paused: bool = False
+    is_active: bool = True
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportErrorRecord:
+    filename: str
+    message: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DagRunRecord:
+    dag_id: str
+    run_id: str
+    run_type: RunType
+    state: DagRunState
+    logical_date: datetime
+    data_interval_start: datetime | None
+    data_interval_end: datetime | None
+    conf: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    triggered_by: str | None = None
+    owner: str | None = None
+    lease_until: datetime | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInstanceRecord:
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    state: TaskState = TaskState.NONE
+    try_number: int = 0
+    max_tries: int = 0
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    hostname: str | None = None
+    operator: str | None = None
+    priority_weight: int = 1
+    pool: str = "default_pool"
+    next_retry_at: datetime | None = None
+    next_method: str | None = None
+    next_kwargs: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.dag_id, self.run_id, self.task_id, self.map_index)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_date and self.end_date:
+            return (self.end_date - self.start_date).total_seconds()
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class XComRecord:
+    dag_id: str
+    run_id: str
+    task_id: str
+    key: str
+    value: Any
+    map_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    process_id: str
+    kind: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime

@@ -1,0 +1,3 @@
+from aflow.store.sqlite.store import SqliteStore
+
+__all__ = ["SqliteStore"]

@@ -1,0 +1,681 @@
+"""SqliteStore: the embedded default, on aiosqlite, in WAL mode.
+
+Pragmas: journal_mode=WAL (readers never block the writer), foreign_keys=ON,
+busy_timeout (other processes' writers are waited for, not failed), and `synchronous`
+set by the caller: NORMAL (default) survives a process crash; FULL also survives a
+power loss at the cost of an fsync per commit.
+
+Two connections: one writer, used by the group committer (one transaction per batch,
+run in the connection's thread in a single hop), and one reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime
+from importlib import resources
+from typing import Any, TypeVar
+
+import aiosqlite
+import anyio
+
+from aflow.exceptions import RunAlreadyExists, StoreError, StoreUnavailable
+from aflow.states import DagRunState, RunType, TaskState
+from aflow.store.base import Store
+from aflow.store.codec import dt_in, dt_out, json_in, json_out
+from aflow.store.group_commit import GroupCommitter, Op
+from aflow.store.records import (
+    DagRecord,
+    DagRunRecord,
+    ImportErrorRecord,
+    ProcessRecord,
+    TaskInstanceRecord,
+    XComRecord,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_TRANSIENT = ("database is locked", "database is busy")
+
+_RUN_COLS = (
+    "dag_id, run_id, run_type, state, logical_date, data_interval_start, data_interval_end, "
+    "conf, created_at, start_date, end_date, triggered_by, owner, lease_until, note"
+)
+_TI_COLS = (
+    "dag_id, run_id, task_id, map_index, state, try_number, max_tries, start_date, end_date, "
+    "hostname, operator, priority_weight, pool, next_retry_at, next_method, next_kwargs, error"
+)
+_UPSERT_TI = (
+    f"INSERT INTO task_instance ({_TI_COLS}) VALUES ({', '.join('?' * 17)}) "
+    "ON CONFLICT (dag_id, run_id, task_id, map_index) DO UPDATE SET "
+    "state=excluded.state, try_number=excluded.try_number, max_tries=excluded.max_tries, "
+    "start_date=excluded.start_date, end_date=excluded.end_date, hostname=excluded.hostname, "
+    "operator=excluded.operator, priority_weight=excluded.priority_weight, pool=excluded.pool, "
+    "next_retry_at=excluded.next_retry_at, next_method=excluded.next_method, "
+    "next_kwargs=excluded.next_kwargs, error=excluded.error"
+)
+_UPDATE_RUN = (
+    "UPDATE dag_run SET state=?, start_date=?, end_date=?, conf=?, note=? "
+    "WHERE dag_id=? AND run_id=?"
+)
+_DELETE_TI_XCOMS = "DELETE FROM xcom WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=?"
+_INSERT_XCOM = "INSERT INTO xcom (dag_id, run_id, task_id, map_index, key, value) VALUES (?,?,?,?,?,?)"
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """`sqlite:///rel/path.db`, `sqlite:////abs/path.db`, or a plain path."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if url.startswith("sqlite://"):
+        raise StoreUnavailable(f"bad SQLite URL {url!r}: use sqlite:///path/to/file.db")
+    return url
+
+
+def _ti_row(ti: TaskInstanceRecord) -> tuple[Any, ...]:
+    return (
+        ti.dag_id,
+        ti.run_id,
+        ti.task_id,
+        ti.map_index,
+        ti.state.value,
+        ti.try_number,
+        ti.max_tries,
+        dt_out(ti.start_date),
+        dt_out(ti.end_date),
+        ti.hostname,
+        ti.operator,
+        ti.priority_weight,
+        ti.pool,
+        dt_out(ti.next_retry_at),
+        ti.next_method,
+        None if ti.next_kwargs is None else json_out(ti.next_kwargs),
+        ti.error,
+    )
+
+
+def _ti_from(row: Sequence[Any]) -> TaskInstanceRecord:
+    return TaskInstanceRecord(
+        dag_id=row[0],
+        run_id=row[1],
+        task_id=row[2],
+        map_index=row[3],
+        state=TaskState(row[4]),
+        try_number=row[5],
+        max_tries=row[6],
+        start_date=dt_in(row[7]),
+        end_date=dt_in(row[8]),
+        hostname=row[9],
+        operator=row[10],
+        priority_weight=row[11],
+        pool=row[12],
+        next_retry_at=dt_in(row[13]),
+        next_method=row[14],
+        next_kwargs=json_in(row[15]),
+        error=row[16],
+    )
+
+
+def _run_row(run: DagRunRecord) -> tuple[Any, ...]:
+    return (
+        run.dag_id,
+        run.run_id,
+        run.run_type.value,
+        run.state.value,
+        dt_out(run.logical_date),
+        dt_out(run.data_interval_start),
+        dt_out(run.data_interval_end),
+        json_out(run.conf),
+        dt_out(run.created_at),
+        dt_out(run.start_date),
+        dt_out(run.end_date),
+        run.triggered_by,
+        run.owner,
+        dt_out(run.lease_until),
+        run.note,
+    )
+
+
+def _run_from(row: Sequence[Any]) -> DagRunRecord:
+    return DagRunRecord(
+        dag_id=row[0],
+        run_id=row[1],
+        run_type=RunType(row[2]),
+        state=DagRunState(row[3]),
+        logical_date=dt_in(row[4]),  # type: ignore[arg-type]
+        data_interval_start=dt_in(row[5]),
+        data_interval_end=dt_in(row[6]),
+        conf=json_in(row[7]) or {},
+        created_at=dt_in(row[8]),
+        start_date=dt_in(row[9]),
+        end_date=dt_in(row[10]),
+        triggered_by=row[11],
+        owner=row[12],
+        lease_until=dt_in(row[13]),
+        note=row[14],
+    )
+
+
+def _run_update_row(run: DagRunRecord) -> tuple[Any, ...]:
+    return (
+        run.state.value,
+        dt_out(run.start_date),
+        dt_out(run.end_date),
+        json_out(run.conf),
+        run.note,
+        run.dag_id,
+        run.run_id,
+    )
+
+
+def _apply_op(conn: sqlite3.Connection, op: Op) -> None:
+    for sql, rows in op:
+        conn.executemany(sql, rows)
+
+
+def _apply_batch_sync(conn: sqlite3.Connection, batch: list[Op]) -> list[BaseException | None]:
+    """One transaction for the whole batch; consecutive identical statements are merged
+    into one executemany. If the batch fails, each op is retried alone to find the culprit."""
+    merged: list[tuple[str, list[Sequence[Any]]]] = []
+    for op in batch:
+        for sql, rows in op:
+            if merged and merged[-1][0] == sql:
+                merged[-1][1].extend(rows)
+            else:
+                merged.append((sql, list(rows)))
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for sql, rows in merged:
+            conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+        return [None] * len(batch)
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if len(batch) == 1:
+            raise
+    results: list[BaseException | None] = []
+    for op in batch:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _apply_op(conn, op)
+            conn.execute("COMMIT")
+            results.append(None)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results.append(StoreError(f"SQLite write failed: {exc}"))
+    return results
+
+
+class SqliteStore(Store):
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.path = sqlite_path_from_url(url)
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_LEVELS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}")
+        self.synchronous = synchronous
+        self.busy_timeout_s = busy_timeout_s
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._committer: GroupCommitter | None = None
+        self._stack: AsyncExitStack | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreUnavailable(
+                f"cannot open SQLite store {self.path!r}: directory {directory!r} does not exist"
+            )
+        stack = AsyncExitStack()
+        try:
+            self._writer = await self._connect()
+            stack.push_async_callback(self._writer.close)
+            await self._migrate()
+            self._reader = await self._connect()
+            stack.push_async_callback(self._reader.close)
+        except (sqlite3.Error, OSError) as exc:
+            await stack.aclose()
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        self._committer = GroupCommitter(self._apply_batch)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(self._committer.run)
+        stack.callback(self._committer.close)  # runs first on exit: drain, then the tg joins
+        self._stack = stack
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+        self._writer = self._reader = None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(
+            self.path, isolation_level=None, timeout=self.busy_timeout_s, check_same_thread=False
+        )
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        return conn
+
+    async def _in_writer_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(raw_connection)` in the writer connection's thread: one hop for a batch.
+
+        aiosqlite exposes no public call for this, so this one place uses its `_execute`
+        (present in every aiosqlite release since 0.17); everything else uses its public API.
+        """
+        conn = self._writer
+        assert conn is not None, "store is not open"
+        return await conn._execute(lambda: fn(conn._conn))  # type: ignore[no-any-return]
+
+    async def _apply_batch(self, batch: list[Op]) -> list[BaseException | None]:
+        delay = 0.05
+        for _attempt in range(8):
+            try:
+                return await self._in_writer_thread(lambda c: _apply_batch_sync(c, batch))
+            except sqlite3.OperationalError as exc:
+                if not any(t in str(exc) for t in _TRANSIENT):
+                    return [StoreError(f"SQLite write failed: {exc}")] * len(batch)
+                log.warning("SQLite busy, retrying the batch in %.2fs: %s", delay, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except sqlite3.Error as exc:
+                return [StoreError(f"SQLite write failed: {exc}")] * len(batch)
+        return [StoreError("SQLite stayed locked; write abandoned")] * len(batch)
+
+    async def _migrate(self) -> None:
+        scripts = _migration_scripts()
+
+        def migrate(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+                )
+                current = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+                ).fetchone()[0]
+                for version, name, sql in scripts:
+                    if version <= current:
+                        continue
+                    for statement in _split_statements(sql):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                        (version, name),
+                    )
+                    log.info("applied migration %04d_%s to %s", version, name, self.path)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._in_writer_thread(migrate)
+
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
+    # -- helpers -------------------------------------------------------------------
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        assert self._reader is not None, "store is not open"
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite read failed: {exc}") from exc
+
+    async def _write(self, op: Op) -> None:
+        assert self._committer is not None, "store is not open"
+        await self._committer.submit(op)
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in its own immediate transaction on the writer connection."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            return await self._in_writer_thread(run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    # -- DAGs ----------------------------------------------------------------------
+    async def upsert_dags(self, dags: Sequence[DagRecord]) -> None:
+        rows = [
+            (
+                d.dag_id,
+                d.fileloc,
+                json_out(d.structure),
+                int(d.is_paused),
+                dt_out(d.updated_at),
+            )
+            for d in dags
+        ]
+        await self._write(
+            [
+                (
+                    "INSERT INTO dag (dag_id, fileloc, structure, is_paused, is_active, updated_at) "
+                    "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (dag_id) DO UPDATE SET "
+                    "fileloc=excluded.fileloc, structure=excluded.structure, is_active=1, "
+                    "updated_at=excluded.updated_at",
+                    rows,
+                )
+            ]
+        )
+
+    async def list_dags(self) -> list[DagRecord]:
+        rows = await self._read(
+            "SELECT dag_id, fileloc, structure, is_paused, is_active, updated_at FROM dag "
+            "ORDER BY dag_id"
+        )
+        return [_dag_from(r) for r in rows]
+
+    async def get_dag(self, dag_id: str) -> DagRecord | None:
+        rows = await self._read(
+            "SELECT dag_id, fileloc, structure, is_paused, is_active, updated_at FROM dag "
+            "WHERE dag_id=?",
+            (dag_id,),
+        )
+        return _dag_from(rows[0]) if rows else None
+
+    async def set_dag_paused(self, dag_id: str, paused: bool) -> None:
+        await self._write([("UPDATE dag SET is_paused=? WHERE dag_id=?", [(int(paused), dag_id)])])
+
+    async def deactivate_dags(self, keep: Iterable[str]) -> None:
+        keep_list = list(keep)
+
+        await self._write(
+            [
+                (
+                    "UPDATE dag SET is_active = (dag_id IN (SELECT value FROM json_each(?)))",
+                    [(json_out(keep_list),)],
+                )
+            ]
+        )
+
+    async def replace_import_errors(self, errors: Sequence[ImportErrorRecord]) -> None:
+        rows = [(e.filename, e.message, dt_out(e.created_at)) for e in errors]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM import_error")
+            conn.executemany(
+                "INSERT INTO import_error (filename, message, created_at) VALUES (?, ?, ?)", rows
+            )
+
+        await self._transaction(run)
+
+    async def list_import_errors(self) -> list[ImportErrorRecord]:
+        rows = await self._read(
+            "SELECT filename, message, created_at FROM import_error ORDER BY filename"
+        )
+        return [ImportErrorRecord(r[0], r[1], dt_in(r[2])) for r in rows]  # type: ignore[arg-type]
+
+    # -- runs ------------------------------------------------------------------------
+    async def create_run(self, run: DagRunRecord, tis: Sequence[TaskInstanceRecord]) -> None:
+        run_row = _run_row(run)
+        ti_rows = [_ti_row(t) for t in tis]
+
+        def run_tx(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT INTO dag_run ({_RUN_COLS}) VALUES ({', '.join('?' * 15)})", run_row)
+            conn.executemany(_UPSERT_TI, ti_rows)
+
+        try:
+            await self._transaction(run_tx)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError) and "dag_run" in str(exc.__cause__):
+                raise RunAlreadyExists(
+                    f"DAG {run.dag_id!r} already has a run {run.run_id!r}"
+                ) from exc.__cause__
+            raise
+
+    async def get_run(self, dag_id: str, run_id: str) -> DagRunRecord | None:
+        rows = await self._read(
+            f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=? AND run_id=?", (dag_id, run_id)
+        )
+        return _run_from(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        dag_id: str | None = None,
+        states: Iterable[DagRunState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[DagRunRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if dag_id is not None:
+            where.append("dag_id=?")
+            params.append(dag_id)
+        if states is not None:
+            state_list = [DagRunState(s).value for s in states]
+            where.append(f"state IN ({', '.join('?' * len(state_list))})")
+            params.extend(state_list)
+        sql = f"SELECT {_RUN_COLS} FROM dag_run"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY logical_date DESC, created_at DESC LIMIT ? OFFSET ?"
+        params.extend([limit, offset])
+        return [_run_from(r) for r in await self._read(sql, params)]
+
+    async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:
+        sql = f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=?"
+        params: list[Any] = [dag_id]
+        if run_type is not None:
+            sql += " AND run_type=?"
+            params.append(run_type)
+        rows = await self._read(sql + " ORDER BY logical_date DESC LIMIT 1", params)
+        return _run_from(rows[0]) if rows else None
+
+    async def save_run(self, run: DagRunRecord) -> None:
+        await self._write([(_UPDATE_RUN, [_run_update_row(run)])])
+
+    async def claim_runs(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DagRunRecord]:
+        now_s, until_s = dt_out(now), dt_out(lease_until)
+
+        def run_tx(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLS} FROM dag_run WHERE state IN ('queued', 'running') "
+                "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) "
+                "ORDER BY created_at LIMIT ?",
+                (now_s, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE dag_run SET owner=?, lease_until=? WHERE dag_id=? AND run_id=?",
+                [(owner, until_s, r[0], r[1]) for r in rows],
+            )
+            return rows
+
+        rows = await self._transaction(run_tx)
+        out = []
+        for r in rows:
+            rec = _run_from(r)
+            out.append(dataclasses.replace(rec, owner=owner, lease_until=lease_until))
+        return out
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        until_s = dt_out(lease_until)
+
+        def run_tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE dag_run SET lease_until=? WHERE owner=? AND state IN ('queued', 'running')",
+                (until_s, owner),
+            ).rowcount
+
+        return await self._transaction(run_tx)
+
+    async def release_runs(
+        self, owner: str, run_keys: Iterable[tuple[str, str]] | None = None
+    ) -> None:
+        if run_keys is None:
+            await self._write(
+                [("UPDATE dag_run SET owner=NULL, lease_until=NULL WHERE owner=?", [(owner,)])]
+            )
+        else:
+            await self._write(
+                [
+                    (
+                        "UPDATE dag_run SET owner=NULL, lease_until=NULL "
+                        "WHERE owner=? AND dag_id=? AND run_id=?",
+                        [(owner, d, r) for d, r in run_keys],
+                    )
+                ]
+            )
+
+    async def expire_leases_of(self, owner: str) -> int:
+        def run_tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE dag_run SET lease_until=NULL WHERE owner=?", (owner,)
+            ).rowcount
+
+        return await self._transaction(run_tx)
+
+    # -- task instances --------------------------------------------------------------
+    async def get_tis(self, dag_id: str, run_id: str) -> list[TaskInstanceRecord]:
+        rows = await self._read(
+            f"SELECT {_TI_COLS} FROM task_instance WHERE dag_id=? AND run_id=? "
+            "ORDER BY task_id, map_index",
+            (dag_id, run_id),
+        )
+        return [_ti_from(r) for r in rows]
+
+    async def save_tis(self, tis: Sequence[TaskInstanceRecord]) -> None:
+        await self._write([(_UPSERT_TI, [_ti_row(t) for t in tis])])
+
+    async def finish_ti(
+        self,
+        ti: TaskInstanceRecord,
+        xcoms: Sequence[XComRecord] = (),
+        run: DagRunRecord | None = None,
+    ) -> None:
+        op: Op = [(_UPSERT_TI, [_ti_row(ti)])]
+        if xcoms:
+            op.append((_DELETE_TI_XCOMS, [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)]))
+            op.append(
+                (
+                    _INSERT_XCOM,
+                    [
+                        (x.dag_id, x.run_id, x.task_id, x.map_index, x.key, json_out(x.value))
+                        for x in xcoms
+                    ],
+                )
+            )
+        if run is not None:
+            op.append((_UPDATE_RUN, [_run_update_row(run)]))
+        await self._write(op)
+
+    # -- XCom -------------------------------------------------------------------------
+    async def get_xcoms(
+        self, dag_id: str, run_id: str, task_id: str | None = None
+    ) -> list[XComRecord]:
+        sql = "SELECT dag_id, run_id, task_id, key, value, map_index FROM xcom WHERE dag_id=? AND run_id=?"
+        params: list[Any] = [dag_id, run_id]
+        if task_id is not None:
+            sql += " AND task_id=?"
+            params.append(task_id)
+        rows = await self._read(sql + " ORDER BY task_id, map_index, key", params)
+        return [XComRecord(r[0], r[1], r[2], r[3], json_in(r[4]), r[5]) for r in rows]
+
+    # -- processes ----------------------------------------------------------------------
+    async def register_process(self, process: ProcessRecord) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO process (process_id, kind, hostname, pid, started_at, "
+                    "heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            process.process_id,
+                            process.kind,
+                            process.hostname,
+                            process.pid,
+                            dt_out(process.started_at),
+                            dt_out(process.heartbeat_at),
+                        )
+                    ],
+                )
+            ]
+        )
+
+    async def heartbeat(self, process_id: str, now: datetime) -> None:
+        await self._write(
+            [("UPDATE process SET heartbeat_at=? WHERE process_id=?", [(dt_out(now), process_id)])]
+        )
+
+    async def unregister_process(self, process_id: str) -> None:
+        await self._write([("DELETE FROM process WHERE process_id=?", [(process_id,)])])
+
+    async def list_processes(self, kind: str | None = None) -> list[ProcessRecord]:
+        sql = "SELECT process_id, kind, hostname, pid, started_at, heartbeat_at FROM process"
+        params: list[Any] = []
+        if kind is not None:
+            sql += " WHERE kind=?"
+            params.append(kind)
+        rows = await self._read(sql + " ORDER BY started_at", params)
+        return [
+            ProcessRecord(r[0], r[1], r[2], r[3], dt_in(r[4]), dt_in(r[5]))  # type: ignore[arg-type]
+            for r in rows
+        ]
+
+
+def _dag_from(r: Sequence[Any]) -> DagRecord:
+    return DagRecord(
+        dag_id=r[0],
+        fileloc=r[1],
+        structure=json_in(r[2]),
+        is_paused=bool(r[3]),
+        is_active=bool(r[4]),
+        updated_at=dt_in(r[5]),
+    )
+
+
+def _migration_scripts() -> list[tuple[int, str, str]]:
+    out = []
+    folder = resources.files("aflow.store.sqlite").joinpath("migrations")
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.endswith(".sql"):
+            continue
+        version_s, _, rest = name.partition("_")
+        out.append((int(version_s), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(out)
+
+
+def _split_statements(script: str) -> list[str]:
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        if not current and line.strip().startswith("--"):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements

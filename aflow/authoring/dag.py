@@ -11,7 +11,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aflow.authoring.params import ParamsDict
-from aflow.exceptions import CycleError, DagDefinitionError, DuplicateTaskIdError
+from aflow.exceptions import (
+    CycleError,
+    DagDefinitionError,
+    DuplicateTaskIdError,
+    TaskAlreadyInDagError,
+)
 
 if TYPE_CHECKING:
     from aflow.authoring.baseoperator import BaseOperator
@@ -19,6 +24,19 @@ if TYPE_CHECKING:
 _ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 _dag_context: contextvars.ContextVar[list[DAG]] = contextvars.ContextVar("aflow_dag_stack")
+# While a DAG file is being loaded, DAGs closed by `with` (or built by @dag) are collected
+# here, so a DAG need not be bound to a module-level name (Airflow's auto-register).
+_loading: contextvars.ContextVar[list[DAG] | None] = contextvars.ContextVar(
+    "aflow_dag_loading", default=None
+)
+
+
+def collect_dags_into(registry: list[DAG] | None) -> contextvars.Token[list[DAG] | None]:
+    return _loading.set(registry)
+
+
+def stop_collecting(token: contextvars.Token[list[DAG] | None]) -> None:
+    _loading.reset(token)
 
 ScheduleArg = str | timedelta | None
 
@@ -101,10 +119,13 @@ class DAG:
         self._token = _dag_context.set(stack)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *rest: object) -> None:
         assert self._token is not None
         _dag_context.reset(self._token)
         self._token = None
+        registry = _loading.get()
+        if exc_type is None and registry is not None and self not in registry:
+            registry.append(self)
 
     # -- tasks -------------------------------------------------------------
     @property
@@ -116,11 +137,17 @@ class DAG:
         return list(self.task_dict)
 
     def add_task(self, task: BaseOperator) -> None:
+        if task.dag is not None and task.dag is not self:
+            raise TaskAlreadyInDagError(
+                f"task {task.task_id!r} is already in DAG {task.dag.dag_id!r} "
+                f"and cannot be added to DAG {self.dag_id!r}"
+            )
         if task.task_id in self.task_dict and self.task_dict[task.task_id] is not task:
             raise DuplicateTaskIdError(
                 f"DAG {self.dag_id!r}: task_id {task.task_id!r} is used by more than one task"
             )
         self.task_dict[task.task_id] = task
+        task.dag = self
 
     def get_task(self, task_id: str) -> BaseOperator:
         from aflow.exceptions import TaskNotFound
@@ -150,7 +177,7 @@ class DAG:
             tid = ready.pop()
             task = self.task_dict[tid]
             order.append(task)
-            for down in task.downstream_task_ids:
+            for down in sorted(task.downstream_task_ids):  # same order in every process
                 indegree[down] -= 1
                 if indegree[down] == 0:
                     ready.append(down)
@@ -269,11 +296,12 @@ def dag(
         @functools.wraps(fn)
         def factory(*args: Any, **kwargs: Any) -> DAG:
             sig = inspect.signature(fn)
-            params = dict(dag_kwargs.pop("params", None) or {})
+            params = dict(dag_kwargs.get("params") or {})
             for name, p in sig.parameters.items():
                 if p.default is not inspect.Parameter.empty and name not in params:
                     params[name] = p.default
-            the_dag = DAG(dag_id or fn.__name__, params=params, **dag_kwargs)
+            other_kwargs = {k: v for k, v in dag_kwargs.items() if k != "params"}
+            the_dag = DAG(dag_id or fn.__name__, params=params, **other_kwargs)
             the_dag.fileloc = inspect.getsourcefile(fn) or the_dag.fileloc
             if fn.__doc__ and not the_dag.doc_md:
                 the_dag.doc_md = inspect.cleandoc(fn.__doc__)

@@ -104,12 +104,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_runs(
-        self, owner: str, now: datetime, lease_until: datetime, limit: int
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        dag_ids: Iterable[str] | None = None,
     ) -> list[DagRunRecord]:
-        """Take ownership of unfinished runs that have no live owner (none, or lease expired).
-
-        Runs this owner already holds are not returned again.
-        """
+        """Take ownership of unfinished runs (of `dag_ids`, if given) that have no live
+        owner (none, or lease expired). Runs this owner already holds are not returned."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:

@@ -494,17 +494,27 @@ class SqliteStore(Store):
         await self._write([(_UPDATE_RUN, [_run_update_row(run)])])
 
     async def claim_runs(
-        self, owner: str, now: datetime, lease_until: datetime, limit: int
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        dag_ids: Iterable[str] | None = None,
     ) -> list[DagRunRecord]:
         now_s, until_s = dt_out(now), dt_out(lease_until)
+        sql = (
+            f"SELECT {_RUN_COLS} FROM dag_run WHERE state IN ('queued', 'running') "
+            "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) "
+        )
+        params: list[Any] = [now_s]
+        if dag_ids is not None:
+            sql += "AND dag_id IN (SELECT value FROM json_each(?)) "
+            params.append(json_out(sorted(dag_ids)))
+        sql += "ORDER BY created_at LIMIT ?"
+        params.append(limit)
 
         def run_tx(conn: sqlite3.Connection) -> list[Any]:
-            rows = conn.execute(
-                f"SELECT {_RUN_COLS} FROM dag_run WHERE state IN ('queued', 'running') "
-                "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) "
-                "ORDER BY created_at LIMIT ?",
-                (now_s, limit),
-            ).fetchall()
+            rows = conn.execute(sql, params).fetchall()
             conn.executemany(
                 "UPDATE dag_run SET owner=?, lease_until=? WHERE dag_id=? AND run_id=?",
                 [(owner, until_s, r[0], r[1]) for r in rows],

@@ -1,0 +1,447 @@
+"""The `aflow` command line: argument parsing, output formatting and signals, nothing else.
+
+Every command is a thin wrapper over the Orchestrator, the Store or the DAG loader.
+Flags map onto constructor arguments; each has an AFLOW_* environment variable default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aflow import __version__
+from aflow.exceptions import AflowError
+from aflow.orchestrator import DEFAULT_HOME, DEFAULT_PARALLELISM, Orchestrator
+from aflow.runtime import logs
+from aflow.runtime.dag_loader import DagBag, load_folder
+from aflow.states import DagRunState, TaskState
+from aflow.store.factory import open_store_url
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+# -- settings ----------------------------------------------------------------------------------
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def home_of(args: argparse.Namespace) -> Path:
+    return Path(args.home).expanduser()
+
+
+def store_url_of(args: argparse.Namespace) -> str:
+    return args.store or f"sqlite:///{home_of(args) / 'aflow.db'}"
+
+
+def dags_folder_of(args: argparse.Namespace) -> Path:
+    return Path(args.dags_folder).expanduser() if args.dags_folder else home_of(args) / "dags"
+
+
+def parse_conf(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AflowError(f"--conf is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AflowError(f"--conf must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_date(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise AflowError(f"invalid date {text!r}: use ISO-8601, e.g. 2024-01-31 or 2024-01-31T06:00:00+00:00") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# -- output ------------------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str) -> None:
+    if output == "json":
+        print(json.dumps([{c: _jsonable(r.get(c)) for c in columns} for r in rows], indent=2))
+        return
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+# -- commands --------------------------------------------------------------------------------------
+async def cmd_db_init(args: argparse.Namespace) -> int:
+    home_of(args).mkdir(parents=True, exist_ok=True)
+    async with open_store_url(store_url_of(args)) as store:
+        version = await store.schema_version()
+    print(f"store {store_url_of(args)} is at schema version {version}")
+    return 0
+
+
+def _load_bag(args: argparse.Namespace) -> DagBag:
+    folder = dags_folder_of(args)
+    if not folder.exists():
+        raise AflowError(f"DAG folder {folder} does not exist (set --dags-folder or AFLOW_DAGS_FOLDER)")
+    return load_folder(folder)
+
+
+async def cmd_dags_list(args: argparse.Namespace) -> int:
+    bag = _load_bag(args)
+    rows = [
+        {
+            "dag_id": d.dag_id,
+            "fileloc": d.fileloc,
+            "schedule": d.structure()["schedule"],
+            "tasks": len(d.task_dict),
+            "tags": ",".join(d.tags),
+        }
+        for d in sorted(bag.dags.values(), key=lambda d: d.dag_id)
+    ]
+    emit(rows, ["dag_id", "fileloc", "schedule", "tasks", "tags"], args.output)
+    if bag.import_errors and args.output == "table":
+        print(f"\n{len(bag.import_errors)} DAG file(s) failed to import:", file=sys.stderr)
+        for message in bag.import_errors.values():
+            print(f"  {message.splitlines()[0]}", file=sys.stderr)
+    return 0
+
+
+async def cmd_dags_import_errors(args: argparse.Namespace) -> int:
+    bag = _load_bag(args)
+    rows = [{"filename": f, "error": m} for f, m in sorted(bag.import_errors.items())]
+    if args.output == "table":
+        if not rows:
+            print("no import errors")
+        for r in rows:
+            print(f"{r['filename']}\n{r['error']}\n")
+    else:
+        emit(rows, ["filename", "error"], "json")
+    return 0
+
+
+def _ti_rows(tis: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "task_id": t.task_id,
+            "state": t.state.value,
+            "tries": t.try_number,
+            "duration_s": t.duration_s,
+            "error": (t.error or "")[:120],
+        }
+        for t in tis
+    ]
+
+
+async def cmd_dags_test(args: argparse.Namespace) -> int:
+    conf = parse_conf(args.conf)
+    logical_date = parse_date(args.logical_date)
+    async with Orchestrator(
+        dags_folder_of(args),
+        store=store_url_of(args),
+        home=home_of(args),
+        parallelism=args.parallelism,
+        schedule=False,
+        claim=False,
+    ) as o:
+        dag = o.dagbag.get_dag(args.dag_id)
+        handle = await o.trigger(
+            dag.dag_id, conf=conf, logical_date=logical_date, triggered_by="cli dags test"
+        )
+        final = await handle.wait()
+        tis = await handle.task_instances()
+    order = {t.task_id: i for i, t in enumerate(dag.topological_order())}
+    tis.sort(key=lambda t: order.get(t.task_id, len(order)))
+    if args.output == "json":
+        print(json.dumps({"dag_id": dag.dag_id, "run_id": final.run_id, "state": final.state.value,
+                          "tasks": _ti_rows(tis)}, indent=2))
+    else:
+        print(f"run {final.run_id} of {dag.dag_id}: {final.state.value}")
+        emit(_ti_rows(tis), ["task_id", "state", "tries", "duration_s", "error"], "table")
+        print(f"logs: {home_of(args) / 'logs'}")
+    return 0 if final.state is DagRunState.SUCCESS else EXIT_FAILED
+
+
+async def cmd_dags_trigger(args: argparse.Namespace) -> int:
+    from aflow.runtime.run_factory import manual_interval, new_run
+    from aflow.states import RunType
+
+    conf = parse_conf(args.conf)
+    bag = _load_bag(args)
+    dag = bag.get_dag(args.dag_id)
+    now = datetime.now(UTC)
+    logical_date = parse_date(args.logical_date) or now
+    run, tis = new_run(
+        dag,
+        run_type=RunType.MANUAL,
+        logical_date=logical_date,
+        now=now,
+        data_interval=manual_interval(dag, logical_date),
+        conf=conf,
+        run_id=args.run_id,
+        triggered_by="cli",
+    )
+    async with open_store_url(store_url_of(args)) as store:
+        await store.create_run(run, tis)
+    emit([{"dag_id": run.dag_id, "run_id": run.run_id, "state": run.state.value,
+           "logical_date": run.logical_date}], ["dag_id", "run_id", "state", "logical_date"],
+         args.output)
+    return 0
+
+
+async def cmd_dags_pause(args: argparse.Namespace, paused: bool) -> int:
+    async with open_store_url(store_url_of(args)) as store:
+        if await store.get_dag(args.dag_id) is None:
+            raise AflowError(f"no DAG {args.dag_id!r} in the store (has a scheduler loaded it?)")
+        await store.set_dag_paused(args.dag_id, paused)
+    print(f"DAG {args.dag_id} {'paused' if paused else 'unpaused'}")
+    return 0
+
+
+async def cmd_runs_list(args: argparse.Namespace) -> int:
+    states = [DagRunState(s) for s in args.state] if args.state else None
+    async with open_store_url(store_url_of(args)) as store:
+        runs = await store.list_runs(args.dag_id, states=states, limit=args.limit)
+    rows = [
+        {
+            "dag_id": r.dag_id,
+            "run_id": r.run_id,
+            "state": r.state.value,
+            "run_type": r.run_type.value,
+            "logical_date": r.logical_date,
+            "start_date": r.start_date,
+            "end_date": r.end_date,
+        }
+        for r in runs
+    ]
+    emit(rows, ["dag_id", "run_id", "state", "run_type", "logical_date", "start_date", "end_date"], args.output)
+    return 0
+
+
+async def cmd_tasks_list(args: argparse.Namespace) -> int:
+    dag = _load_bag(args).get_dag(args.dag_id)
+    rows = [
+        {"task_id": t.task_id, "operator": type(t).__name__, "trigger_rule": t.trigger_rule.value,
+         "upstream": ",".join(sorted(t.upstream_task_ids))}
+        for t in dag.topological_order()
+    ]
+    emit(rows, ["task_id", "operator", "trigger_rule", "upstream"], args.output)
+    return 0
+
+
+async def cmd_tasks_test(args: argparse.Namespace) -> int:
+    """Run one task alone, in-process, with no dependencies and nothing recorded."""
+    from aflow.runtime.run_factory import manual_interval, new_run
+    from aflow.runtime.task_runner import TryJob, run_try
+    from aflow.runtime.xcom import XComView
+    from aflow.states import RunType
+
+    dag = _load_bag(args).get_dag(args.dag_id)
+    task = dag.get_task(args.task_id)
+    now = datetime.now(UTC)
+    logical_date = parse_date(args.logical_date) or now
+    run, _ = new_run(dag, run_type=RunType.MANUAL, logical_date=logical_date, now=now,
+                     data_interval=manual_interval(dag, logical_date),
+                     conf=parse_conf(args.conf), run_id=f"test__{logical_date.isoformat()}")
+    with tempfile.TemporaryDirectory(prefix="aflow-tasks-test-") as tmp:
+        log_file = Path(tmp) / "attempt=1.log"
+        logs.install_log_routing()
+        try:
+            result = await run_try(
+                TryJob(task=task, run=run, map_index=-1, try_number=1, max_tries=0,
+                       start_date=now, hostname="local", xcoms=XComView(), log_path=log_file)
+            )
+        finally:
+            logs.uninstall_log_routing()
+        text, _ = logs.read_log(log_file)
+    sys.stdout.write(text)
+    print(f"task {task.task_id}: {result.state.value}")
+    if result.xcoms:
+        print(f"xcom: {json.dumps(result.xcoms)}")
+    return 0 if result.state is not TaskState.FAILED else EXIT_FAILED
+
+
+async def cmd_tasks_logs(args: argparse.Namespace) -> int:
+    async with open_store_url(store_url_of(args)) as store:
+        tis = [t for t in await store.get_tis(args.dag_id, args.run_id) if t.task_id == args.task_id]
+    if not tis:
+        raise AflowError(f"no task instance {args.dag_id}/{args.run_id}/{args.task_id}")
+    ti = tis[0]
+    try_number = args.try_number or ti.try_number
+    if try_number < 1:
+        print(f"task {args.task_id} has not run yet (state {ti.state.value})")
+        return 0
+    path = logs.log_path(home_of(args) / "logs", args.dag_id, args.run_id, args.task_id, try_number, ti.map_index)
+    text, _ = logs.read_log(path)
+    print(f"*** {path} (try {try_number} of {ti.try_number}, state {ti.state.value})")
+    sys.stdout.write(text if text else "(the task wrote nothing to its log)\n")
+    return 0
+
+
+async def _serve(args: argparse.Namespace, what: str) -> int:
+    folder = dags_folder_of(args)
+    orchestrator = Orchestrator(
+        folder,
+        store=store_url_of(args),
+        home=home_of(args),
+        parallelism=args.parallelism,
+        shutdown_grace_s=args.grace,
+    )
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with orchestrator as o:
+            print(f"aflow {what} {__version__} running (pid {os.getpid()})", flush=True)
+            print(f"  home:        {o.home}", flush=True)
+            print(f"  store:       {store_url_of(args)}", flush=True)
+            print(f"  DAG folder:  {folder} ({len(o.dagbag.dags)} DAGs, {len(o.dagbag.import_errors)} import errors)", flush=True)
+            print(f"  task logs:   {o.log_dir}", flush=True)
+            for message in o.dagbag.import_errors.values():
+                print(f"  import error: {message.splitlines()[0]}", flush=True)
+            async for signum in signals:
+                print(f"received {signal.Signals(signum).name}: stopping (grace {args.grace}s)", flush=True)
+                break
+    print("stopped", flush=True)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aflow", description="aflow: async-native workflow orchestration")
+    parser.add_argument("--version", action="version", version=f"aflow {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=_env("AFLOW_HOME", str(DEFAULT_HOME)),
+                        help="state folder: store, logs (env AFLOW_HOME; default %(default)s)")
+    common.add_argument("--store", default=_env("AFLOW_STORE"),
+                        help="store URL, e.g. sqlite:///path.db (env AFLOW_STORE; default $AFLOW_HOME/aflow.db)")
+    common.add_argument("--dags-folder", default=_env("AFLOW_DAGS_FOLDER"),
+                        help="folder of DAG files (env AFLOW_DAGS_FOLDER; default $AFLOW_HOME/dags)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--parallelism", type=int,
+                         default=int(_env("AFLOW_PARALLELISM", str(DEFAULT_PARALLELISM)) or DEFAULT_PARALLELISM),
+                         help="most tries running at once (env AFLOW_PARALLELISM; default %(default)s)")
+
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    db = groups.add_parser("db", help="the store").add_subparsers(dest="cmd", required=True)
+    p = db.add_parser("init", parents=[common], help="create or migrate the store")
+    p.set_defaults(handler=cmd_db_init)
+
+    dags = groups.add_parser("dags", help="DAGs").add_subparsers(dest="cmd", required=True)
+    p = dags.add_parser("list", parents=[common, output], help="list DAGs (and import errors)")
+    p.set_defaults(handler=cmd_dags_list)
+    p = dags.add_parser("list-import-errors", parents=[common, output], help="DAG files that failed to import")
+    p.set_defaults(handler=cmd_dags_import_errors)
+    p = dags.add_parser("test", parents=[common, output, running],
+                        help="run one whole run in-process and print each task's outcome")
+    p.add_argument("dag_id")
+    p.add_argument("--conf", help="run conf as a JSON object")
+    p.add_argument("--logical-date", help="ISO-8601 date (default now)")
+    p.set_defaults(handler=cmd_dags_test)
+    p = dags.add_parser("trigger", parents=[common, output], help="create a run for a scheduler to execute")
+    p.add_argument("dag_id")
+    p.add_argument("--conf", help="run conf as a JSON object")
+    p.add_argument("--run-id")
+    p.add_argument("--logical-date", help="ISO-8601 date (default now)")
+    p.set_defaults(handler=cmd_dags_trigger)
+    for name, paused in (("pause", True), ("unpause", False)):
+        p = dags.add_parser(name, parents=[common], help=f"{name} a DAG's scheduled runs")
+        p.add_argument("dag_id")
+        p.set_defaults(handler=lambda a, paused=paused: cmd_dags_pause(a, paused))
+
+    tasks = groups.add_parser("tasks", help="task instances").add_subparsers(dest="cmd", required=True)
+    p = tasks.add_parser("list", parents=[common, output], help="a DAG's tasks in order")
+    p.add_argument("dag_id")
+    p.set_defaults(handler=cmd_tasks_list)
+    p = tasks.add_parser("test", parents=[common], help="run one task alone, recording nothing")
+    p.add_argument("dag_id")
+    p.add_argument("task_id")
+    p.add_argument("--conf")
+    p.add_argument("--logical-date")
+    p.set_defaults(handler=cmd_tasks_test)
+    p = tasks.add_parser("logs", parents=[common], help="print a task instance's log")
+    p.add_argument("dag_id")
+    p.add_argument("run_id")
+    p.add_argument("task_id")
+    p.add_argument("--try", dest="try_number", type=int, help="try number (default: the latest)")
+    p.set_defaults(handler=cmd_tasks_logs)
+
+    runs = groups.add_parser("runs", help="DAG runs").add_subparsers(dest="cmd", required=True)
+    p = runs.add_parser("list", parents=[common, output], help="list runs, newest first")
+    p.add_argument("dag_id", nargs="?")
+    p.add_argument("--state", action="append", choices=[s.value for s in DagRunState])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(handler=cmd_runs_list)
+
+    for name, text in (("scheduler", "run the scheduler until SIGTERM/Ctrl-C"),
+                       ("standalone", "run every part of aflow in one process")):
+        p = groups.add_parser(name, parents=[common, running], help=text)
+        p.add_argument("--grace", type=float, default=float(_env("AFLOW_SHUTDOWN_GRACE", "30") or 30),
+                       help="seconds running tasks get to finish on shutdown (env AFLOW_SHUTDOWN_GRACE)")
+        p.set_defaults(handler=lambda a, name=name: _serve(a, name))
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(logs.OutsideTaskFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("aflow").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        return anyio.run(handler, args)
+    except AflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

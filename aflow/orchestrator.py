@@ -1,0 +1,280 @@
+"""The Orchestrator: the root that composes the parts, for the CLI and for embedding.
+
+    async with Orchestrator(dags="dags/", store="sqlite:///aflow.db") as o:
+        run = await o.trigger("weather_dashboard", conf={"city": "Oslo"})
+        final = await run.wait()
+
+Start order (left in reverse): store (migrations) → log routing → task group →
+slots and run driver → scheduler (claims runs, creates scheduled ones). Leaving is
+graceful: start nothing new, let running tries finish for `shutdown_grace_s`, then
+cancel them (they are recorded to run again), release leases, flush the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from aflow.authoring.dag import DAG
+from aflow.clock import Clock, SystemClock
+from aflow.exceptions import AflowError, RunNotFound
+from aflow.runtime import logs
+from aflow.runtime.dag_loader import DagBag, bag_from_dags, load_folder
+from aflow.runtime.run_driver import RunDriver
+from aflow.runtime.scheduler import Scheduler
+from aflow.runtime.slots import Slots
+from aflow.states import DagRunState, RunType
+from aflow.store.base import Store
+from aflow.store.factory import open_store_url
+from aflow.store.records import DagRecord, DagRunRecord, ImportErrorRecord, ProcessRecord, TaskInstanceRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOME = Path("~/aflow").expanduser()
+DEFAULT_PARALLELISM = 32
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+
+DagsArg = str | os.PathLike[str] | DAG | Iterable[DAG] | None
+
+
+class RunHandle:
+    """A run, as returned by `Orchestrator.trigger`."""
+
+    def __init__(self, orchestrator: Orchestrator, record: DagRunRecord) -> None:
+        self._o = orchestrator
+        self.record = record
+        self.dag_id = record.dag_id
+        self.run_id = record.run_id
+
+    async def wait(self, timeout: float | None = None) -> DagRunRecord:
+        """Wait until the run ends; returns its final record."""
+        with anyio.fail_after(timeout):
+            return await self._o.wait_for_run(self.dag_id, self.run_id)
+
+    async def task_instances(self) -> list[TaskInstanceRecord]:
+        return await self._o.store.get_tis(self.dag_id, self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.dag_id} {self.run_id}>"
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        dags: DagsArg = None,
+        *,
+        store: str | Store | None = None,
+        home: str | os.PathLike[str] | None = None,
+        parallelism: int = DEFAULT_PARALLELISM,
+        clock: Clock | None = None,
+        schedule: bool = True,
+        claim: bool = True,
+        lease_s: float = 30.0,
+        poll_s: float = 1.0,
+        shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+        sqlite_synchronous: str = "NORMAL",
+    ) -> None:
+        self.home = Path(home).expanduser() if home is not None else DEFAULT_HOME
+        self._dags_arg = dags
+        self._store_arg = store
+        self.parallelism = parallelism
+        self.clock: Clock = clock or SystemClock()
+        self.schedule = schedule
+        self.claim = claim
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.sqlite_synchronous = sqlite_synchronous
+        self.hostname = socket.gethostname()
+        self.process_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.dagbag = DagBag()
+        self._store: Store | None = None
+        self._stack: AsyncExitStack | None = None
+        self._slots: Slots | None = None
+        self.driver: RunDriver | None = None
+        self.scheduler: Scheduler | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise AflowError("the orchestrator is not started (use `async with`)")
+        return self._store
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def __aenter__(self) -> Orchestrator:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self._start(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def _start(self, stack: AsyncExitStack) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dagbag = self._load_dags()
+        if isinstance(self._store_arg, Store):
+            store = self._store_arg
+            await stack.enter_async_context(store)
+        else:
+            url = self._store_arg or f"sqlite:///{self.home / 'aflow.db'}"
+            store = await stack.enter_async_context(
+                open_store_url(url, sqlite_synchronous=self.sqlite_synchronous)
+            )
+        self._store = store
+        await self._record_dags()
+        now = self.clock.now()
+        await store.register_process(
+            ProcessRecord(self.process_id, "scheduler", self.hostname, os.getpid(), now, now)
+        )
+        stack.push_async_callback(self._unregister)
+        logs.install_log_routing()
+        stack.callback(logs.uninstall_log_routing)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.push_async_callback(self._drain, tg)
+        self._slots = Slots(self.parallelism, tg)
+        self.driver = RunDriver(
+            store=store,
+            clock=self.clock,
+            slots=self._slots,
+            task_group=tg,
+            hostname=self.hostname,
+            log_dir=self.log_dir,
+            thread_limiter=anyio.CapacityLimiter(self.parallelism),
+        )
+        self.scheduler = Scheduler(
+            store=store,
+            clock=self.clock,
+            driver=self.driver,
+            dagbag=lambda: self.dagbag,
+            owner=self.process_id,
+            hostname=self.hostname,
+            lease_s=self.lease_s,
+            poll_s=self.poll_s,
+            create_scheduled_runs=self.schedule,
+            claim_runs=self.claim,
+        )
+        await tg.start(self.scheduler.run)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _drain(self, tg: Any) -> None:
+        """Shutdown: start nothing new, give running tries the grace period, then cancel."""
+        assert self._slots is not None
+        self._slots.stop_accepting()
+        with anyio.move_on_after(self.shutdown_grace_s):
+            while self._slots.running:
+                await anyio.sleep(0.02)
+        if self._slots.running:
+            log.warning("cancelling %d running tries after the grace period", self._slots.running)
+        tg.cancel_scope.cancel()
+
+    async def _unregister(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.release_runs(self.process_id)
+                await self.store.unregister_process(self.process_id)
+            except Exception:  # noqa: BLE001 - leases expire anyway
+                log.exception("could not release leases at shutdown")
+
+    def _load_dags(self) -> DagBag:
+        arg = self._dags_arg
+        if arg is None:
+            return DagBag()
+        if isinstance(arg, DAG):
+            return bag_from_dags([arg])
+        if isinstance(arg, str | os.PathLike):
+            folder = Path(arg)
+            if not folder.exists():
+                raise AflowError(f"DAG folder {folder} does not exist")
+            return load_folder(folder)
+        return bag_from_dags(list(arg))
+
+    async def _record_dags(self) -> None:
+        now = self.clock.now()
+        records = [
+            DagRecord(
+                dag_id=d.dag_id,
+                fileloc=d.fileloc,
+                structure=d.structure(),
+                is_paused=bool(d.is_paused_upon_creation),
+                updated_at=now,
+            )
+            for d in self.dagbag.dags.values()
+        ]
+        if records:
+            await self.store.upsert_dags(records)
+        await self.store.replace_import_errors(
+            [ImportErrorRecord(f, m, now) for f, m in self.dagbag.import_errors.items()]
+        )
+
+    # -- API ---------------------------------------------------------------------------------------
+    async def trigger(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        logical_date: datetime | None = None,
+        run_type: RunType = RunType.MANUAL,
+        triggered_by: str | None = "api",
+    ) -> RunHandle:
+        """Create a run (committed before this returns) and start driving it."""
+        assert self.scheduler is not None, "the orchestrator is not started"
+        dag = self.dagbag.get_dag(dag_id)
+        record = await self.scheduler.create_run(
+            dag,
+            run_type=run_type,
+            logical_date=logical_date,
+            conf=conf,
+            run_id=run_id,
+            triggered_by=triggered_by,
+        )
+        return RunHandle(self, record)
+
+    async def wait_for_run(self, dag_id: str, run_id: str) -> DagRunRecord:
+        assert self.driver is not None
+        delay = 0.01
+        while True:
+            rs = self.driver.runs.get((dag_id, run_id))
+            if rs is not None:
+                await rs.done.wait()
+                return rs.run
+            record = await self.store.get_run(dag_id, run_id)
+            if record is None:
+                raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+            if record.state in (DagRunState.SUCCESS, DagRunState.FAILED):
+                return record
+            await anyio.sleep(delay)  # driven by another process: poll with backoff
+            delay = min(delay * 2, 0.5)
+
+    async def get_run(self, dag_id: str, run_id: str) -> RunHandle:
+        record = await self.store.get_run(dag_id, run_id)
+        if record is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        return RunHandle(self, record)

@@ -1,0 +1,227 @@
+"""Per-try task logs, routed by context.
+
+Many tasks run concurrently in one process, so a task's output is routed through a
+context variable that holds its `TaskLog`: the logging handler and the stdout/stderr
+proxies write to the log of whichever task is running in the current context (asyncio
+tasks and anyio worker threads each carry their own copy of the context).
+
+A log file is created on its first write, so a silent task costs no file I/O. Writes are
+small appends to a buffered file, flushed per line: microseconds, not a blocking wait.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import logging
+import os
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+_current: contextvars.ContextVar[TaskLog | None] = contextvars.ContextVar(
+    "aflow_task_log", default=None
+)
+
+_FORMAT = logging.Formatter(
+    "[%(asctime)s] {%(name)s} %(levelname)s - %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+)
+
+
+def log_path(
+    base: Path, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+) -> Path:
+    """Airflow's layout: dag_id=…/run_id=…/task_id=…/[map_index=…/]attempt=N.log"""
+    p = base / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    if map_index >= 0:
+        p = p / f"map_index={map_index}"
+    return p / f"attempt={try_number}.log"
+
+
+class TaskLog:
+    """The log of one try of one task instance."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()  # thread-run tasks write from worker threads
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file.write(text)
+            if "\n" in text:
+                self._file.flush()
+
+    def write_line(self, text: str) -> None:
+        self.write(text if text.endswith("\n") else text + "\n")
+
+    def exception(self, exc: BaseException, header: str = "Task failed with exception") -> None:
+        lines = traceback.format_exception(exc)
+        self.write_line(header + "\n" + "".join(lines).rstrip("\n"))
+
+    def ensure_file(self) -> None:
+        """Create the (possibly empty) file now, e.g. for a child process to append to."""
+        self.write("")
+        with self._lock:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def current_task_log() -> TaskLog | None:
+    return _current.get()
+
+
+def set_task_log(log: TaskLog | None) -> contextvars.Token[TaskLog | None]:
+    return _current.set(log)
+
+
+def reset_task_log(token: contextvars.Token[TaskLog | None]) -> None:
+    _current.reset(token)
+
+
+class _TaskLogHandler(logging.Handler):
+    """Sends log records made inside a task's context to that task's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = _current.get()
+        if log is None:
+            return
+        try:
+            log.write_line(_FORMAT.format(record))
+        except Exception:  # noqa: BLE001 - logging must never break the task
+            self.handleError(record)
+
+
+class OutsideTaskFilter(logging.Filter):
+    """For console handlers: drop records made inside a task (they go to its log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _current.get() is None
+
+
+class _RoutingStream(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: inside a task, writes go to the task's log."""
+
+    def __init__(self, original: TextIO) -> None:
+        self.original = original
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        log = _current.get()
+        if log is None:
+            return self.original.write(text)
+        log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self.original.flush()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    def isatty(self) -> bool:
+        return self.original.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.original, "encoding", "utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+class _Routing:
+    """Process-wide install of the handler and stream proxies, reference-counted."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.handler = _TaskLogHandler(level=logging.DEBUG)
+        self.saved: tuple[Any, Any] | None = None
+        self.saved_level = logging.NOTSET
+        self.console: logging.Handler | None = None
+        self.lock = threading.Lock()
+
+    def install(self) -> None:
+        with self.lock:
+            self.users += 1
+            if self.users > 1:
+                return
+            root = logging.getLogger()
+            if not root.handlers:
+                # Keep what logging's last-resort handler did: warnings outside tasks on stderr.
+                self.console = logging.StreamHandler(sys.stderr)
+                self.console.setLevel(logging.WARNING)
+                self.console.addFilter(OutsideTaskFilter())
+                root.addHandler(self.console)
+            root.addHandler(self.handler)
+            # Tasks' INFO records must reach their logs, as Airflow users expect.
+            self.saved_level = root.level
+            if root.level > logging.INFO or root.level == logging.NOTSET:
+                root.setLevel(logging.INFO)
+            self.saved = (sys.stdout, sys.stderr)
+            sys.stdout = _RoutingStream(sys.stdout)  # type: ignore[assignment]
+            sys.stderr = _RoutingStream(sys.stderr)  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            root = logging.getLogger()
+            root.removeHandler(self.handler)
+            if self.console is not None:
+                root.removeHandler(self.console)
+                self.console = None
+            root.setLevel(self.saved_level)
+            if self.saved is not None:
+                out, err = self.saved
+                if isinstance(sys.stdout, _RoutingStream):
+                    sys.stdout = out
+                if isinstance(sys.stderr, _RoutingStream):
+                    sys.stderr = err
+                self.saved = None
+
+
+_routing = _Routing()
+
+
+def install_log_routing() -> None:
+    _routing.install()
+
+
+def uninstall_log_routing() -> None:
+    _routing.uninstall()
+
+
+def read_log(path: Path, offset: int = 0) -> tuple[str, int]:
+    """The log text from byte `offset`, and the offset to continue from."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return "", offset
+    return data.decode("utf-8", errors="replace"), offset + len(data)
+
+
+def redirect_fds_to(path: str) -> None:
+    """In a task child process: send fd 1 and 2 (C-level output too) to the log file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)

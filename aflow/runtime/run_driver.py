@@ -1,0 +1,414 @@
+"""The run driver: drives the runs this process owns, event-driven.
+
+When a TI reaches an end state and that state is committed, the counts of its
+downstream tasks are updated and each one's trigger rule is decided at once: ready
+tasks go to the slots, tasks that can no longer run are marked skipped/upstream_failed
+(committed, then propagated further). Nothing polls between a task's end and its
+downstream's start.
+
+Durability (DESIGN.md contract 1): a try's `running` row (with its try number) is
+committed before user code runs, and a TI's end state and XComs are committed in one
+transaction before any downstream task is decided on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from aflow.authoring.dag import DAG
+from aflow.clock import Clock
+from aflow.runtime.logs import TaskLog, log_path
+from aflow.runtime.slots import Slot, Slots
+from aflow.runtime.task_runner import TryJob, call_callback, retry_delay_for, run_try
+from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
+from aflow.runtime.xcom import XComView
+from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
+from aflow.store.base import Store
+from aflow.store.records import DagRunRecord, TaskInstanceRecord, XComRecord
+
+log = logging.getLogger(__name__)
+
+_RUNNABLE_AGAIN = (TaskState.SCHEDULED, TaskState.QUEUED)
+
+
+@dataclass(slots=True)
+class TIState:
+    """A TI as the driver holds it in memory (mutable); `record()` gives the row."""
+
+    task_id: str
+    map_index: int
+    state: TaskState
+    try_number: int
+    max_tries: int
+    operator: str | None
+    priority_weight: int
+    pool: str
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    hostname: str | None = None
+    next_retry_at: datetime | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_record(cls, r: TaskInstanceRecord) -> TIState:
+        return cls(
+            task_id=r.task_id,
+            map_index=r.map_index,
+            state=r.state,
+            try_number=r.try_number,
+            max_tries=r.max_tries,
+            operator=r.operator,
+            priority_weight=r.priority_weight,
+            pool=r.pool,
+            start_date=r.start_date,
+            end_date=r.end_date,
+            hostname=r.hostname,
+            next_retry_at=r.next_retry_at,
+            error=r.error,
+        )
+
+    def record(self, dag_id: str, run_id: str) -> TaskInstanceRecord:
+        return TaskInstanceRecord(
+            dag_id=dag_id,
+            run_id=run_id,
+            task_id=self.task_id,
+            map_index=self.map_index,
+            state=self.state,
+            try_number=self.try_number,
+            max_tries=self.max_tries,
+            start_date=self.start_date,
+            end_date=self.end_date,
+            hostname=self.hostname,
+            operator=self.operator,
+            priority_weight=self.priority_weight,
+            pool=self.pool,
+            next_retry_at=self.next_retry_at,
+            error=self.error,
+        )
+
+
+class RunState:
+    """One owned run in memory."""
+
+    def __init__(self, dag: DAG, run: DagRunRecord, tis: Iterable[TaskInstanceRecord]) -> None:
+        self.dag = dag
+        self.run = run
+        self.tis: dict[str, TIState] = {t.task_id: TIState.from_record(t) for t in tis}
+        self.counts: dict[str, UpstreamCounts] = {
+            tid: UpstreamCounts(total=len(task.upstream_task_ids))
+            for tid, task in dag.task_dict.items()
+        }
+        self.xcoms = XComView()
+        self.unfinished = sum(1 for t in self.tis.values() if t.state not in FINISHED_TASK_STATES)
+        self.done = anyio.Event()
+        self.finishing = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.run.dag_id, self.run.run_id)
+
+    def ti_record(self, ti: TIState) -> TaskInstanceRecord:
+        return ti.record(self.run.dag_id, self.run.run_id)
+
+
+class RunDriver:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        slots: Slots,
+        task_group: TaskGroup,
+        hostname: str,
+        log_dir: Path,
+        thread_limiter: anyio.CapacityLimiter,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.slots = slots
+        self._tg = task_group
+        self.hostname = hostname
+        self.log_dir = log_dir
+        self.thread_limiter = thread_limiter
+        self.runs: dict[tuple[str, str], RunState] = {}
+        self.on_run_finished: list[Any] = []  # callables(RunState), e.g. the scheduler's
+        self.tries_started = 0
+
+    # -- adopting a run ------------------------------------------------------------
+    async def adopt(self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord]) -> RunState:
+        """Take over a run: recover TIs a dead owner left mid-try, then start what is ready."""
+        key = (run.dag_id, run.run_id)
+        if key in self.runs:
+            return self.runs[key]
+        now = self.clock.now()
+        known = {t.task_id for t in tis}
+        missing = [
+            TaskInstanceRecord(
+                dag_id=run.dag_id,
+                run_id=run.run_id,
+                task_id=task.task_id,
+                state=TaskState.NONE,
+                max_tries=task.retries,
+                operator=type(task).__name__,
+                priority_weight=task.priority_weight,
+                pool=task.pool,
+            )
+            for task in dag.tasks
+            if task.task_id not in known
+        ]
+        removed = [
+            dataclasses.replace(t, state=TaskState.REMOVED)
+            for t in tis
+            if t.task_id not in dag.task_dict and t.state is not TaskState.REMOVED
+        ]
+        if missing or removed:
+            await self.store.save_tis(missing + removed)
+        removed_ids = {t.task_id for t in removed}
+        tis = [t for t in tis if t.task_id in dag.task_dict and t.task_id not in removed_ids] + missing
+        rs = RunState(dag, run, tis)
+        self.runs[key] = rs
+        if run.state is not DagRunState.RUNNING:
+            rs.run = dataclasses.replace(run, state=DagRunState.RUNNING, start_date=run.start_date or now)
+            await self.store.save_run(rs.run)
+        if any(t.state is TaskState.SUCCESS for t in rs.tis.values()):
+            for x in await self.store.get_xcoms(run.dag_id, run.run_id):
+                rs.xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
+
+        # Counts from end states that were committed before this adoption.
+        for ti in rs.tis.values():
+            if ti.state in FINISHED_TASK_STATES:
+                for down in dag.task_dict[ti.task_id].downstream_task_ids:
+                    rs.counts[down].add(ti.state)
+
+        # A try that was running (or a TI queued) when its owner died.
+        recovered: list[TIState] = []
+        to_save: list[TaskInstanceRecord] = []
+        for ti in rs.tis.values():
+            if ti.state is TaskState.RUNNING:
+                msg = f"the process running try {ti.try_number} ({ti.hostname}) stopped; the try is lost"
+                ti.error = msg
+                self._write_to_log(rs, ti, f"ERROR - {msg}")
+                if ti.try_number <= ti.max_tries:
+                    ti.state = TaskState.UP_FOR_RETRY
+                    ti.next_retry_at = now + retry_delay_for(dag.task_dict[ti.task_id], ti.try_number)
+                else:
+                    ti.state = TaskState.FAILED
+                    ti.end_date = now
+                    recovered.append(ti)
+                to_save.append(rs.ti_record(ti))
+            elif ti.state in _RUNNABLE_AGAIN:
+                ti.state = TaskState.NONE
+                to_save.append(rs.ti_record(ti))
+        if to_save:
+            await self.store.save_tis(to_save)
+        for ti in rs.tis.values():
+            if ti.state is TaskState.UP_FOR_RETRY:
+                self._tg.start_soon(self._retry_later, rs, ti)
+        if recovered:
+            rs.unfinished -= len(recovered)
+            await self._after_end(rs, recovered)
+        # Start whatever is ready now (roots, `always` tasks, tasks whose upstream ended).
+        ready: list[TIState] = []
+        decided: list[TIState] = []
+        for task in dag.topological_order():
+            ti = rs.tis[task.task_id]
+            if ti.state is TaskState.NONE:
+                decision = decide(task.trigger_rule, rs.counts[task.task_id])
+                self._apply_decision(rs, ti, decision, now, ready, decided)
+        for ti in ready:
+            self._submit(rs, ti)
+        if decided:
+            await self._commit_decided(rs, decided)
+        if rs.unfinished == 0:
+            await self._finish_run(rs)
+        return rs
+
+    # -- deciding -----------------------------------------------------------------
+    def _apply_decision(
+        self,
+        rs: RunState,
+        ti: TIState,
+        decision: Decision,
+        now: datetime,
+        ready: list[TIState],
+        decided: list[TIState],
+    ) -> None:
+        if decision is Decision.RUN:
+            ti.state = TaskState.SCHEDULED
+            ready.append(ti)
+        elif decision is Decision.SKIP:
+            ti.state = TaskState.SKIPPED
+            ti.start_date = ti.end_date = now
+            decided.append(ti)
+        elif decision is Decision.UPSTREAM_FAILED:
+            ti.state = TaskState.UPSTREAM_FAILED
+            ti.start_date = ti.end_date = now
+            decided.append(ti)
+
+    async def _commit_decided(self, rs: RunState, decided: list[TIState]) -> None:
+        await self.store.save_tis([rs.ti_record(t) for t in decided])
+        rs.unfinished -= len(decided)
+        await self._after_end(rs, decided)
+
+    async def _after_end(self, rs: RunState, ended: list[TIState]) -> None:
+        """`ended` TIs' end states are committed: decide their downstream tasks."""
+        frontier = ended
+        while frontier:
+            now = self.clock.now()
+            ready: list[TIState] = []
+            decided: list[TIState] = []
+            for ti in frontier:
+                task = rs.dag.task_dict[ti.task_id]
+                for down_id in task.downstream_task_ids:
+                    counts = rs.counts[down_id]
+                    counts.add(ti.state)
+                    down = rs.tis[down_id]
+                    if down.state is not TaskState.NONE:
+                        continue
+                    decision = decide(rs.dag.task_dict[down_id].trigger_rule, counts)
+                    self._apply_decision(rs, down, decision, now, ready, decided)
+            for ti in ready:
+                self._submit(rs, ti)
+            if decided:
+                await self.store.save_tis([rs.ti_record(t) for t in decided])
+                rs.unfinished -= len(decided)
+            frontier = decided
+        if rs.unfinished == 0:
+            await self._finish_run(rs)
+
+    # -- running a try --------------------------------------------------------------
+    def _submit(self, rs: RunState, ti: TIState) -> None:
+        task = rs.dag.task_dict[ti.task_id]
+        self.slots.submit(
+            rs.run.dag_id,
+            task.priority_weight,
+            rs.dag.max_active_tasks,
+            lambda slot: self._run_ti(rs, ti, slot),
+        )
+
+    async def _run_ti(self, rs: RunState, ti: TIState, slot: Slot) -> None:
+        task = rs.dag.task_dict[ti.task_id]
+        try:
+            now = self.clock.now()
+            ti.try_number += 1
+            ti.state = TaskState.RUNNING
+            ti.start_date = now
+            ti.end_date = None
+            ti.hostname = self.hostname
+            ti.next_retry_at = None
+            ti.error = None
+            await self.store.save_tis([rs.ti_record(ti)])
+            self.tries_started += 1
+            job = TryJob(
+                task=task,
+                run=rs.run,
+                map_index=ti.map_index,
+                try_number=ti.try_number,
+                max_tries=ti.max_tries,
+                start_date=now,
+                hostname=self.hostname,
+                xcoms=rs.xcoms,
+                log_path=self._log_path(rs, ti),
+                thread_limiter=self.thread_limiter,
+            )
+            try:
+                result = await run_try(job)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._interrupted(rs, ti)
+                raise
+        finally:
+            slot.release()
+        now = self.clock.now()
+        ti.end_date = now
+        ti.error = result.error
+        if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
+            ti.state = TaskState.UP_FOR_RETRY
+            ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
+            await self.store.save_tis([rs.ti_record(ti)])
+            self._tg.start_soon(self._retry_later, rs, ti)
+            return
+        ti.state = result.state
+        xcoms = [
+            XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, key, value, ti.map_index)
+            for key, value in result.xcoms.items()
+        ]
+        await self.store.finish_ti(rs.ti_record(ti), xcoms)
+        if result.xcoms:
+            rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
+        rs.unfinished -= 1
+        await self._after_end(rs, [ti])
+
+    async def _interrupted(self, rs: RunState, ti: TIState) -> None:
+        """Shutdown cancelled a running try: leave it to be run again, without using a retry."""
+        ti.state = TaskState.SCHEDULED
+        ti.max_tries += 1
+        ti.error = "interrupted by shutdown; will run again when aflow restarts"
+        self._write_to_log(rs, ti, f"WARNING - {ti.error}")
+        try:
+            await self.store.save_tis([rs.ti_record(ti)])
+        except Exception:  # noqa: BLE001 - recovery on restart treats it as a lost try
+            log.exception("could not record the interruption of %s", ti.task_id)
+
+    async def _retry_later(self, rs: RunState, ti: TIState) -> None:
+        assert ti.next_retry_at is not None
+        await self.clock.sleep_until(ti.next_retry_at)
+        if ti.state is TaskState.UP_FOR_RETRY and rs.key in self.runs:
+            ti.state = TaskState.SCHEDULED
+            self._submit(rs, ti)
+
+    # -- finishing a run -------------------------------------------------------------
+    async def _finish_run(self, rs: RunState) -> None:
+        if rs.finishing:
+            return
+        rs.finishing = True
+        leaves = rs.dag.leaves
+        failed = any(
+            rs.tis[t.task_id].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for t in leaves
+        )
+        state = DagRunState.FAILED if failed else DagRunState.SUCCESS
+        rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
+        await self.store.save_run(rs.run)
+        self.runs.pop(rs.key, None)
+        log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
+        callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
+        if callbacks is not None:
+            self._tg.start_soon(self._dag_callback, rs, callbacks)
+        for listener in self.on_run_finished:
+            listener(rs)
+        rs.done.set()
+
+    async def _dag_callback(self, rs: RunState, cb: Any) -> None:
+        context = {
+            "dag": rs.dag,
+            "dag_run": rs.run,
+            "run_id": rs.run.run_id,
+            "reason": "task_failure" if rs.run.state is DagRunState.FAILED else "success",
+        }
+        try:
+            await call_callback(cb, context, self.thread_limiter)
+        except Exception:  # noqa: BLE001 - a callback never changes the run
+            log.exception("DAG %s callback failed", rs.dag.dag_id)
+
+    # -- logs -------------------------------------------------------------------------
+    def _log_path(self, rs: RunState, ti: TIState) -> Path:
+        return log_path(self.log_dir, rs.run.dag_id, rs.run.run_id, ti.task_id, ti.try_number, ti.map_index)
+
+    def _write_to_log(self, rs: RunState, ti: TIState, line: str) -> None:
+        if ti.try_number < 1:
+            return
+        task_log = TaskLog(self._log_path(rs, ti))
+        try:
+            task_log.write_line(f"[{self.clock.now().isoformat()}] {line}")
+        finally:
+            task_log.close()
+

@@ -1,0 +1,250 @@
+"""One try of one task instance: context, templates, execution in the right place
+(event loop, worker thread or child process), timeout, callbacks, XCom and the log."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from aflow.authoring.baseoperator import DEFAULT_MAX_RETRY_DELAY, BaseOperator
+from aflow.authoring.templating import date_context, render_template_fields
+from aflow.exceptions import SkipTask, TaskFailure, TaskTimeout
+from aflow.runtime import logs
+from aflow.runtime.ti import RuntimeTaskInstance
+from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
+from aflow.states import TaskState
+from aflow.store.records import DagRunRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TryResult:
+    state: TaskState  # SUCCESS, FAILED or SKIPPED
+    xcoms: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = True
+
+
+@dataclass(slots=True)
+class TryJob:
+    """Everything one try needs; built by the run driver."""
+
+    task: BaseOperator
+    run: DagRunRecord
+    map_index: int
+    try_number: int
+    max_tries: int
+    start_date: datetime
+    hostname: str
+    xcoms: XComView
+    log_path: Path
+    thread_limiter: anyio.CapacityLimiter | None = None
+    store_url: str | None = None
+
+
+def retry_delay_for(task: BaseOperator, try_number: int) -> timedelta:
+    """The wait before the next try after try `try_number` failed (1-based)."""
+    base = task.retry_delay
+    if not task.retry_exponential_backoff:
+        return base
+    cap = task.max_retry_delay or DEFAULT_MAX_RETRY_DELAY
+    exponent = min(try_number - 1, 62)
+    seconds = base.total_seconds() * math.pow(2, exponent)
+    return min(timedelta(seconds=seconds), cap)
+
+
+def run_params(task: BaseOperator, run: DagRunRecord) -> dict[str, Any]:
+    """Airflow's order: DAG param defaults, then task params, then the run's conf."""
+    assert task.dag is not None
+    params = dict(task.dag.params)
+    params.update(task.params)
+    params.update(run.conf or {})
+    return params
+
+
+def build_context(task: BaseOperator, ti: RuntimeTaskInstance, run: DagRunRecord) -> dict[str, Any]:
+    logical_date = run.logical_date
+    context: dict[str, Any] = {
+        "dag": task.dag,
+        "task": task,
+        "ti": ti,
+        "task_instance": ti,
+        "run_id": run.run_id,
+        "dag_run": run,
+        "logical_date": logical_date,
+        "data_interval_start": run.data_interval_start or logical_date,
+        "data_interval_end": run.data_interval_end or logical_date,
+        "params": run_params(task, run),
+        "try_number": ti.try_number,
+        "map_index": ti.map_index,
+        "run_type": str(run.run_type),
+        "macros": _macros(),
+    }
+    context.update(date_context(logical_date))
+    return context
+
+
+def _macros() -> Any:
+    import datetime as _dt
+    import json as _json
+    import random as _random
+    import time as _time
+    import uuid as _uuid
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        datetime=_dt.datetime,
+        timedelta=_dt.timedelta,
+        json=_json,
+        time=_time,
+        uuid=_uuid,
+        random=_random.random,
+        ds_add=lambda ds, days: (_dt.date.fromisoformat(ds) + _dt.timedelta(days=days)).isoformat(),
+    )
+
+
+def make_ti(job: TryJob) -> RuntimeTaskInstance:
+    return RuntimeTaskInstance(
+        dag_id=job.run.dag_id,
+        run_id=job.run.run_id,
+        task_id=job.task.task_id,
+        map_index=job.map_index,
+        try_number=job.try_number,
+        max_tries=job.max_tries,
+        start_date=job.start_date,
+        hostname=job.hostname,
+        xcoms=job.xcoms,
+        upstream_task_ids=job.task.upstream_task_ids,
+    )
+
+
+async def run_try(job: TryJob) -> TryResult:
+    """Run one try and classify its end. Never raises for the task's own failures;
+    cancellation (shutdown) propagates."""
+    task_log = logs.TaskLog(job.log_path)
+    token = logs.set_task_log(task_log)
+    try:
+        ti = make_ti(job)
+        task = job.task.prepare_for_run()
+        context = build_context(task, ti, job.run)
+        result = await _run_guarded(job, task, ti, context, task_log)
+        await _run_callbacks(task, result, context, task_log, job)
+        return result
+    finally:
+        logs.reset_task_log(token)
+        task_log.close()
+
+
+async def _run_guarded(
+    job: TryJob,
+    task: BaseOperator,
+    ti: RuntimeTaskInstance,
+    context: dict[str, Any],
+    task_log: logs.TaskLog,
+) -> TryResult:
+    timeout = task.execution_timeout.total_seconds() if task.execution_timeout else None
+    try:
+        for cb in task.on_execute_callback:
+            await call_callback(cb, context, job.thread_limiter)
+        if task.run_in == "process":
+            from aflow.runtime.task_process import run_in_child_process
+
+            return await run_in_child_process(job, task_log, timeout)
+        with anyio.fail_after(timeout):
+            render_template_fields(task, context)
+            value = await execute_task(task, context, job.thread_limiter)
+        xcoms = dict(ti.pushed)
+        if value is not None and task.do_xcom_push:
+            xcoms[RETURN_KEY] = check_json(value, task_id=task.task_id, key=RETURN_KEY)
+        return TryResult(TaskState.SUCCESS, xcoms)
+    except SkipTask as exc:
+        task_log.write_line(f"Task skipped: {exc}" if str(exc) else "Task skipped")
+        return TryResult(TaskState.SKIPPED)
+    except TimeoutError:
+        exc = TaskTimeout(f"task {task.task_id!r} exceeded its execution_timeout of {timeout}s")
+        task_log.write_line(f"ERROR - {exc}")
+        return TryResult(TaskState.FAILED, error=str(exc))
+    except TaskFailure as exc:
+        task_log.exception(exc, "Task failed without retry")
+        return TryResult(TaskState.FAILED, error=_describe(exc), retryable=False)
+    except Exception as exc:  # noqa: BLE001 - any task error fails the task, never the loop
+        task_log.exception(exc)
+        return TryResult(TaskState.FAILED, error=_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def execute_task(
+    task: BaseOperator, context: dict[str, Any], limiter: anyio.CapacityLimiter | None
+) -> Any:
+    """Call `task.execute`: on the loop if it is async, else in a worker thread that a
+    timeout abandons (the thread keeps running detached; its slot is freed at once)."""
+    if task.run_in == "thread" or (task.run_in != "loop" and not task.is_async()):
+        value = await anyio.to_thread.run_sync(
+            _call_sync, task.execute, context, abandon_on_cancel=True, limiter=limiter
+        )
+    else:
+        value = task.execute(context)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def _call_sync(fn: Callable[[dict[str, Any]], Any], context: dict[str, Any]) -> Any:
+    value = fn(context)
+    if inspect.isawaitable(value):
+        # An async callable under run_in="thread": give it its own loop in this thread.
+        import asyncio
+
+        async def wait() -> Any:
+            return await value
+
+        return asyncio.run(wait())
+    return value
+
+
+async def call_callback(
+    cb: Callable[[dict[str, Any]], Any],
+    context: dict[str, Any],
+    limiter: anyio.CapacityLimiter | None = None,
+) -> None:
+    if inspect.iscoroutinefunction(cb):
+        await cb(context)
+    else:
+        result = await anyio.to_thread.run_sync(cb, context, limiter=limiter)
+        if inspect.isawaitable(result):
+            await result
+
+
+async def _run_callbacks(
+    task: BaseOperator,
+    result: TryResult,
+    context: dict[str, Any],
+    task_log: logs.TaskLog,
+    job: TryJob,
+) -> None:
+    if result.state is TaskState.SUCCESS:
+        callbacks = task.on_success_callback
+    elif result.state is TaskState.FAILED:
+        will_retry = result.retryable and job.try_number <= job.max_tries
+        callbacks = task.on_retry_callback if will_retry else task.on_failure_callback
+        context = {**context, "exception": result.error}
+    else:
+        return
+    for cb in callbacks:
+        try:
+            await call_callback(cb, context, job.thread_limiter)
+        except Exception as exc:  # noqa: BLE001 - a callback never changes the task's state
+            task_log.exception(exc, f"callback {getattr(cb, '__name__', cb)!r} failed")

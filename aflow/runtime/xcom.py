@@ -1,0 +1,58 @@
+"""XCom values: JSON only (no pickle), checked when pushed, read from the run's view."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aflow.exceptions import XComValueError
+
+RETURN_KEY = "return_value"
+
+
+def check_json(value: Any, *, task_id: str, key: str) -> Any:
+    """Return `value` as it will read back from the store (a JSON round trip), or raise
+    XComValueError naming the task, the key and the offending type."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise XComValueError(
+            f"task {task_id!r}: XCom {key!r} is not JSON-serializable "
+            f"({type(value).__name__}: {exc}); aflow stores XCom as JSON and never pickles — "
+            "return plain data (dict, list, str, int, float, bool, None)"
+        ) from None
+
+
+class XComView:
+    """The committed XComs of one run: (task_id, map_index) -> {key: value}."""
+
+    def __init__(self, values: Mapping[tuple[str, int], dict[str, Any]] | None = None) -> None:
+        self._values: dict[tuple[str, int], dict[str, Any]] = {
+            k: dict(v) for k, v in (values or {}).items()
+        }
+
+    def set_task(self, task_id: str, map_index: int, values: Mapping[str, Any]) -> None:
+        """Replace everything the TI pushed (a new successful try replaces older values)."""
+        if values:
+            self._values[(task_id, map_index)] = dict(values)
+        else:
+            self._values.pop((task_id, map_index), None)
+
+    def set_one(self, task_id: str, map_index: int, key: str, value: Any) -> None:
+        self._values.setdefault((task_id, map_index), {})[key] = value
+
+    def get(
+        self, task_id: str, key: str = RETURN_KEY, map_index: int = -1, default: Any = None
+    ) -> Any:
+        return self._values.get((task_id, map_index), {}).get(key, default)
+
+    def as_list(self) -> list[list[Any]]:
+        return [[t, m, k, v] for (t, m), kv in self._values.items() for k, v in kv.items()]
+
+    @classmethod
+    def from_list(cls, rows: Iterable[list[Any]]) -> XComView:
+        view = cls()
+        for t, m, k, v in rows:
+            view.set_one(t, m, k, v)
+        return view

@@ -25,17 +25,14 @@ DEFAULT_MAX_RETRY_DELAY = timedelta(hours=24)
 Callback = Callable[[dict[str, Any]], Any]
 
 
-def _init_param_names(cls: type) -> set[str]:
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        init = getattr(init, "__wrapped__", init)
-        for name, p in inspect.signature(init).parameters.items():
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self":
-                names.add(name)
-    return names
+def _own_param_names(init: Callable[..., None]) -> set[str]:
+    """The keyword-passable argument names of one `__init__` (not its parents')."""
+    init = getattr(init, "__wrapped__", init)
+    return {
+        name
+        for name, p in inspect.signature(init).parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self"
+    }
 
 
 class BaseOperator:
@@ -275,28 +272,32 @@ def _as_list(cb: Callback | list[Callback] | None) -> list[Callback]:
 
 
 def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap an operator's __init__ so that the DAG's default_args fill missing arguments."""
+    """Wrap an operator's __init__ so that the DAG's default_args fill missing arguments.
+
+    Each wrapped level fills only the arguments its own signature names, so a subclass
+    that passes a parent argument itself (`super().__init__(retries=0, **kwargs)`) wins.
+    """
+    own = _own_param_names(init)
 
     @functools.wraps(init)
     def wrapper(self: BaseOperator, *args: Any, **kwargs: Any) -> None:
-        if getattr(self, "_aflow_init_depth", 0) == 0:
+        outermost = "_aflow_defaults" not in self.__dict__
+        if outermost:
             dag = kwargs.get("dag") or current_dag()
             defaults = dict(dag.default_args) if dag is not None else {}
             explicit = kwargs.pop("default_args", None)
             if explicit:
                 defaults.update(explicit)
-            if defaults:
-                accepted = _init_param_names(type(self))
-                for key, value in defaults.items():
-                    if key in accepted and key not in kwargs:
-                        kwargs[key] = value
-        self._aflow_init_depth = getattr(self, "_aflow_init_depth", 0) + 1
+            self._aflow_defaults = defaults
+        for key, value in self._aflow_defaults.items():
+            if key in own and key not in kwargs:
+                kwargs[key] = value
         try:
             init(self, *args, **kwargs)
         finally:
-            self._aflow_init_depth -= 1
-        if self._aflow_init_depth == 0:
-            del self._aflow_init_depth
+            if outermost:
+                del self._aflow_defaults
+        if outermost:
             self._after_init()
 
     return wrapper

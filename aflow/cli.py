@@ -281,7 +281,7 @@ async def cmd_tasks_test(args: argparse.Namespace) -> int:
         try:
             result = await run_try(
                 TryJob(task=task, run=run, map_index=-1, try_number=1, max_tries=0,
-                       start_date=now, hostname="local", xcoms=XComView(), log_path=log_file)
+                       start_date=now, hostname="local", xcoms=XComView(), log_path=str(log_file))
             )
         finally:
             logs.uninstall_log_routing()

@@ -188,8 +188,7 @@ class Orchestrator:
         assert self._slots is not None
         self._slots.stop_accepting()
         with anyio.move_on_after(self.shutdown_grace_s):
-            while self._slots.running:
-                await anyio.sleep(0.02)
+            await self._slots.wait_drained()
         if self._slots.running:
             log.warning("cancelling %d running tries after the grace period", self._slots.running)
         tg.cancel_scope.cancel()

@@ -152,6 +152,10 @@ class BaseOperator:
 
     def prepare_for_run(self) -> BaseOperator:
         """A shallow copy for one try, so rendering templates never touches the DAG's task."""
+        if "_aflow_templated" not in self.__dict__:
+            from aflow.authoring.templating import has_templates
+
+            self._aflow_templated = has_templates(self)
         return copy.copy(self)
 
     # -- dependencies ------------------------------------------------------
@@ -183,6 +187,7 @@ class BaseOperator:
             )
         self.downstream_task_ids.add(downstream.task_id)
         downstream.upstream_task_ids.add(self.task_id)
+        self.dag.invalidate_order()
 
     def __rshift__(self, other: Any) -> Any:
         self.set_downstream(other)

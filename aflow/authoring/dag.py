@@ -110,6 +110,7 @@ class DAG:
         self.is_paused_upon_creation = is_paused_upon_creation
         self.fileloc: str | None = _caller_file()
         self.task_dict: dict[str, BaseOperator] = {}
+        self._topo_cache: list[BaseOperator] | None = None
         self._token: contextvars.Token[list[DAG]] | None = None
 
     # -- context manager -------------------------------------------------
@@ -148,6 +149,7 @@ class DAG:
             )
         self.task_dict[task.task_id] = task
         task.dag = self
+        self._topo_cache = None
 
     def get_task(self, task_id: str) -> BaseOperator:
         from aflow.exceptions import TaskNotFound
@@ -168,8 +170,14 @@ class DAG:
     def leaves(self) -> list[BaseOperator]:
         return [t for t in self.task_dict.values() if not t.downstream_task_ids]
 
+    def invalidate_order(self) -> None:
+        """Forget the cached task order (tasks or dependencies changed)."""
+        self._topo_cache = None
+
     def topological_order(self) -> list[BaseOperator]:
         """Tasks in an order where each comes after its upstream; raises CycleError."""
+        if self._topo_cache is not None:
+            return list(self._topo_cache)
         indegree = {tid: len(t.upstream_task_ids) for tid, t in self.task_dict.items()}
         ready = [tid for tid, n in indegree.items() if n == 0]
         order: list[BaseOperator] = []
@@ -189,7 +197,8 @@ class DAG:
                 if cycle
                 else f"DAG {self.dag_id!r} has a cycle among {stuck}"
             )
-        return order
+        self._topo_cache = order
+        return list(order)
 
     def validate(self) -> None:
         """Check the whole DAG: every dependency names a task of this DAG, no cycle."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -83,11 +84,31 @@ def render_value(
     return value
 
 
+def _has_template(value: Any, template_ext: tuple[str, ...]) -> bool:
+    if isinstance(value, (XComArg, ParamRef)):  # noqa: UP038 - a tuple is faster here
+        return True
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value or bool(template_ext and value.endswith(template_ext))
+    if isinstance(value, list | tuple | set):
+        return any(_has_template(v, template_ext) for v in value)
+    if isinstance(value, dict):
+        return any(_has_template(v, template_ext) for v in value.values())
+    return False
+
+
+def has_templates(task: BaseOperator) -> bool:
+    """Whether any templated field holds something to render (checked once per task)."""
+    ext = tuple(task.template_ext)
+    return any(_has_template(getattr(task, f, None), ext) for f in task.template_fields)
+
+
 def render_template_fields(task: BaseOperator, context: dict[str, Any]) -> dict[str, Any]:
     """Render each templated field of `task` in place (task is a per-try copy).
 
     Returns the rendered values by field name; a failure raises TemplateError naming the field.
     """
+    if not getattr(task, "_aflow_templated", True):
+        return {f: getattr(task, f, None) for f in task.template_fields}
     env = jinja_env(task.dag)
     rendered: dict[str, Any] = {}
     ext = tuple(task.template_ext)
@@ -105,7 +126,10 @@ def render_template_fields(task: BaseOperator, context: dict[str, Any]) -> dict[
     return rendered
 
 
+@functools.lru_cache(maxsize=1024)
 def date_context(logical_date: datetime) -> dict[str, str]:
+    """ds, ts and friends for a logical date (cached: every task of a run asks for it).
+    Callers must not mutate the result."""
     return {
         "ds": logical_date.strftime("%Y-%m-%d"),
         "ds_nodash": logical_date.strftime("%Y%m%d"),

@@ -18,7 +18,6 @@ import os
 import sys
 import threading
 import traceback
-from pathlib import Path
 from typing import Any, TextIO
 
 _current: contextvars.ContextVar[TaskLog | None] = contextvars.ContextVar(
@@ -31,20 +30,26 @@ _FORMAT = logging.Formatter(
 
 
 def log_path(
-    base: Path, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
-) -> Path:
+    base: str | os.PathLike[str],
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int,
+    map_index: int = -1,
+) -> str:
     """Airflow's layout: dag_id=…/run_id=…/task_id=…/[map_index=…/]attempt=N.log"""
-    p = base / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    if map_index >= 0:
-        p = p / f"map_index={map_index}"
-    return p / f"attempt={try_number}.log"
+    mapped = f"/map_index={map_index}" if map_index >= 0 else ""
+    return (
+        f"{os.fspath(base)}/dag_id={dag_id}/run_id={run_id}/task_id={task_id}"
+        f"{mapped}/attempt={try_number}.log"
+    )
 
 
 class TaskLog:
     """The log of one try of one task instance."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
         self._file: TextIO | None = None
         self._lock = threading.Lock()  # thread-run tasks write from worker threads
 
@@ -53,7 +58,7 @@ class TaskLog:
             return
         with self._lock:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._file.write(text)
             if "\n" in text:
@@ -71,7 +76,7 @@ class TaskLog:
         self.write("")
         with self._lock:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._file.flush()
 
@@ -208,7 +213,7 @@ def uninstall_log_routing() -> None:
     _routing.uninstall()
 
 
-def read_log(path: Path, offset: int = 0) -> tuple[str, int]:
+def read_log(path: str | os.PathLike[str], offset: int = 0) -> tuple[str, int]:
     """The log text from byte `offset`, and the offset to continue from."""
     try:
         with open(path, "rb") as f:

@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.runtime.logs import TaskLog, log_path
-from aflow.runtime.slots import Slot, Slots
+from aflow.runtime.slots import Slots
 from aflow.runtime.task_runner import TryJob, call_callback, retry_delay_for, run_try
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import XComView
@@ -292,42 +292,40 @@ class RunDriver:
             rs.run.dag_id,
             task.priority_weight,
             rs.dag.max_active_tasks,
-            lambda slot: self._run_ti(rs, ti, slot),
+            lambda: self._run_ti(rs, ti),
         )
 
-    async def _run_ti(self, rs: RunState, ti: TIState, slot: Slot) -> None:
+    async def _run_ti(self, rs: RunState, ti: TIState) -> None:
+        """Runs in a slot: the try and the commit of its outcome."""
         task = rs.dag.task_dict[ti.task_id]
+        now = self.clock.now()
+        ti.try_number += 1
+        ti.state = TaskState.RUNNING
+        ti.start_date = now
+        ti.end_date = None
+        ti.hostname = self.hostname
+        ti.next_retry_at = None
+        ti.error = None
+        await self.store.save_tis([rs.ti_record(ti)])
+        self.tries_started += 1
+        job = TryJob(
+            task=task,
+            run=rs.run,
+            map_index=ti.map_index,
+            try_number=ti.try_number,
+            max_tries=ti.max_tries,
+            start_date=now,
+            hostname=self.hostname,
+            xcoms=rs.xcoms,
+            log_path=self._log_path(rs, ti),
+            thread_limiter=self.thread_limiter,
+        )
         try:
-            now = self.clock.now()
-            ti.try_number += 1
-            ti.state = TaskState.RUNNING
-            ti.start_date = now
-            ti.end_date = None
-            ti.hostname = self.hostname
-            ti.next_retry_at = None
-            ti.error = None
-            await self.store.save_tis([rs.ti_record(ti)])
-            self.tries_started += 1
-            job = TryJob(
-                task=task,
-                run=rs.run,
-                map_index=ti.map_index,
-                try_number=ti.try_number,
-                max_tries=ti.max_tries,
-                start_date=now,
-                hostname=self.hostname,
-                xcoms=rs.xcoms,
-                log_path=self._log_path(rs, ti),
-                thread_limiter=self.thread_limiter,
-            )
-            try:
-                result = await run_try(job)
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    await self._interrupted(rs, ti)
-                raise
-        finally:
-            slot.release()
+            result = await run_try(job)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._interrupted(rs, ti)
+            raise
         now = self.clock.now()
         ti.end_date = now
         ti.error = result.error
@@ -400,7 +398,7 @@ class RunDriver:
             log.exception("DAG %s callback failed", rs.dag.dag_id)
 
     # -- logs -------------------------------------------------------------------------
-    def _log_path(self, rs: RunState, ti: TIState) -> Path:
+    def _log_path(self, rs: RunState, ti: TIState) -> str:
         return log_path(self.log_dir, rs.run.dag_id, rs.run.run_id, ti.task_id, ti.try_number, ti.map_index)
 
     def _write_to_log(self, rs: RunState, ti: TIState, line: str) -> None:

@@ -27,7 +27,7 @@ from aflow.runtime.run_factory import manual_interval, new_run, run_id_for
 from aflow.runtime.timetable import DagRunInfo, timetable_for
 from aflow.states import DagRunState, RunType
 from aflow.store.base import Store
-from aflow.store.records import DagRunRecord
+from aflow.store.records import DagRunRecord, TaskInstanceRecord
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ class Scheduler:
                 started += 1
         return started
 
-    async def _admit(self, dag: DAG, run: DagRunRecord) -> bool:
-        """Drive a claimed run, unless it is queued and its DAG is at max_active_runs."""
+    async def _admit(
+        self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord] | None = None
+    ) -> bool:
+        """Drive a claimed run, unless it is queued and its DAG is at max_active_runs.
+        `tis` are the run's TI rows when the caller has them (a run it just created)."""
         if run.state is DagRunState.QUEUED:
             active = await self.store.list_runs(
                 dag.dag_id, states=[DagRunState.RUNNING], limit=dag.max_active_runs
@@ -140,7 +143,8 @@ class Scheduler:
             if len(active) >= dag.max_active_runs:
                 await self.store.release_runs(self.owner, [(run.dag_id, run.run_id)])
                 return False
-        tis = await self.store.get_tis(run.dag_id, run.run_id)
+        if tis is None:
+            tis = await self.store.get_tis(run.dag_id, run.run_id)
         await self.driver.adopt(dag, run, tis)
         return True
 
@@ -232,6 +236,6 @@ class Scheduler:
             lease_until=self.lease_until(),
         )
         await self.store.create_run(run, tis)
-        if not await self._admit(dag, run):
+        if not await self._admit(dag, run, tis):
             log.info("run %s of %s is queued: max_active_runs reached", run.run_id, dag.dag_id)
         return dataclasses.replace(run)

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
+import random
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -47,7 +51,7 @@ class TryJob:
     start_date: datetime
     hostname: str
     xcoms: XComView
-    log_path: Path
+    log_path: str
     thread_limiter: anyio.CapacityLimiter | None = None
     store_url: str | None = None
 
@@ -88,29 +92,25 @@ def build_context(task: BaseOperator, ti: RuntimeTaskInstance, run: DagRunRecord
         "try_number": ti.try_number,
         "map_index": ti.map_index,
         "run_type": str(run.run_type),
-        "macros": _macros(),
+        "macros": MACROS,
     }
-    context.update(date_context(logical_date))
+    context.update(date_context(logical_date))  # copies: the cached dict stays intact
     return context
 
 
-def _macros() -> Any:
-    import datetime as _dt
-    import json as _json
-    import random as _random
-    import time as _time
-    import uuid as _uuid
-    from types import SimpleNamespace
+def _ds_add(ds: str, days: int) -> str:
+    return (date.fromisoformat(ds) + timedelta(days=days)).isoformat()
 
-    return SimpleNamespace(
-        datetime=_dt.datetime,
-        timedelta=_dt.timedelta,
-        json=_json,
-        time=_time,
-        uuid=_uuid,
-        random=_random.random,
-        ds_add=lambda ds, days: (_dt.date.fromisoformat(ds) + _dt.timedelta(days=days)).isoformat(),
-    )
+
+MACROS = SimpleNamespace(
+    datetime=datetime,
+    timedelta=timedelta,
+    json=json,
+    time=time,
+    uuid=uuid,
+    random=random.random,
+    ds_add=_ds_add,
+)
 
 
 def make_ti(job: TryJob) -> RuntimeTaskInstance:
@@ -160,9 +160,13 @@ async def _run_guarded(
             from aflow.runtime.task_process import run_in_child_process
 
             return await run_in_child_process(job, task_log, timeout)
-        with anyio.fail_after(timeout):
+        if timeout is None:
             render_template_fields(task, context)
             value = await execute_task(task, context, job.thread_limiter)
+        else:
+            with anyio.fail_after(timeout):
+                render_template_fields(task, context)
+                value = await execute_task(task, context, job.thread_limiter)
         xcoms = dict(ti.pushed)
         if value is not None and task.do_xcom_push:
             xcoms[RETURN_KEY] = check_json(value, task_id=task.task_id, key=RETURN_KEY)

@@ -40,7 +40,7 @@ class RuntimeTaskInstance:
         self.log = log
         self.log_url = log_url
         self._xcoms = xcoms
-        self._upstream = sorted(upstream_task_ids)
+        self._upstream = upstream_task_ids
         self.pushed: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:
@@ -61,7 +61,7 @@ class RuntimeTaskInstance:
         map_index = -1 if map_indexes is None else map_indexes
         if isinstance(task_ids, str):
             return self._xcoms.get(task_ids, key, map_index, default)
-        ids = self._upstream if task_ids is None else list(task_ids)
+        ids = sorted(self._upstream) if task_ids is None else list(task_ids)
         return [self._xcoms.get(t, key, map_index, default) for t in ids]
 
     async def axcom_pull(

@@ -38,8 +38,8 @@ class GroupCommitter:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((op, fut))
         self._wake.set()
-        # The write itself is shielded: once queued it commits even if the caller is cancelled.
-        await asyncio.shield(fut)
+        # Once queued, the op commits even if this caller is cancelled while waiting.
+        await fut
 
     async def run(self) -> None:
         """The writer loop; returns after `close()` once everything queued is committed."""
@@ -60,7 +60,7 @@ class GroupCommitter:
             self.batches += 1
             self.ops += len(batch)
             for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
+                if fut.done():  # its caller was cancelled; the op committed anyway
                     continue
                 if result is None:
                     fut.set_result(None)

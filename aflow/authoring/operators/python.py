@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aflow.authoring.baseoperator import BaseOperator
 from aflow.exceptions import DagDefinitionError
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature_facts(fn: Callable[..., Any]) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(takes **kwargs, positional parameter names, keyword-passable names), cached."""
+    params = list(inspect.signature(fn).parameters.values())
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    positional = tuple(
+        p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+    by_name = tuple(
+        p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+    return var_kw, positional, by_name
 
 
 def context_kwargs(
@@ -18,20 +33,19 @@ def context_kwargs(
 ) -> dict[str, Any]:
     """The keyword arguments to call `fn` with: `kwargs`, plus the context values that
     `fn` asks for by name (or all of them if it takes `**kwargs`), as Airflow does."""
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())
+    try:
+        var_kw, positional, by_name = _signature_facts(fn)
+    except TypeError:  # unhashable callable: no cache
+        var_kw, positional, by_name = _signature_facts.__wrapped__(fn)
     out = dict(kwargs)
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    if var_kw:
         for key, value in context.items():
             out.setdefault(key, value)
         return out
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    filled = {p.name for p in positional[: len(args)]}
-    for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
-            continue
-        if p.name in context and p.name not in out and p.name not in filled:
-            out[p.name] = context[p.name]
+    filled = positional[: len(args)]
+    for name in by_name:
+        if name in context and name not in out and name not in filled:
+            out[name] = context[name]
     return out
 
 

@@ -1,7 +1,5 @@
 """aflow: an async-native workflow orchestrator with Airflow's vocabulary."""
 
-__version__ = "0.1.0"
-
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
@@ -9,14 +7,32 @@ from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.python import PythonOperator
 from aflow.authoring.params import Param
 from aflow.authoring.taskflow import task
+from aflow.clock import Clock, ManualClock, SystemClock
+from aflow.exceptions import AflowError, SkipTask, TaskFailure
+from aflow.orchestrator import Orchestrator, RunHandle
+from aflow.states import DagRunState, RunType, TaskState, TriggerRule
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "AflowError",
     "BaseOperator",
     "BashOperator",
+    "Clock",
     "DAG",
+    "DagRunState",
     "EmptyOperator",
+    "ManualClock",
+    "Orchestrator",
     "Param",
     "PythonOperator",
+    "RunHandle",
+    "RunType",
+    "SkipTask",
+    "SystemClock",
+    "TaskFailure",
+    "TaskState",
+    "TriggerRule",
     "chain",
     "dag",
     "task",

@@ -1,0 +1,105 @@
+"""Shared fixtures: the anyio backend, a fresh AFLOW_HOME per test, and helpers that run
+DAGs through a real Orchestrator on a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aflow.authoring.dag import DAG
+from aflow.orchestrator import Orchestrator
+from aflow.store.records import DagRunRecord, TaskInstanceRecord
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A fresh AFLOW_HOME folder (store, logs) for one test."""
+    h = tmp_path / "aflow_home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def cli_env(home: Path) -> dict[str, str]:
+    """Environment for running the `aflow` CLI as a subprocess against `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFLOW_")}
+    env["AFLOW_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def aflow_cmd(*args: str) -> list[str]:
+    """The `aflow` CLI of this interpreter, as an argv list."""
+    return [sys.executable, "-m", "aflow.cli", *args]
+
+
+class RunResult:
+    def __init__(self, run: DagRunRecord, tis: list[TaskInstanceRecord], home: Path) -> None:
+        self.run = run
+        self.tis = {t.task_id: t for t in tis}
+        self.home = home
+
+    @property
+    def state(self) -> str:
+        return self.run.state.value
+
+    def ti_state(self, task_id: str) -> str:
+        return self.tis[task_id].state.value
+
+    def states(self) -> dict[str, str]:
+        return {k: v.state.value for k, v in self.tis.items()}
+
+    def log(self, task_id: str, try_number: int | None = None) -> str:
+        from aflow.runtime.logs import log_path, read_log
+
+        ti = self.tis[task_id]
+        path = log_path(
+            self.home / "logs", self.run.dag_id, self.run.run_id, task_id,
+            try_number or ti.try_number, ti.map_index,
+        )
+        return read_log(path)[0]
+
+
+async def run_dag(
+    dag: DAG | Iterable[DAG],
+    home: Path,
+    *,
+    dag_id: str | None = None,
+    conf: dict[str, Any] | None = None,
+    timeout: float = 60,
+    **orchestrator_kwargs: Any,
+) -> RunResult:
+    """Trigger one run of `dag` on a fresh Orchestrator over `home` and wait for its end."""
+    dags = [dag] if isinstance(dag, DAG) else list(dag)
+    orchestrator_kwargs.setdefault("schedule", False)
+    async with Orchestrator(dags, home=home, **orchestrator_kwargs) as o:
+        handle = await o.trigger(dag_id or dags[0].dag_id, conf=conf)
+        final = await handle.wait(timeout=timeout)
+        tis = await handle.task_instances()
+    return RunResult(final, tis, home)
+
+
+@pytest.fixture
+async def orchestrator_factory(home: Path) -> AsyncIterator[Any]:
+    """Build Orchestrators over `home` (closed at the end of the test)."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+
+        async def make(dags: Any, **kwargs: Any) -> Orchestrator:
+            kwargs.setdefault("schedule", False)
+            return await stack.enter_async_context(Orchestrator(dags, home=home, **kwargs))
+
+        yield make

@@ -103,6 +103,7 @@ class Orchestrator:
         self._slots: Slots | None = None
         self.driver: RunDriver | None = None
         self.scheduler: Scheduler | None = None
+        self._stop_now = anyio.Event()
 
     @property
     def store(self) -> Store:
@@ -187,11 +188,22 @@ class Orchestrator:
         """Shutdown: start nothing new, give running tries the grace period, then cancel."""
         assert self._slots is not None
         self._slots.stop_accepting()
-        with anyio.move_on_after(self.shutdown_grace_s):
-            await self._slots.wait_drained()
+        with anyio.move_on_after(self.shutdown_grace_s) as scope:
+            async with anyio.create_task_group() as waiters:
+
+                async def until(event_wait: Any) -> None:
+                    await event_wait()
+                    scope.cancel()
+
+                waiters.start_soon(until, self._slots.wait_drained)
+                waiters.start_soon(until, self._stop_now.wait)
         if self._slots.running:
             log.warning("cancelling %d running tries after the grace period", self._slots.running)
         tg.cancel_scope.cancel()
+
+    def cut_grace_short(self) -> None:
+        """During shutdown: stop waiting for running tries and cancel them now."""
+        self._stop_now.set()
 
     async def _unregister(self) -> None:
         with anyio.CancelScope(shield=True):

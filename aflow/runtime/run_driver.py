@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
+from aflow.exceptions import StoreError
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.slots import Slots
 from aflow.runtime.task_runner import TryJob, call_callback, retry_delay_for, run_try
@@ -171,14 +172,14 @@ class RunDriver:
             if t.task_id not in dag.task_dict and t.state is not TaskState.REMOVED
         ]
         if missing or removed:
-            await self.store.save_tis(missing + removed)
+            await self._durably(self.store.save_tis, missing + removed)
         removed_ids = {t.task_id for t in removed}
         tis = [t for t in tis if t.task_id in dag.task_dict and t.task_id not in removed_ids] + missing
         rs = RunState(dag, run, tis)
         self.runs[key] = rs
         if run.state is not DagRunState.RUNNING:
             rs.run = dataclasses.replace(run, state=DagRunState.RUNNING, start_date=run.start_date or now)
-            await self.store.save_run(rs.run)
+            await self._durably(self.store.save_run, rs.run)
         if any(t.state is TaskState.SUCCESS for t in rs.tis.values()):
             for x in await self.store.get_xcoms(run.dag_id, run.run_id):
                 rs.xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
@@ -209,7 +210,7 @@ class RunDriver:
                 ti.state = TaskState.NONE
                 to_save.append(rs.ti_record(ti))
         if to_save:
-            await self.store.save_tis(to_save)
+            await self._durably(self.store.save_tis, to_save)
         for ti in rs.tis.values():
             if ti.state is TaskState.UP_FOR_RETRY:
                 self._tg.start_soon(self._retry_later, rs, ti)
@@ -255,7 +256,7 @@ class RunDriver:
             decided.append(ti)
 
     async def _commit_decided(self, rs: RunState, decided: list[TIState]) -> None:
-        await self.store.save_tis([rs.ti_record(t) for t in decided])
+        await self._durably(self.store.save_tis, [rs.ti_record(t) for t in decided])
         rs.unfinished -= len(decided)
         await self._after_end(rs, decided)
 
@@ -279,7 +280,7 @@ class RunDriver:
             for ti in ready:
                 self._submit(rs, ti)
             if decided:
-                await self.store.save_tis([rs.ti_record(t) for t in decided])
+                await self._durably(self.store.save_tis, [rs.ti_record(t) for t in decided])
                 rs.unfinished -= len(decided)
             frontier = decided
         if rs.unfinished == 0:
@@ -306,7 +307,7 @@ class RunDriver:
         ti.hostname = self.hostname
         ti.next_retry_at = None
         ti.error = None
-        await self.store.save_tis([rs.ti_record(ti)])
+        await self._durably(self.store.save_tis, [rs.ti_record(ti)])
         self.tries_started += 1
         job = TryJob(
             task=task,
@@ -332,7 +333,7 @@ class RunDriver:
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
             ti.state = TaskState.UP_FOR_RETRY
             ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
-            await self.store.save_tis([rs.ti_record(ti)])
+            await self._durably(self.store.save_tis, [rs.ti_record(ti)])
             self._tg.start_soon(self._retry_later, rs, ti)
             return
         ti.state = result.state
@@ -340,7 +341,7 @@ class RunDriver:
             XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, key, value, ti.map_index)
             for key, value in result.xcoms.items()
         ]
-        await self.store.finish_ti(rs.ti_record(ti), xcoms)
+        await self._durably(self.store.finish_ti, rs.ti_record(ti), xcoms)
         if result.xcoms:
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         rs.unfinished -= 1
@@ -375,7 +376,7 @@ class RunDriver:
         )
         state = DagRunState.FAILED if failed else DagRunState.SUCCESS
         rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
-        await self.store.save_run(rs.run)
+        await self._durably(self.store.save_run, rs.run)
         self.runs.pop(rs.key, None)
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
@@ -396,6 +397,19 @@ class RunDriver:
             await call_callback(cb, context, self.thread_limiter)
         except Exception:  # noqa: BLE001 - a callback never changes the run
             log.exception("DAG %s callback failed", rs.dag.dag_id)
+
+    async def _durably(self, write: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """A state write the run cannot go on without: retried with backoff until it commits
+        (a store outage pauses the run instead of losing or wedging it)."""
+        delay = 0.1
+        while True:
+            try:
+                await write(*args)
+                return
+            except StoreError as exc:
+                log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- logs -------------------------------------------------------------------------
     def _log_path(self, rs: RunState, ti: TIState) -> str:

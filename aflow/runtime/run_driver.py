@@ -28,6 +28,7 @@ from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import StoreError
 from aflow.runtime.logs import TaskLog, log_path
+from aflow.runtime.run_factory import new_ti
 from aflow.runtime.slots import Slots
 from aflow.runtime.task_runner import TryJob, call_callback, retry_delay_for, run_try
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
@@ -152,20 +153,7 @@ class RunDriver:
             return self.runs[key]
         now = self.clock.now()
         known = {t.task_id for t in tis}
-        missing = [
-            TaskInstanceRecord(
-                dag_id=run.dag_id,
-                run_id=run.run_id,
-                task_id=task.task_id,
-                state=TaskState.NONE,
-                max_tries=task.retries,
-                operator=type(task).__name__,
-                priority_weight=task.priority_weight,
-                pool=task.pool,
-            )
-            for task in dag.tasks
-            if task.task_id not in known
-        ]
+        missing = [new_ti(task, run.run_id) for task in dag.tasks if task.task_id not in known]
         removed = [
             dataclasses.replace(t, state=TaskState.REMOVED)
             for t in tis

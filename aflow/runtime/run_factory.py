@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from aflow.authoring.baseoperator import BaseOperator
 from aflow.authoring.dag import DAG
 from aflow.exceptions import InvalidConfError
 from aflow.states import DagRunState, RunType, TaskState
@@ -49,20 +50,22 @@ def new_run(
         owner=owner,
         lease_until=lease_until,
     )
-    tis = [
-        TaskInstanceRecord(
-            dag_id=dag.dag_id,
-            run_id=run.run_id,
-            task_id=task.task_id,
-            state=TaskState.NONE,
-            max_tries=task.retries,
-            operator=type(task).__name__,
-            priority_weight=task.priority_weight,
-            pool=task.pool,
-        )
-        for task in dag.tasks
-    ]
-    return run, tis
+    return run, [new_ti(task, run.run_id) for task in dag.tasks]
+
+
+def new_ti(task: BaseOperator, run_id: str) -> TaskInstanceRecord:
+    """The row of a task instance that has not run yet."""
+    assert task.dag is not None
+    return TaskInstanceRecord(
+        dag_id=task.dag.dag_id,
+        run_id=run_id,
+        task_id=task.task_id,
+        state=TaskState.NONE,
+        max_tries=task.retries,
+        operator=type(task).__name__,
+        priority_weight=task.priority_weight,
+        pool=task.pool,
+    )
 
 
 def manual_interval(dag: DAG, when: datetime) -> tuple[datetime, datetime]:

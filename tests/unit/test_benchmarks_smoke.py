@@ -1,0 +1,104 @@
+"""Smoke test of the benchmark runner: each scenario runs small as a subprocess and its last
+stdout line is a complete JSON record. No timing is asserted (timings belong to benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import aflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+REQUIRED = {
+    "scenario",
+    "n",
+    "store",
+    "wall_s",
+    "tis_per_s",
+    "hop_ms_p50",
+    "hop_ms_p99",
+    "peak_rss_mib",
+    "cpu_s",
+    "aflow_version",
+    "python",
+    "machine",
+    "schedulers",
+}
+
+
+def run_bench(*args: str) -> tuple[dict, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFLOW_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr}"
+    return json.loads(lines[-1]), proc.stderr
+
+
+def check_record(rec: dict, scenario: str, n: int, tis: int, hops: int) -> None:
+    assert REQUIRED <= rec.keys(), REQUIRED - rec.keys()
+    assert rec["scenario"] == scenario
+    assert rec["n"] == n
+    assert rec["store"] == "sqlite"
+    assert rec["schedulers"] == 1
+    assert rec["aflow_version"] == aflow.__version__
+    assert rec["tis"] == tis
+    assert rec["hop_count"] == hops
+    assert rec["python"].split()[-1].startswith(f"{sys.version_info.major}.")
+    assert rec["machine"]["cores"] >= 1 and rec["machine"]["cpu"]
+    for key in ("wall_s", "tis_per_s", "peak_rss_mib"):
+        assert isinstance(rec[key], float) and math.isfinite(rec[key]) and rec[key] > 0, key
+    assert rec["cpu_s"] >= 0
+    assert 0 <= rec["hop_ms_p50"] <= rec["hop_ms_p99"] <= rec["hop_ms_max"]
+    assert rec["tis_per_s"] == pytest.approx(tis / rec["wall_s"], rel=0.01)
+
+
+def test_fanout_small() -> None:
+    rec, stderr = run_bench("fanout", "--n", "50")
+    check_record(rec, "fanout", 50, tis=52, hops=51)
+    assert rec["parallelism"] == 256
+    assert "[bench fanout]" in stderr
+
+
+def test_chain_small() -> None:
+    rec, stderr = run_bench("chain", "--n", "20")
+    check_record(rec, "chain", 20, tis=20, hops=19)
+    assert "[bench chain]" in stderr
+
+
+def test_repeat_prints_one_record_per_run_and_bad_input_fails_cleanly() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFLOW_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "chain", "--n", "3", "--repeat", "2", "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["repeat"] for r in records] == [1, 2]
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "no_such_scenario"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unknown scenario" in bad.stderr and not bad.stdout

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,15 +114,24 @@ async def cmd_db_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_bag(args: argparse.Namespace) -> DagBag:
+def _load_bag(args: argparse.Namespace, *, report_errors: bool = False) -> DagBag:
+    """Load the DAG folder. With `report_errors` the command reports import errors itself,
+    so the loader's own warning per broken file is not printed a second time."""
     folder = dags_folder_of(args)
     if not folder.exists():
         raise AflowError(f"DAG folder {folder} does not exist (set --dags-folder or AFLOW_DAGS_FOLDER)")
-    return load_folder(folder)
+    loader_log = logging.getLogger("aflow.runtime.dag_loader")
+    level = loader_log.level
+    if report_errors and not args.verbose:
+        loader_log.setLevel(logging.ERROR)
+    try:
+        return load_folder(folder)
+    finally:
+        loader_log.setLevel(level)
 
 
 async def cmd_dags_list(args: argparse.Namespace) -> int:
-    bag = _load_bag(args)
+    bag = _load_bag(args, report_errors=True)
     rows = [
         {
             "dag_id": d.dag_id,
@@ -132,15 +143,16 @@ async def cmd_dags_list(args: argparse.Namespace) -> int:
         for d in sorted(bag.dags.values(), key=lambda d: d.dag_id)
     ]
     emit(rows, ["dag_id", "fileloc", "schedule", "tasks", "tags"], args.output)
-    if bag.import_errors and args.output == "table":
-        print(f"\n{len(bag.import_errors)} DAG file(s) failed to import:", file=sys.stderr)
-        for message in bag.import_errors.values():
+    if bag.import_errors:  # on stderr, so that stdout stays parseable with --output json
+        print(f"\n{len(bag.import_errors)} DAG file(s) failed to import"
+              " (details: aflow dags list-import-errors):", file=sys.stderr)
+        for _, message in sorted(bag.import_errors.items()):
             print(f"  {message.splitlines()[0]}", file=sys.stderr)
     return 0
 
 
 async def cmd_dags_import_errors(args: argparse.Namespace) -> int:
-    bag = _load_bag(args)
+    bag = _load_bag(args, report_errors=True)
     rows = [{"filename": f, "error": m} for f, m in sorted(bag.import_errors.items())]
     if args.output == "table":
         if not rows:
@@ -190,7 +202,7 @@ async def cmd_dags_test(args: argparse.Namespace) -> int:
     else:
         print(f"run {final.run_id} of {dag.dag_id}: {final.state.value}")
         emit(_ti_rows(tis), ["task_id", "state", "tries", "duration_s", "error"], "table")
-        print(f"logs: {home_of(args) / 'logs'}")
+        print(f"\nlogs: {home_of(args) / 'logs'}")
     return 0 if final.state is DagRunState.SUCCESS else EXIT_FAILED
 
 
@@ -301,12 +313,47 @@ async def cmd_tasks_logs(args: argparse.Namespace) -> int:
     ti = tis[0]
     try_number = args.try_number or ti.try_number
     if try_number < 1:
+        if args.try_number is not None:
+            raise AflowError(f"--try must be 1 or more, got {args.try_number}")
         print(f"task {args.task_id} has not run yet (state {ti.state.value})")
         return 0
+    if try_number > ti.try_number:
+        raise AflowError(
+            f"task {args.task_id} has no try {try_number}: it has run {ti.try_number} time(s)"
+        )
     path = logs.log_path(home_of(args) / "logs", args.dag_id, args.run_id, args.task_id, try_number, ti.map_index)
     text, _ = logs.read_log(path)
     print(f"*** {path} (try {try_number} of {ti.try_number}, state {ti.state.value})")
     sys.stdout.write(text if text else "(the task wrote nothing to its log)\n")
+    return 0
+
+
+def _first_line(text: str | None, width: int) -> str:
+    return (text or "").partition("\n")[0][:width]
+
+
+async def cmd_tasks_states(args: argparse.Namespace) -> int:
+    async with open_store_url(store_url_of(args)) as store:
+        run = await store.get_run(args.dag_id, args.run_id)
+        if run is None:
+            raise AflowError(f"DAG {args.dag_id!r} has no run {args.run_id!r}")
+        tis = await store.get_tis(args.dag_id, args.run_id)
+    rows = [
+        {
+            "task_id": t.task_id,
+            "map_index": t.map_index,
+            "state": t.state.value,
+            "try_number": t.try_number,
+            "max_tries": t.max_tries,
+            "start_date": t.start_date,
+            "end_date": t.end_date,
+            "hostname": t.hostname,
+            "error": t.error if args.output == "json" else _first_line(t.error, 80),
+        }
+        for t in sorted(tis, key=lambda t: (t.task_id, t.map_index))
+    ]
+    emit(rows, ["task_id", "map_index", "state", "try_number", "max_tries", "start_date", "end_date",
+                "hostname", "error"], args.output)
     return 0
 
 
@@ -320,17 +367,28 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         shutdown_grace_s=args.grace,
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with orchestrator as o:
-            print(f"aflow {what} {__version__} running (pid {os.getpid()})", flush=True)
-            print(f"  home:        {o.home}", flush=True)
-            print(f"  store:       {store_url_of(args)}", flush=True)
-            print(f"  DAG folder:  {folder} ({len(o.dagbag.dags)} DAGs, {len(o.dagbag.import_errors)} import errors)", flush=True)
-            print(f"  task logs:   {o.log_dir}", flush=True)
-            for message in o.dagbag.import_errors.values():
-                print(f"  import error: {message.splitlines()[0]}", flush=True)
-            async for signum in signals:
-                print(f"received {signal.Signals(signum).name}: stopping (grace {args.grace}s)", flush=True)
-                break
+        async with anyio.create_task_group() as watchers:
+            async with orchestrator as o:
+                print(f"aflow {what} {__version__} running (pid {os.getpid()})", flush=True)
+                print(f"  home:        {o.home}", flush=True)
+                print(f"  store:       {store_url_of(args)}", flush=True)
+                print(f"  DAG folder:  {folder} ({len(o.dagbag.dags)} DAGs, {len(o.dagbag.import_errors)} import errors)", flush=True)
+                print(f"  task logs:   {o.log_dir}", flush=True)
+                for message in o.dagbag.import_errors.values():
+                    print(f"  import error: {message.splitlines()[0]}", flush=True)
+                async for signum in signals:
+                    print(f"received {signal.Signals(signum).name}: stopping; running tasks get "
+                          f"{args.grace}s (signal again to stop at once)", flush=True)
+                    break
+
+                async def second_signal() -> None:
+                    async for signum in signals:
+                        print(f"received {signal.Signals(signum).name} again: cancelling running "
+                              "tasks now", flush=True)
+                        o.cut_grace_short()
+
+                watchers.start_soon(second_signal)
+            watchers.cancel_scope.cancel()
     print("stopped", flush=True)
     return 0
 
@@ -401,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task_id")
     p.add_argument("--try", dest="try_number", type=int, help="try number (default: the latest)")
     p.set_defaults(handler=cmd_tasks_logs)
+    p = tasks.add_parser("states-for-dag-run", parents=[common, output],
+                         help="the state of every task instance of one run")
+    p.add_argument("dag_id")
+    p.add_argument("run_id")
+    p.set_defaults(handler=cmd_tasks_states)
 
     runs = groups.add_parser("runs", help="DAG runs").add_subparsers(dest="cmd", required=True)
     p = runs.add_parser("list", parents=[common, output], help="list runs, newest first")
@@ -435,12 +498,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     handler: Handler = args.handler
     try:
-        return anyio.run(handler, args)
+        code = anyio.run(handler, args)
+        if args.group in ("scheduler", "standalone"):
+            _leave_abandoned_threads(code)
+        return code
     except AflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(AflowError)
+        if errors is None or rest is not None:
+            raise
+        for exc in _leaves(errors):
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `aflow dags test ... | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _leave_abandoned_threads(code: int) -> None:
+    """A sync try cancelled at the end of the grace period goes on in its worker thread
+    (Python cannot stop a thread), and a non-daemon thread would keep the process alive after
+    shutdown. Everything is recorded and the store closed by now: exit without waiting."""
+    deadline = time.monotonic() + 1.0
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in threading.enumerate()
+             if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        print(f"abandoning {len(stuck)} thread(s) of tries cancelled after the grace period",
+              file=sys.stderr, flush=True)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

@@ -182,7 +182,14 @@ class Orchestrator:
         stack, self._stack = self._stack, None
         if stack is None:
             return None
-        return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The task group wraps an error raised in the `async with` body (e.g. an invalid
+            # conf given to trigger()): let the caller's own exception propagate unwrapped.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False
+            raise
 
     async def _drain(self, tg: Any) -> None:
         """Shutdown: start nothing new, give running tries the grace period, then cancel."""

@@ -78,7 +78,7 @@ async def run_dag(
     *,
     dag_id: str | None = None,
     conf: dict[str, Any] | None = None,
-    timeout: float = 60,
+    timeout: float = 60,  # noqa: ASYNC109 - a plain wait limit, passed to fail_after
     **orchestrator_kwargs: Any,
 ) -> RunResult:
     """Trigger one run of `dag` on a fresh Orchestrator over `home` and wait for its end."""

@@ -164,9 +164,13 @@ async def _run_guarded(
             render_template_fields(task, context)
             value = await execute_task(task, context, job.thread_limiter)
         else:
-            with anyio.fail_after(timeout):
+            with anyio.move_on_after(timeout) as deadline:
                 render_template_fields(task, context)
                 value = await execute_task(task, context, job.thread_limiter)
+            if deadline.cancelled_caught:  # not a TimeoutError the task's own code raised
+                raise TaskTimeout(
+                    f"task {task.task_id!r} exceeded its execution_timeout of {timeout}s"
+                )
         xcoms = dict(ti.pushed)
         if value is not None and task.do_xcom_push:
             xcoms[RETURN_KEY] = check_json(value, task_id=task.task_id, key=RETURN_KEY)
@@ -174,8 +178,7 @@ async def _run_guarded(
     except SkipTask as exc:
         task_log.write_line(f"Task skipped: {exc}" if str(exc) else "Task skipped")
         return TryResult(TaskState.SKIPPED)
-    except TimeoutError:
-        exc = TaskTimeout(f"task {task.task_id!r} exceeded its execution_timeout of {timeout}s")
+    except TaskTimeout as exc:
         task_log.write_line(f"ERROR - {exc}")
         return TryResult(TaskState.FAILED, error=str(exc))
     except TaskFailure as exc:

@@ -15,7 +15,7 @@ def check_json(value: Any, *, task_id: str, key: str) -> Any:
     """Return `value` as it will read back from the store (a JSON round trip), or raise
     XComValueError naming the task, the key and the offending type."""
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise XComValueError(
             f"task {task_id!r}: XCom {key!r} is not JSON-serializable "

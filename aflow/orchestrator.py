@@ -36,7 +36,13 @@ from aflow.runtime.slots import Slots
 from aflow.states import DagRunState, RunType
 from aflow.store.base import Store
 from aflow.store.factory import open_store_url
-from aflow.store.records import DagRecord, DagRunRecord, ImportErrorRecord, ProcessRecord, TaskInstanceRecord
+from aflow.store.records import (
+    DagRecord,
+    DagRunRecord,
+    ImportErrorRecord,
+    ProcessRecord,
+    TaskInstanceRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ class RunHandle:
         self.dag_id = record.dag_id
         self.run_id = record.run_id
 
-    async def wait(self, timeout: float | None = None) -> DagRunRecord:
+    async def wait(self, timeout: float | None = None) -> DagRunRecord:  # noqa: ASYNC109
         """Wait until the run ends; returns its final record."""
         with anyio.fail_after(timeout):
             return await self._o.wait_for_run(self.dag_id, self.run_id)

@@ -54,13 +54,13 @@ def _run_from_json(data: dict[str, Any]) -> DagRunRecord:
 
 
 async def run_in_child_process(
-    job: TryJob, task_log: logs.TaskLog, timeout: float | None
+    job: TryJob, task_log: logs.TaskLog, timeout_s: float | None
 ) -> TryResult:
     from aflow.runtime.task_runner import TryResult
 
     task = job.task
     assert task.dag is not None
-    if not task.dag.fileloc or not os.path.exists(task.dag.fileloc):
+    if not task.dag.fileloc or not await anyio.Path(task.dag.fileloc).exists():
         return TryResult(
             TaskState.FAILED,
             error=f"run_in='process' needs the DAG to be importable from its file; "
@@ -100,12 +100,15 @@ async def run_in_child_process(
         finally:
             os.close(log_fd)
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(timeout_s):
                 rc = await proc.wait()
         except TimeoutError:
             with anyio.CancelScope(shield=True):
                 await kill_process_group(proc)
-            msg = f"task {task.task_id!r} exceeded its execution_timeout of {timeout}s; its process was killed"
+            msg = (
+                f"task {task.task_id!r} exceeded its execution_timeout of {timeout_s}s; "
+                "its process was killed"
+            )
             task_log.write_line(f"ERROR - {msg}")
             return TryResult(TaskState.FAILED, error=msg)
         except BaseException:
@@ -142,7 +145,7 @@ def _child_main(spec_path: str) -> int:
     from aflow.authoring.templating import render_template_fields
     from aflow.exceptions import SkipTask, TaskFailure
     from aflow.runtime.dag_loader import load_file
-    from aflow.runtime.task_runner import build_context, _call_sync
+    from aflow.runtime.task_runner import _call_sync, build_context
     from aflow.runtime.ti import RuntimeTaskInstance
     from aflow.runtime.xcom import XComView, check_json
 

@@ -73,7 +73,7 @@ class BashOperator(BaseOperator):
         return base
 
     async def execute(self, context: dict[str, Any]) -> str | None:
-        if self.cwd is not None and not os.path.isdir(self.cwd):
+        if self.cwd is not None and not await anyio.Path(self.cwd).is_dir():
             raise BashCommandFailed(f"cwd {self.cwd!r} is not a directory")
         proc = await asyncio.create_subprocess_exec(
             "bash",

@@ -175,6 +175,14 @@ def _run_update_row(run: DagRunRecord) -> tuple[Any, ...]:
     )
 
 
+def _write_error(exc: sqlite3.Error) -> StoreError:
+    """A failed write's StoreError, chained to the driver's error by hand: it is handed to
+    the waiting callers, not raised here, so `raise ... from` cannot chain it."""
+    err = StoreError(f"SQLite write failed: {exc}")
+    err.__cause__ = exc
+    return err
+
+
 def _apply_op(conn: sqlite3.Connection, op: Op) -> None:
     for sql, rows in op:
         conn.executemany(sql, rows)
@@ -196,10 +204,11 @@ def _apply_batch_sync(conn: sqlite3.Connection, batch: list[Op]) -> list[BaseExc
             conn.executemany(sql, rows)
         conn.execute("COMMIT")
         return [None] * len(batch)
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        if len(batch) == 1:
+        # A lock is no op's fault: the caller retries the whole batch after a pause.
+        if len(batch) == 1 or any(t in str(exc) for t in _TRANSIENT):
             raise
     results: list[BaseException | None] = []
     for op in batch:
@@ -211,7 +220,7 @@ def _apply_batch_sync(conn: sqlite3.Connection, batch: list[Op]) -> list[BaseExc
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results.append(StoreError(f"SQLite write failed: {exc}"))
+            results.append(_write_error(exc))
     return results
 
 
@@ -225,6 +234,7 @@ class SqliteStore(Store):
     ) -> None:
         self.url = url
         self.path = sqlite_path_from_url(url)
+        self.abspath = os.path.abspath(self.path)
         synchronous = synchronous.upper()
         if synchronous not in SYNCHRONOUS_LEVELS:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}")
@@ -237,8 +247,8 @@ class SqliteStore(Store):
 
     # -- lifecycle -----------------------------------------------------------
     async def open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
+        directory = os.path.dirname(self.abspath)
+        if not await anyio.Path(directory).is_dir():
             raise StoreUnavailable(
                 f"cannot open SQLite store {self.path!r}: directory {directory!r} does not exist"
             )
@@ -268,10 +278,28 @@ class SqliteStore(Store):
         conn = await aiosqlite.connect(
             self.path, isolation_level=None, timeout=self.busy_timeout_s, check_same_thread=False
         )
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        try:
+            # Switching a new file to WAL fails at once (busy_timeout is not consulted) while
+            # another connection opening the same file holds a lock: retry up to the timeout.
+            deadline = anyio.current_time() + self.busy_timeout_s
+            delay = 0.01
+            while True:
+                try:
+                    await conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    transient = any(t in str(exc) for t in _TRANSIENT)
+                    if not transient or anyio.current_time() >= deadline:
+                        raise
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()  # else its thread outlives the failed open
+            raise
         return conn
 
     async def _in_writer_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -291,12 +319,12 @@ class SqliteStore(Store):
                 return await self._in_writer_thread(lambda c: _apply_batch_sync(c, batch))
             except sqlite3.OperationalError as exc:
                 if not any(t in str(exc) for t in _TRANSIENT):
-                    return [StoreError(f"SQLite write failed: {exc}")] * len(batch)
+                    return [_write_error(exc)] * len(batch)
                 log.warning("SQLite busy, retrying the batch in %.2fs: %s", delay, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except sqlite3.Error as exc:
-                return [StoreError(f"SQLite write failed: {exc}")] * len(batch)
+                return [_write_error(exc)] * len(batch)
         return [StoreError("SQLite stayed locked; write abandoned")] * len(batch)
 
     async def _migrate(self) -> None:

@@ -1,0 +1,977 @@
+"""The Store contract: one suite that every backend passes unchanged.
+
+The backend is chosen in one place, the `store_factory` fixture (parametrized by backend
+name). It opens any number of stores on the SAME database, so concurrency between
+processes is tested with several store instances. `store` is the first of them.
+A new backend adds its name to `BACKENDS`, a `StoreFactory` builder like `sqlite_factory`
+(its URLs, a way to hold its write lock as another process would) and a branch in
+`store_factory`; the tests themselves stay unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from aflow.exceptions import RunAlreadyExists, StoreError, StoreUnavailable
+from aflow.states import DagRunState, RunType, TaskState
+from aflow.store.base import Store
+from aflow.store.group_commit import GroupCommitter
+from aflow.store.records import (
+    DagRecord,
+    DagRunRecord,
+    ImportErrorRecord,
+    ProcessRecord,
+    TaskInstanceRecord,
+    XComRecord,
+)
+
+pytestmark = pytest.mark.anyio
+
+BACKENDS = ["sqlite"]
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+# -- the backend seam ------------------------------------------------------------------------
+
+
+@dataclass
+class StoreFactory:
+    """Opens stores of one backend on one shared database for the length of a test."""
+
+    backend: str
+    url: str  # the database every store of this test shares
+    make: Callable[[str], Store]  # an unopened store for a URL
+    migration_count: int  # how many migration files the backend ships
+    empty_url: Callable[[], str]  # the URL of another, new and empty database
+    missing_url: tuple[str, str]  # (URL whose location does not exist, text its error names)
+    bad_urls: list[tuple[str, str]]  # (malformed or unusable URL, text its error names)
+    impatient: Callable[[], Store]  # an unopened store that gives up waiting on a lock quickly
+    hold_write_lock: Callable[[], AbstractAsyncContextManager[None]]  # as another process would
+    stack: AsyncExitStack
+
+    def unopened(self, url: str | None = None) -> Store:
+        return self.make(url or self.url)
+
+    async def __call__(self) -> Store:
+        """A store opened on the shared database, closed at the end of the test."""
+        return await self.stack.enter_async_context(self.unopened())
+
+
+def sqlite_factory(tmp_path: Path, stack: AsyncExitStack) -> StoreFactory:
+    from aflow.store.sqlite import SqliteStore
+
+    migrations = Path(__file__).resolve().parents[2] / "aflow/store/sqlite/migrations"
+    db_path = tmp_path / "aflow.db"
+    missing = tmp_path / "no_such_dir" / "aflow.db"
+    not_a_db = tmp_path / "not_a_db.db"
+    not_a_db.write_bytes(b"this is not a database\n" * 100)
+    numbers = itertools.count()
+
+    @asynccontextmanager
+    async def write_lock() -> AsyncIterator[None]:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    return StoreFactory(
+        backend="sqlite",
+        url=f"sqlite:///{db_path}",
+        make=SqliteStore,
+        migration_count=len(list(migrations.glob("*.sql"))),
+        empty_url=lambda: f"sqlite:///{tmp_path / f'empty{next(numbers)}.db'}",
+        missing_url=(f"sqlite:///{missing}", str(missing)),
+        bad_urls=[
+            ("sqlite://somehost/aflow.db", "sqlite://somehost/aflow.db"),
+            (f"sqlite:///{not_a_db}", str(not_a_db)),
+        ],
+        impatient=lambda: SqliteStore(f"sqlite:///{db_path}", busy_timeout_s=0.05),
+        hold_write_lock=write_lock,
+        stack=stack,
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+async def store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StoreFactory]:
+    """The one place that picks the backend; every test reaches its stores through it."""
+    backend: str = request.param
+    async with AsyncExitStack() as stack:
+        if backend == "sqlite":
+            factory = sqlite_factory(tmp_path, stack)
+        else:  # pragma: no cover - a new backend adds its branch here
+            raise AssertionError(f"unknown backend {backend!r}")
+        yield factory
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> Store:
+    return await store_factory()
+
+
+def committer_of(store: Store) -> GroupCommitter:
+    """The backend's group committer (every backend group-commits through one)."""
+    committer = getattr(store, "_committer", None)
+    assert isinstance(committer, GroupCommitter), "backends group-commit with GroupCommitter"
+    return committer
+
+
+# -- record builders -----------------------------------------------------------------------------
+
+
+def a_run(
+    run_id: str = "r1",
+    dag_id: str = "d1",
+    *,
+    logical_date: datetime = T0,
+    state: DagRunState = DagRunState.QUEUED,
+    run_type: RunType = RunType.MANUAL,
+    created_at: datetime | None = None,
+    **kw: Any,
+) -> DagRunRecord:
+    return DagRunRecord(
+        dag_id=dag_id,
+        run_id=run_id,
+        run_type=run_type,
+        state=state,
+        logical_date=logical_date,
+        data_interval_start=logical_date,
+        data_interval_end=logical_date + timedelta(days=1),
+        created_at=created_at or logical_date,
+        **kw,
+    )
+
+
+def a_ti(run: DagRunRecord, task_id: str = "t1", **kw: Any) -> TaskInstanceRecord:
+    return TaskInstanceRecord(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, **kw)
+
+
+def an_xcom(ti: TaskInstanceRecord, key: str = "return_value", value: Any = 1) -> XComRecord:
+    return XComRecord(ti.dag_id, ti.run_id, ti.task_id, key, value, ti.map_index)
+
+
+def a_process(process_id: str, kind: str = "scheduler", started_at: datetime = T0) -> ProcessRecord:
+    return ProcessRecord(process_id, kind, "host-1", 4242, started_at, started_at)
+
+
+# -- migrations and opening ------------------------------------------------------------------------
+
+
+async def test_empty_database_is_migrated_to_the_latest_version(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory()
+    assert store_factory.migration_count >= 1
+    assert await store.schema_version() == store_factory.migration_count
+    # The migrated schema is usable end to end.
+    await store.create_run(a_run(), [a_ti(a_run())])
+    assert len(await store.get_tis("d1", "r1")) == 1
+
+
+async def test_opening_twice_is_idempotent_and_keeps_data(store_factory: StoreFactory) -> None:
+    async with store_factory.unopened() as first:
+        await first.create_run(a_run(), [a_ti(a_run())])
+        version = await first.schema_version()
+    async with store_factory.unopened() as second:
+        assert await second.schema_version() == version == store_factory.migration_count
+        assert await second.get_run("d1", "r1") == a_run()
+    # Both open at once is fine as well.
+    a, b = await store_factory(), await store_factory()
+    assert await a.schema_version() == await b.schema_version() == version
+
+
+async def test_stores_migrating_one_empty_database_concurrently(
+    store_factory: StoreFactory,
+) -> None:
+    # Several rounds on new databases: the race is in the first moments of a new file.
+    for _round in range(8):
+        url = store_factory.empty_url()
+        versions: list[int] = []
+
+        async def open_one(url: str = url, versions: list[int] = versions) -> None:
+            async with store_factory.unopened(url) as s:
+                versions.append(await s.schema_version())
+                await s.upsert_dags([DagRecord(f"dag{len(versions)}", None, {})])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(open_one)
+        assert versions == [store_factory.migration_count] * 6
+        async with store_factory.unopened(url) as store:
+            assert await store.schema_version() == store_factory.migration_count
+            assert len(await store.list_dags()) == 6
+
+
+async def test_missing_location_raises_store_unavailable_naming_it(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    url, named = store_factory.missing_url
+    with pytest.raises(StoreUnavailable) as info:
+        async with store_factory.unopened(url):
+            pass
+    assert named in str(info.value)
+    assert not (tmp_path / "no_such_dir").exists()  # nothing was created
+
+
+def _driver_threads() -> int:
+    """Threads other than anyio's idle worker pool (which outlives any one call)."""
+    return sum(1 for t in threading.enumerate() if t.name != "AnyIO worker thread")
+
+
+async def test_bad_urls_raise_store_unavailable_naming_them(store_factory: StoreFactory) -> None:
+    threads = _driver_threads()
+    for url, named in store_factory.bad_urls:
+        with pytest.raises(StoreUnavailable) as info:
+            async with store_factory.unopened(url):
+                pass
+        assert named in str(info.value)
+    # A failed open leaves no connection (nor a driver thread) behind.
+    gc.collect()
+    assert _driver_threads() == threads
+    # And the good database is unaffected.
+    async with store_factory.unopened() as store:
+        assert await store.schema_version() == store_factory.migration_count
+
+
+# -- DAGs and import errors -----------------------------------------------------------------------
+
+
+async def test_dag_upsert_get_list_and_pause(store: Store) -> None:
+    assert await store.list_dags() == []
+    assert await store.get_dag("nope") is None
+    b = DagRecord("b", "/dags/b.py", {"tasks": ["x"]}, is_paused=True, updated_at=T0)
+    a = DagRecord("a", "/dags/a.py", {"tasks": []}, updated_at=T0)
+    await store.upsert_dags([b, a])
+    assert await store.list_dags() == [a, b]  # ordered by dag_id
+    assert await store.get_dag("b") == b  # a new DAG takes the record's paused flag
+
+    await store.set_dag_paused("b", False)
+    await store.set_dag_paused("a", True)
+    assert (await store.get_dag("b")).is_paused is False  # type: ignore[union-attr]
+
+    # Re-recording the structure keeps the paused flag (the record says otherwise).
+    b2 = DagRecord(
+        "b", "/dags/b2.py", {"tasks": ["x", "y"]}, is_paused=True, updated_at=T0 + timedelta(1)
+    )
+    a2 = DagRecord("a", "/dags/a.py", {"tasks": ["z"]}, is_paused=False)
+    await store.upsert_dags([b2, a2])
+    got = {d.dag_id: d for d in await store.list_dags()}
+    assert got["b"] == dataclasses.replace(b2, is_paused=False)
+    assert got["a"] == dataclasses.replace(a2, is_paused=True)
+
+
+async def test_deactivate_dags_keeps_only_the_listed_ones_active(store: Store) -> None:
+    await store.upsert_dags([DagRecord(d, f"/dags/{d}.py", {}) for d in ("a", "b", "c")])
+    await store.set_dag_paused("b", True)
+    await store.deactivate_dags(["a", "c"])
+    active = {d.dag_id: d.is_active for d in await store.list_dags()}
+    assert active == {"a": True, "b": False, "c": True}
+    assert (await store.get_dag("b")).is_paused is True  # type: ignore[union-attr]
+
+    # A DAG that comes back is active again, and keeps its paused flag.
+    await store.upsert_dags([DagRecord("b", "/dags/b.py", {})])
+    b = await store.get_dag("b")
+    assert b is not None and b.is_active and b.is_paused
+
+    await store.deactivate_dags(iter([]))  # any iterable; empty deactivates all
+    assert [d.is_active for d in await store.list_dags()] == [False, False, False]
+
+
+async def test_import_errors_are_replaced_as_a_whole(store: Store) -> None:
+    assert await store.list_import_errors() == []
+    e_b = ImportErrorRecord("/dags/b.py", "SyntaxError: invalid syntax", T0)
+    e_a = ImportErrorRecord(
+        "/dags/a.py", "CycleError: a >> b >> a\nline 2 ✗", T0 + timedelta(seconds=1)
+    )
+    await store.replace_import_errors([e_b, e_a])
+    assert await store.list_import_errors() == [e_a, e_b]  # ordered by filename
+
+    e_c = ImportErrorRecord("/dags/c.py", "Timeout", T0)
+    await store.replace_import_errors([e_c])
+    assert await store.list_import_errors() == [e_c]
+
+    await store.replace_import_errors([])
+    assert await store.list_import_errors() == []
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+async def test_create_run_with_tis_and_read_back(store: Store) -> None:
+    run = a_run(conf={"x": 1}, triggered_by="api", note="hello")
+    tis = [a_ti(run, "b"), a_ti(run, "a"), a_ti(run, "m", map_index=1), a_ti(run, "m", map_index=0)]
+    await store.create_run(run, tis)
+    assert await store.get_run("d1", "r1") == run
+    assert await store.get_run("d1", "nope") is None
+    assert await store.get_run("nope", "r1") is None
+    got = await store.get_tis("d1", "r1")
+    assert [(t.task_id, t.map_index) for t in got] == [("a", -1), ("b", -1), ("m", 0), ("m", 1)]
+    assert set(got) == set(tis)
+    assert await store.get_tis("d1", "nope") == []
+
+
+async def test_create_run_duplicate_raises_and_leaves_the_first_untouched(store: Store) -> None:
+    first = a_run(conf={"n": 1})
+    await store.create_run(first, [a_ti(first, "a")])
+    second = a_run(state=DagRunState.RUNNING, conf={"n": 2}, logical_date=T0 + timedelta(days=3))
+    with pytest.raises(RunAlreadyExists):
+        await store.create_run(
+            second, [a_ti(second, "a", state=TaskState.RUNNING), a_ti(second, "z")]
+        )
+    assert await store.get_run("d1", "r1") == first
+    assert await store.get_tis("d1", "r1") == [a_ti(first, "a")]
+    # The same run_id in another DAG is a different run.
+    await store.create_run(a_run(dag_id="d2"), [])
+    assert await store.get_run("d2", "r1") is not None
+
+
+async def test_create_run_is_atomic(store: Store) -> None:
+    run = a_run()
+    stray = a_ti(a_run("other-run"), "x")  # belongs to a run that does not exist
+    with pytest.raises(StoreError):
+        await store.create_run(run, [a_ti(run, "a"), stray])
+    assert await store.get_run("d1", "r1") is None
+    assert await store.get_tis("d1", "r1") == []
+    await store.create_run(run, [a_ti(run, "a")])  # the failure left nothing behind
+    assert len(await store.get_tis("d1", "r1")) == 1
+
+
+async def test_list_runs_filters_orders_and_pages(store: Store) -> None:
+    runs = [
+        a_run(f"r{i}", "d1", logical_date=T0 + timedelta(days=i), state=state)
+        for i, state in enumerate(
+            [
+                DagRunState.SUCCESS,
+                DagRunState.FAILED,
+                DagRunState.RUNNING,
+                DagRunState.QUEUED,
+                DagRunState.SUCCESS,
+            ]
+        )
+    ]
+    other = a_run("o1", "d2", logical_date=T0 + timedelta(days=10))
+    for r in [runs[2], other, runs[0], runs[4], runs[1], runs[3]]:
+        await store.create_run(r, [])
+
+    newest_first = list(reversed(runs))
+    assert await store.list_runs() == [other, *newest_first]
+    assert await store.list_runs(dag_id="d1") == newest_first
+    assert await store.list_runs(dag_id="nope") == []
+    assert await store.list_runs(dag_id="d1", states=[DagRunState.SUCCESS]) == [runs[4], runs[0]]
+    assert await store.list_runs(states={DagRunState.QUEUED, DagRunState.RUNNING}) == [
+        other,
+        runs[3],
+        runs[2],
+    ]
+    assert await store.list_runs(states=[]) == []
+    assert await store.list_runs(dag_id="d1", limit=2) == newest_first[:2]
+    assert await store.list_runs(dag_id="d1", limit=2, offset=2) == newest_first[2:4]
+    assert await store.list_runs(dag_id="d1", limit=2, offset=4) == newest_first[4:]
+    assert await store.list_runs(dag_id="d1", limit=2, offset=6) == []
+
+
+async def test_latest_run_by_run_type(store: Store) -> None:
+    assert await store.latest_run("d1") is None
+    sched_old = a_run("s1", logical_date=T0, run_type=RunType.SCHEDULED)
+    sched_new = a_run("s2", logical_date=T0 + timedelta(days=2), run_type=RunType.SCHEDULED)
+    manual = a_run("m1", logical_date=T0 + timedelta(days=5), run_type=RunType.MANUAL)
+    other_dag = a_run("x", "d2", logical_date=T0 + timedelta(days=9), run_type=RunType.SCHEDULED)
+    for r in (sched_new, manual, sched_old, other_dag):
+        await store.create_run(r, [])
+    assert await store.latest_run("d1") == manual
+    assert await store.latest_run("d1", RunType.SCHEDULED) == sched_new
+    assert await store.latest_run("d1", "scheduled") == sched_new
+    assert await store.latest_run("d1", RunType.BACKFILL) is None
+
+
+async def test_save_run_updates_the_row_but_not_its_lease(store: Store) -> None:
+    run = a_run()
+    await store.create_run(run, [])
+    [claimed] = await store.claim_runs("owner-a", T0, T0 + timedelta(seconds=30), 10)
+    done = dataclasses.replace(
+        run,
+        state=DagRunState.SUCCESS,
+        start_date=T0 + timedelta(seconds=1),
+        end_date=T0 + timedelta(seconds=9),
+        conf={"after": [1, 2]},
+        note="done",
+    )
+    await store.save_run(done)  # a record read before the claim: owner None
+    got = await store.get_run("d1", "r1")
+    assert got is not None
+    assert (got.state, got.start_date, got.end_date, got.conf, got.note) == (
+        DagRunState.SUCCESS,
+        T0 + timedelta(seconds=1),
+        T0 + timedelta(seconds=9),
+        {"after": [1, 2]},
+        "done",
+    )
+    assert (got.owner, got.lease_until) == (claimed.owner, claimed.lease_until)
+
+
+# -- leases ------------------------------------------------------------------------------------------
+
+
+async def _create_runs(store: Store, n: int, dag_id: str = "d1", **kw: Any) -> list[DagRunRecord]:
+    runs = [
+        a_run(f"{dag_id}-r{i:03d}", dag_id, logical_date=T0 + timedelta(hours=i), **kw)
+        for i in range(n)
+    ]
+    for r in runs:
+        await store.create_run(r, [])
+    return runs
+
+
+def _keys(runs: list[DagRunRecord]) -> set[tuple[str, str]]:
+    return {(r.dag_id, r.run_id) for r in runs}
+
+
+async def test_claim_runs_takes_unowned_unfinished_runs(store: Store) -> None:
+    runs = await _create_runs(store, 3)
+    await _create_runs(store, 2, "done", state=DagRunState.SUCCESS)
+    await _create_runs(store, 1, "failed", state=DagRunState.FAILED)
+    running = a_run("running", "d3", state=DagRunState.RUNNING)
+    await store.create_run(running, [])
+
+    until = T0 + timedelta(seconds=30)
+    claimed = await store.claim_runs("a", T0, until, limit=100)
+    assert _keys(claimed) == _keys([*runs, running])
+    for c in claimed:
+        assert (c.owner, c.lease_until) == ("a", until)
+        stored = await store.get_run(c.dag_id, c.run_id)
+        assert stored == c
+    # Runs this owner already holds (lease alive) are not returned again.
+    assert await store.claim_runs("a", T0 + timedelta(seconds=1), until, limit=100) == []
+    # Nor taken by anyone else while the lease lives.
+    assert await store.claim_runs("b", T0 + timedelta(seconds=29), until, limit=100) == []
+
+
+async def test_claim_runs_limit_and_dag_filter(store: Store) -> None:
+    d1 = await _create_runs(store, 5, "d1")
+    d2 = await _create_runs(store, 3, "d2")
+    await _create_runs(store, 3, "d3")
+    until = T0 + timedelta(minutes=1)
+
+    first = await store.claim_runs("a", T0, until, limit=2, dag_ids=["d1"])
+    assert len(first) == 2 and _keys(first) <= _keys(d1)
+    rest = await store.claim_runs("a", T0, until, limit=100, dag_ids={"d1", "d2"})
+    assert _keys(first) | _keys(rest) == _keys(d1) | _keys(d2)
+    assert not _keys(first) & _keys(rest)
+    assert await store.claim_runs("a", T0, until, limit=100, dag_ids=[]) == []
+    assert await store.claim_runs("a", T0, until, limit=0) == []
+    d3 = await store.claim_runs("b", T0, until, limit=100, dag_ids=iter(["d3", "nope"]))
+    assert {r.dag_id for r in d3} == {"d3"} and len(d3) == 3
+
+
+async def test_an_expired_lease_is_taken_over_but_a_live_one_is_not_stolen(store: Store) -> None:
+    [run] = await _create_runs(store, 1)
+    await store.claim_runs("a", T0, T0 + timedelta(seconds=30), limit=10)
+
+    assert (
+        await store.claim_runs("b", T0 + timedelta(seconds=10), T0 + timedelta(seconds=40), 10)
+        == []
+    )
+    assert (await store.get_run(run.dag_id, run.run_id)).owner == "a"  # type: ignore[union-attr]
+
+    after = T0 + timedelta(seconds=31)
+    [taken] = await store.claim_runs("b", after, after + timedelta(seconds=30), 10)
+    assert (taken.dag_id, taken.run_id, taken.owner) == (run.dag_id, run.run_id, "b")
+    assert await store.get_run(run.dag_id, run.run_id) == taken
+    # The old owner no longer holds it: renewing extends nothing.
+    assert await store.renew_leases("a", after + timedelta(minutes=5)) == 0
+    assert (await store.get_run(run.dag_id, run.run_id)).owner == "b"  # type: ignore[union-attr]
+
+
+async def test_renew_leases_counts_and_extends_only_the_owners_runs(store: Store) -> None:
+    runs = await _create_runs(store, 5)
+    await store.claim_runs("a", T0, T0 + timedelta(seconds=30), limit=3)
+    await store.claim_runs("b", T0, T0 + timedelta(seconds=30), limit=10)
+    later = T0 + timedelta(minutes=5)
+    assert await store.renew_leases("a", later) == 3
+    assert await store.renew_leases("b", T0 + timedelta(seconds=60)) == 2
+    assert await store.renew_leases("nobody", later) == 0
+    leases = {r.run_id: (r.owner, r.lease_until) for r in await store.list_runs(dag_id="d1")}
+    assert sorted(leases.values(), key=str) == sorted(
+        [("a", later)] * 3 + [("b", T0 + timedelta(seconds=60))] * 2, key=str
+    )
+    # a renewed lease is not taken over at its old expiry
+    assert await store.claim_runs("c", T0 + timedelta(seconds=45), later, 10) == []
+    assert len(runs) == 5
+
+
+async def test_release_runs_some_or_all(store: Store) -> None:
+    runs = await _create_runs(store, 4)
+    until = T0 + timedelta(minutes=1)
+    await store.claim_runs("a", T0, until, limit=10)
+    await _create_runs(store, 1, "bdag")
+    [b_run] = await store.claim_runs("b", T0, until, limit=10)
+
+    await store.release_runs("a", [(runs[0].dag_id, runs[0].run_id)])
+    await store.release_runs("a", [(b_run.dag_id, b_run.run_id)])  # not a's: unchanged
+    owners = {r.run_id: (r.owner, r.lease_until) for r in await store.list_runs()}
+    assert owners[runs[0].run_id] == (None, None)
+    assert all(owners[r.run_id] == ("a", until) for r in runs[1:])
+    assert owners[b_run.run_id] == ("b", until)
+
+    # A released run is free for anyone at once.
+    [again] = await store.claim_runs("c", T0, until, limit=10)
+    assert again.run_id == runs[0].run_id
+
+    await store.release_runs("a")
+    now_owned = {r.run_id: r.owner for r in await store.list_runs()}
+    assert now_owned == {
+        runs[0].run_id: "c",
+        **{r.run_id: None for r in runs[1:]},
+        b_run.run_id: "b",
+    }
+    await store.release_runs("a", [])  # nothing to do
+    assert await store.renew_leases("a", until) == 0
+
+
+async def test_expire_leases_of_a_dead_owner_lets_others_adopt_at_once(store: Store) -> None:
+    await _create_runs(store, 3)
+    await _create_runs(store, 1, "bdag")
+    until = T0 + timedelta(minutes=10)
+    await store.claim_runs("dead", T0, until, limit=3, dag_ids=["d1"])
+    await store.claim_runs("alive", T0, until, limit=10)
+
+    assert await store.expire_leases_of("dead") == 3
+    assert await store.expire_leases_of("nobody") == 0
+    adopted = await store.claim_runs("heir", T0 + timedelta(seconds=1), until, limit=10)
+    assert {r.dag_id for r in adopted} == {"d1"} and len(adopted) == 3
+    assert all(r.owner == "heir" for r in await store.list_runs(dag_id="d1"))
+    assert [r.owner for r in await store.list_runs(dag_id="bdag")] == ["alive"]
+
+
+async def test_two_stores_claiming_at_once_never_share_a_run(store_factory: StoreFactory) -> None:
+    a, b = await store_factory(), await store_factory()
+    runs = await _create_runs(a, 60)
+    got: dict[str, list[DagRunRecord]] = {"a": [], "b": []}
+
+    async def claim(store: Store, owner: str) -> None:
+        for _ in range(20):
+            got[owner] += await store.claim_runs(owner, T0, T0 + timedelta(minutes=1), limit=3)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim, a, "a")
+        tg.start_soon(claim, b, "b")
+    assert not _keys(got["a"]) & _keys(got["b"])
+    assert _keys(got["a"]) | _keys(got["b"]) == _keys(runs)
+    assert len(got["a"]) + len(got["b"]) == 60
+
+
+# -- task instances and XCom ---------------------------------------------------------------------
+
+
+async def test_save_tis_upserts_full_rows(store: Store) -> None:
+    run = a_run()
+    await store.create_run(run, [a_ti(run, "a"), a_ti(run, "b")])
+    full = a_ti(
+        run,
+        "a",
+        state=TaskState.DEFERRED,
+        try_number=2,
+        max_tries=3,
+        start_date=T0 + timedelta(seconds=1),
+        end_date=None,
+        hostname="host-1",
+        operator="PythonOperator",
+        priority_weight=7,
+        pool="small",
+        next_retry_at=T0 + timedelta(minutes=5),
+        next_method="execute_complete",
+        next_kwargs={"event": {"path": "/tmp/x", "n": [1, 2.5, None]}},
+        error="Traceback ...\nValueError: ünïcode",
+    )
+    mapped = [a_ti(run, "c", map_index=i, state=TaskState.SCHEDULED) for i in range(3)]
+    await store.save_tis([full, *mapped])
+    got = {t.key: t for t in await store.get_tis("d1", "r1")}
+    assert got[full.key] == full
+    assert got[("d1", "r1", "b", -1)] == a_ti(run, "b")
+    assert [got[m.key] for m in mapped] == mapped
+
+    # An upsert replaces every field, including clearing optional ones.
+    cleared = a_ti(run, "a", state=TaskState.SUCCESS, try_number=2, max_tries=3)
+    await store.save_tis([cleared])
+    assert {t.key: t for t in await store.get_tis("d1", "r1")}[full.key] == cleared
+    await store.save_tis([])  # nothing to do
+    assert len(await store.get_tis("d1", "r1")) == 5
+
+
+async def test_save_tis_of_a_missing_run_fails_with_store_error(store: Store) -> None:
+    with pytest.raises(StoreError) as info:
+        await store.save_tis([a_ti(a_run("nope"), "a")])
+    assert info.value.__cause__ is not None  # the driver's error is chained
+    assert await store.get_tis("d1", "nope") == []
+
+
+async def test_finish_ti_writes_ti_xcoms_and_run_together(store: Store) -> None:
+    run = a_run(state=DagRunState.RUNNING)
+    await store.create_run(run, [a_ti(run, "a"), a_ti(run, "b")])
+    ti = a_ti(run, "a", state=TaskState.SUCCESS, try_number=1, end_date=T0 + timedelta(seconds=2))
+    done = dataclasses.replace(run, state=DagRunState.SUCCESS, end_date=T0 + timedelta(seconds=3))
+    await store.finish_ti(
+        ti, [an_xcom(ti, "return_value", {"rows": 3}), an_xcom(ti, "extra", "x")], done
+    )
+    assert {t.key: t for t in await store.get_tis("d1", "r1")}[ti.key] == ti
+    assert await store.get_xcoms("d1", "r1") == [
+        an_xcom(ti, "extra", "x"),
+        an_xcom(ti, "return_value", {"rows": 3}),
+    ]
+    got = await store.get_run("d1", "r1")
+    assert got is not None and got.state is DagRunState.SUCCESS
+    assert got.end_date == T0 + timedelta(seconds=3)
+
+    # Without XComs and a run, only the TI row changes.
+    tb = a_ti(run, "b", state=TaskState.SKIPPED)
+    await store.finish_ti(tb)
+    assert {t.key: t for t in await store.get_tis("d1", "r1")}[tb.key] == tb
+    assert len(await store.get_xcoms("d1", "r1")) == 2
+    assert (await store.get_run("d1", "r1")) == got
+
+
+async def test_finish_ti_replaces_older_xcoms_of_that_ti_only(store: Store) -> None:
+    run = a_run()
+    tis = [a_ti(run, "a"), a_ti(run, "b"), a_ti(run, "m", map_index=0), a_ti(run, "m", map_index=1)]
+    await store.create_run(run, tis)
+    for t in tis:
+        await store.finish_ti(
+            t, [an_xcom(t, "return_value", f"{t.task_id}{t.map_index}"), an_xcom(t, "old")]
+        )
+
+    retry = dataclasses.replace(tis[0], state=TaskState.SUCCESS, try_number=2)
+    await store.finish_ti(retry, [an_xcom(retry, "return_value", "new")])
+    m0 = dataclasses.replace(tis[2], try_number=2)
+    await store.finish_ti(m0, [an_xcom(m0, "return_value", "m0-new")])
+
+    assert await store.get_xcoms("d1", "r1", "a") == [an_xcom(retry, "return_value", "new")]
+    assert await store.get_xcoms("d1", "r1", "b") == [
+        an_xcom(tis[1], "old"),
+        an_xcom(tis[1], "return_value", "b-1"),
+    ]
+    assert await store.get_xcoms("d1", "r1", "m") == [
+        an_xcom(m0, "return_value", "m0-new"),
+        an_xcom(tis[3], "old"),
+        an_xcom(tis[3], "return_value", "m1"),
+    ]
+    assert len(await store.get_xcoms("d1", "r1")) == 6
+    assert await store.get_xcoms("d1", "r1", "nope") == []
+    assert await store.get_xcoms("d1", "nope") == []
+
+
+async def test_finish_ti_is_atomic(store: Store) -> None:
+    run = a_run(state=DagRunState.RUNNING)
+    await store.create_run(run, [a_ti(run, "a")])
+    ti = a_ti(run, "a", state=TaskState.SUCCESS)
+    await store.finish_ti(ti, [an_xcom(ti, "return_value", "kept")])
+
+    retry = dataclasses.replace(ti, try_number=5, state=TaskState.FAILED)
+    stray = XComRecord("d1", "no-such-run", "a", "return_value", 1)
+    with pytest.raises(StoreError):
+        await store.finish_ti(
+            retry,
+            [an_xcom(retry, "return_value", "lost"), stray],
+            dataclasses.replace(run, state=DagRunState.FAILED),
+        )
+    assert await store.get_tis("d1", "r1") == [ti]
+    assert await store.get_xcoms("d1", "r1") == [an_xcom(ti, "return_value", "kept")]
+    assert (await store.get_run("d1", "r1")).state is DagRunState.RUNNING  # type: ignore[union-attr]
+
+
+# -- value round trips ---------------------------------------------------------------------------
+
+JSON_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -(2**53),
+    2**63 - 1,
+    0.1,
+    1e-300,
+    -2.5e300,
+    3.141592653589793,
+    "",
+    'héllo wörld ✓ 日本語 🚀 "quoted" \\ back\nnew line\t\u0001',
+    [],
+    {},
+    [1, "two", 3.0, None, [False, {"deep": [[[]]]}]],
+    {"nested": {"list": [1, {"k": "v"}], "none": None, "f": 1.5, "ü": "ß"}, "a": [], "z": {}},
+]
+
+
+async def test_json_values_round_trip(store: Store) -> None:
+    conf = {"values": JSON_VALUES, "ключ": "значение"}
+    run = a_run(conf=conf)
+    ti = a_ti(run, "a", next_kwargs={"event": JSON_VALUES[-1], "list": JSON_VALUES})
+    await store.create_run(run, [ti])
+    await store.finish_ti(ti, [an_xcom(ti, f"k{i:02d}", v) for i, v in enumerate(JSON_VALUES)])
+    xcoms = await store.get_xcoms("d1", "r1", "a")
+    assert [x.value for x in xcoms] == JSON_VALUES
+    for x, v in zip(xcoms, JSON_VALUES, strict=True):
+        assert type(x.value) is type(v)
+    assert (await store.get_run("d1", "r1")).conf == conf  # type: ignore[union-attr]
+    assert (await store.get_tis("d1", "r1"))[0].next_kwargs == ti.next_kwargs
+
+    structure = {"tasks": [{"id": "é", "weight": 0.25, "up": [], "doc": None}]}
+    await store.upsert_dags([DagRecord("d1", None, structure)])
+    assert (await store.get_dag("d1")).structure == structure  # type: ignore[union-attr]
+
+
+async def test_aware_datetimes_round_trip_exactly(store: Store) -> None:
+    ist = timezone(timedelta(hours=5, minutes=30))
+    pst = timezone(timedelta(hours=-8))
+    logical = datetime(2024, 3, 10, 7, 30, 15, 123456, tzinfo=ist)
+    run = a_run(
+        logical_date=logical,
+        created_at=datetime(2024, 3, 10, 2, 0, 0, 1, tzinfo=UTC),
+        start_date=datetime(2024, 3, 9, 18, 0, 0, 999999, tzinfo=pst),
+    )
+    ti = a_ti(
+        run,
+        "a",
+        start_date=datetime(2023, 12, 31, 23, 59, 59, 999999, tzinfo=pst),  # next day in UTC
+        end_date=datetime(2024, 1, 1, 8, 0, 0, 5, tzinfo=UTC),
+    )
+    await store.create_run(run, [ti])
+    got = await store.get_run("d1", "r1")
+    assert got == run
+    assert got is not None
+    for field in ("logical_date", "created_at", "start_date", "data_interval_end"):
+        back, sent = getattr(got, field), getattr(run, field)
+        assert back.utcoffset() is not None, field
+        assert back == sent, field
+        assert back.astimezone(UTC).microsecond == sent.astimezone(UTC).microsecond, field
+    [ti_back] = await store.get_tis("d1", "r1")
+    assert ti_back.start_date == ti.start_date and ti_back.end_date == ti.end_date
+    assert ti_back.start_date.utcoffset() is not None  # type: ignore[union-attr]
+    assert ti_back.duration_s == ti.duration_s
+
+    # Ordering is by instant, not by the text of the local time.
+    earlier_local_later_instant = a_run(
+        "r2",
+        logical_date=datetime(2024, 3, 10, 5, 0, 0, tzinfo=pst),  # 13:00 UTC
+    )
+    await store.create_run(earlier_local_later_instant, [])
+    assert [r.run_id for r in await store.list_runs()] == ["r2", "r1"]
+    assert (await store.latest_run("d1")).run_id == "r2"  # type: ignore[union-attr]
+
+
+async def test_naive_datetimes_are_refused_and_change_nothing(store: Store) -> None:
+    naive = a_run(logical_date=datetime(2024, 1, 1))
+    with pytest.raises((ValueError, StoreError)):
+        await store.create_run(naive, [])
+    assert await store.get_run("d1", "r1") is None
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+async def test_processes_register_heartbeat_list_unregister(store: Store) -> None:
+    assert await store.list_processes() == []
+    s1 = a_process("sched-1", "scheduler", T0)
+    t1 = a_process("trig-1", "triggerer", T0 + timedelta(seconds=1))
+    s2 = a_process("sched-2", "scheduler", T0 + timedelta(seconds=2))
+    for p in (s2, t1, s1):
+        await store.register_process(p)
+    assert await store.list_processes() == [s1, t1, s2]  # oldest first
+    assert await store.list_processes("scheduler") == [s1, s2]
+    assert await store.list_processes("webserver") == []
+
+    beat = datetime(2024, 1, 1, 3, 0, 0, 654321, tzinfo=timezone(timedelta(hours=2)))
+    await store.heartbeat("sched-1", beat)
+    await store.heartbeat("unknown", beat)  # a process that is gone: nothing to do
+    [got] = [p for p in await store.list_processes() if p.process_id == "sched-1"]
+    assert got == dataclasses.replace(s1, heartbeat_at=beat)
+
+    # Registering again (a restart with the same id) replaces the row.
+    s1b = ProcessRecord(
+        "sched-1", "scheduler", "host-2", 99, T0 + timedelta(hours=1), T0 + timedelta(hours=1)
+    )
+    await store.register_process(s1b)
+    assert await store.list_processes("scheduler") == [s2, s1b]
+
+    await store.unregister_process("sched-2")
+    await store.unregister_process("unknown")
+    assert await store.list_processes() == [t1, s1b]
+
+
+# -- concurrency and group commit ------------------------------------------------------------------
+
+
+async def test_two_stores_on_one_database_writing_concurrently_lose_nothing(
+    store_factory: StoreFactory,
+) -> None:
+    a, b = await store_factory(), await store_factory()
+    run = a_run()
+    await a.create_run(run, [])
+    n = 500
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(a.save_tis, [a_ti(run, f"a{i:03d}", try_number=i)])
+            tg.start_soon(b.save_tis, [a_ti(run, f"b{i:03d}", try_number=i)])
+
+    for reader in (a, b):
+        tis = await reader.get_tis("d1", "r1")
+        assert len(tis) == 2 * n
+        assert {t.task_id for t in tis} == {f"{p}{i:03d}" for p in "ab" for i in range(n)}
+        assert all(t.try_number == int(t.task_id[1:]) for t in tis)
+    async with store_factory.unopened() as fresh:
+        assert len(await fresh.get_tis("d1", "r1")) == 2 * n
+
+
+async def test_two_stores_updating_the_same_rows_concurrently(store_factory: StoreFactory) -> None:
+    a, b = await store_factory(), await store_factory()
+    run = a_run()
+    tis = [a_ti(run, f"t{i:02d}") for i in range(50)]
+    await a.create_run(run, tis)
+
+    async with anyio.create_task_group() as tg:
+        for t in tis:
+            tg.start_soon(
+                a.finish_ti,
+                dataclasses.replace(t, state=TaskState.SUCCESS),
+                [an_xcom(t, value="a")],
+            )
+            tg.start_soon(b.save_tis, [dataclasses.replace(t, try_number=1)])
+    got = await b.get_tis("d1", "r1")
+    assert len(got) == 50
+    assert len(await b.get_xcoms("d1", "r1")) == 50
+
+
+async def test_concurrent_finish_ti_calls_share_transactions(store: Store) -> None:
+    committer = committer_of(store)
+    run = a_run(state=DagRunState.RUNNING)
+    tis = [a_ti(run, f"t{i:03d}") for i in range(300)]
+    await store.create_run(run, tis)
+    batches0, ops0 = committer.batches, committer.ops
+
+    async with anyio.create_task_group() as tg:
+        for t in tis:
+            done = dataclasses.replace(t, state=TaskState.SUCCESS, try_number=1)
+            tg.start_soon(store.finish_ti, done, [an_xcom(done, value=t.task_id)])
+
+    batches, ops = committer.batches - batches0, committer.ops - ops0
+    assert ops == 300
+    assert batches < ops
+    assert {t.state for t in await store.get_tis("d1", "r1")} == {TaskState.SUCCESS}
+    assert [x.value for x in await store.get_xcoms("d1", "r1")] == [t.task_id for t in tis]
+
+
+async def test_a_failing_op_fails_only_its_own_caller(store: Store) -> None:
+    committer = committer_of(store)
+    run = a_run(state=DagRunState.RUNNING)
+    tis = [a_ti(run, f"t{i:02d}") for i in range(20)]
+    await store.create_run(run, tis)
+    outcomes: dict[str, BaseException | None] = {}
+    batches0 = committer.batches
+
+    async def finish(ti: TaskInstanceRecord, xcoms: list[XComRecord]) -> None:
+        try:
+            await store.finish_ti(ti, xcoms)
+        except Exception as exc:
+            outcomes[ti.task_id] = exc
+        else:
+            outcomes[ti.task_id] = None
+
+    bad_index = 7
+    async with anyio.create_task_group() as tg:
+        for i, t in enumerate(tis):
+            done = dataclasses.replace(t, state=TaskState.SUCCESS)
+            xcoms = [an_xcom(done, value=i)]
+            if i == bad_index:  # an XCom of a run that does not exist: a foreign key violation
+                xcoms.append(XComRecord("d1", "no-such-run", t.task_id, "return_value", i))
+            tg.start_soon(finish, done, xcoms)
+
+    bad = tis[bad_index].task_id
+    assert isinstance(outcomes.pop(bad), StoreError)
+    assert outcomes == {t.task_id: None for t in tis if t.task_id != bad}
+    assert committer.batches - batches0 < len(tis)  # they did share batches
+
+    got = {t.task_id: t.state for t in await store.get_tis("d1", "r1")}
+    assert got == {
+        t.task_id: (TaskState.NONE if t.task_id == bad else TaskState.SUCCESS) for t in tis
+    }
+    assert [x.value for x in await store.get_xcoms("d1", "r1")] == [
+        i for i in range(len(tis)) if i != bad_index
+    ]
+    # The store goes on working after a failed batch.
+    await store.finish_ti(dataclasses.replace(tis[bad_index], state=TaskState.SUCCESS))
+    assert {t.state for t in await store.get_tis("d1", "r1")} == {TaskState.SUCCESS}
+
+
+async def test_a_write_whose_caller_is_cancelled_still_commits(store: Store) -> None:
+    run = a_run()
+    await store.create_run(run, [])
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(store.save_tis, [a_ti(run, f"t{i:02d}")])
+            await anyio.lowlevel.checkpoint()  # every caller has queued its write
+            scope.cancel()
+    assert scope.cancelled_caught
+    # The next write is committed after the abandoned ones (one writer, in order).
+    await store.save_tis([a_ti(run, "last")])
+    assert len(await store.get_tis("d1", "r1")) == 21
+
+
+async def test_close_flushes_writes_still_queued(store_factory: StoreFactory) -> None:
+    store = store_factory.unopened()
+    await store.open()
+    run = a_run()
+    await store.create_run(run, [])
+    with anyio.CancelScope() as scope:  # the callers go away; their writes stay queued
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(store.save_tis, [a_ti(run, f"t{i:03d}")])
+            await anyio.lowlevel.checkpoint()  # every caller has queued its write
+            scope.cancel()
+    await store.close()
+    async with store_factory.unopened() as again:
+        assert len(await again.get_tis("d1", "r1")) == 100
+
+
+async def test_writes_outwait_another_writers_lock_and_then_commit(
+    store_factory: StoreFactory,
+) -> None:
+    """A lock held by another process longer than the store's own lock wait delays a
+    group-committed batch; it is retried, not failed."""
+    await (await store_factory()).create_run(a_run(), [])  # migrated before the lock is taken
+    outcomes: dict[int, BaseException | None] = {}
+    async with store_factory.impatient() as store:
+
+        async def save(i: int) -> None:
+            try:
+                await store.save_tis([a_ti(a_run(), f"t{i:02d}")])
+            except Exception as exc:
+                outcomes[i] = exc
+            else:
+                outcomes[i] = None
+
+        async with anyio.create_task_group() as tg:
+            async with store_factory.hold_write_lock():
+                for i in range(20):  # queued together: one batch of many ops meets the lock
+                    tg.start_soon(save, i)
+                # The stimulus, not a wait for a result: hold the lock ~10x the store's wait.
+                await anyio.sleep(0.5)
+        assert outcomes == dict.fromkeys(range(20))
+        assert len(await store.get_tis("d1", "r1")) == 20

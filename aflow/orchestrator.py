@@ -31,6 +31,7 @@ from aflow.exceptions import AflowError, RunNotFound
 from aflow.runtime import logs
 from aflow.runtime.dag_loader import DagBag, bag_from_dags, load_folder
 from aflow.runtime.run_driver import RunDriver
+from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import Scheduler
 from aflow.runtime.slots import Slots
 from aflow.states import DagRunState, RunType
@@ -68,7 +69,12 @@ class RunHandle:
             return await self._o.wait_for_run(self.dag_id, self.run_id)
 
     async def task_instances(self) -> list[TaskInstanceRecord]:
-        return await self._o.store.get_tis(self.dag_id, self.run_id)
+        """Every task's instance in this run; tasks not yet decided are in state `none`."""
+        rows = await self._o.store.get_tis(self.dag_id, self.run_id)
+        dag = self._o.dagbag.dags.get(self.dag_id)
+        if dag is None:
+            return rows
+        return with_unstarted(self.dag_id, self.run_id, dag.task_ids, rows)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.dag_id} {self.run_id}>"

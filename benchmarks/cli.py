@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 import aflow
+from aflow.cli import LOOP_OPTIONS
 from aflow.exceptions import AflowError
 from benchmarks import registry
 from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome, redact_url, store_kind
@@ -138,7 +139,7 @@ def run_one(
             f"run {repeat}/{args.repeat}: n={ctx.n} parallelism={ctx.parallelism} "
             f"store={redact_url(ctx.store_url)}"
         )
-        outcome = anyio.run(scn.fn, ctx, backend="asyncio")
+        outcome = anyio.run(scn.fn, ctx, backend="asyncio", backend_options=LOOP_OPTIONS)
         rec = record(ctx, outcome, repeat=repeat, repeats=args.repeat, commit=commit)
     ctx.progress(
         f"wall {rec['wall_s']:.3f}s  {rec['tis_per_s']} TI/s  hop p50 {rec['hop_ms_p50']} ms "

@@ -210,6 +210,10 @@ class DAG:
                         f"{other!r}, which is not in this DAG"
                     )
         self.topological_order()
+        from aflow.authoring.templating import has_templates
+
+        for task in self.task_dict.values():  # once, at load, rather than at each first try
+            task._aflow_templated = has_templates(task)
         if self.schedule is not None:
             from aflow.runtime.timetable import timetable_for
 

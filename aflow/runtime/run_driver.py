@@ -153,14 +153,16 @@ class RunDriver:
             return self.runs[key]
         now = self.clock.now()
         known = {t.task_id for t in tis}
+        # A task with no row has not run yet: runs are created without TI rows (a TI's
+        # first write is its first try), which saves a row write per task.
         missing = [new_ti(task, run.run_id) for task in dag.tasks if task.task_id not in known]
         removed = [
             dataclasses.replace(t, state=TaskState.REMOVED)
             for t in tis
             if t.task_id not in dag.task_dict and t.state is not TaskState.REMOVED
         ]
-        if missing or removed:
-            await self._durably(self.store.save_tis, missing + removed)
+        if removed:
+            await self._durably(self.store.save_tis, removed)
         removed_ids = {t.task_id for t in removed}
         tis = [t for t in tis if t.task_id in dag.task_dict and t.task_id not in removed_ids] + missing
         rs = RunState(dag, run, tis)

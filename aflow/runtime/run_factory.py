@@ -68,6 +68,20 @@ def new_ti(task: BaseOperator, run_id: str) -> TaskInstanceRecord:
     )
 
 
+def with_unstarted(
+    dag_id: str, run_id: str, task_ids: list[str], rows: list[TaskInstanceRecord]
+) -> list[TaskInstanceRecord]:
+    """A run's TI rows plus a `none` record for each task that has no row yet (runs are
+    created without TI rows; a TI's first row is written when it is first decided)."""
+    have = {r.task_id for r in rows}
+    missing = [
+        TaskInstanceRecord(dag_id=dag_id, run_id=run_id, task_id=t)
+        for t in task_ids
+        if t not in have
+    ]
+    return rows + missing
+
+
 def manual_interval(dag: DAG, when: datetime) -> tuple[datetime, datetime]:
     from aflow.runtime.timetable import timetable_for
 

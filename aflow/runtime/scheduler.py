@@ -235,7 +235,7 @@ class Scheduler:
             owner=self.owner,
             lease_until=self.lease_until(),
         )
-        await self.store.create_run(run, tis)
+        await self.store.create_run(run, [])  # TI rows are written as they first change
         if not await self._admit(dag, run, tis):
             log.info("run %s of %s is queued: max_active_runs reached", run.run_id, dag.dag_id)
         return dataclasses.replace(run)

@@ -44,8 +44,11 @@ _RUNNABLE_AGAIN = (TaskState.SCHEDULED, TaskState.QUEUED)
 
 @dataclass(slots=True)
 class TIState:
-    """A TI as the driver holds it in memory (mutable); `record()` gives the row."""
+    """A TI as the driver holds it in memory (mutable). It has the attributes of a
+    TaskInstanceRecord, so the store writes it as it is (see TaskInstanceRow)."""
 
+    dag_id: str
+    run_id: str
     task_id: str
     map_index: int
     state: TaskState
@@ -59,10 +62,14 @@ class TIState:
     hostname: str | None = None
     next_retry_at: datetime | None = None
     error: str | None = None
+    next_method: str | None = None
+    next_kwargs: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, r: TaskInstanceRecord) -> TIState:
         return cls(
+            dag_id=r.dag_id,
+            run_id=r.run_id,
             task_id=r.task_id,
             map_index=r.map_index,
             state=r.state,
@@ -76,25 +83,8 @@ class TIState:
             hostname=r.hostname,
             next_retry_at=r.next_retry_at,
             error=r.error,
-        )
-
-    def record(self, dag_id: str, run_id: str) -> TaskInstanceRecord:
-        return TaskInstanceRecord(
-            dag_id=dag_id,
-            run_id=run_id,
-            task_id=self.task_id,
-            map_index=self.map_index,
-            state=self.state,
-            try_number=self.try_number,
-            max_tries=self.max_tries,
-            start_date=self.start_date,
-            end_date=self.end_date,
-            hostname=self.hostname,
-            operator=self.operator,
-            priority_weight=self.priority_weight,
-            pool=self.pool,
-            next_retry_at=self.next_retry_at,
-            error=self.error,
+            next_method=r.next_method,
+            next_kwargs=r.next_kwargs,
         )
 
 
@@ -117,9 +107,6 @@ class RunState:
     @property
     def key(self) -> tuple[str, str]:
         return (self.run.dag_id, self.run.run_id)
-
-    def ti_record(self, ti: TIState) -> TaskInstanceRecord:
-        return ti.record(self.run.dag_id, self.run.run_id)
 
 
 class RunDriver:
@@ -195,10 +182,10 @@ class RunDriver:
                     ti.state = TaskState.FAILED
                     ti.end_date = now
                     recovered.append(ti)
-                to_save.append(rs.ti_record(ti))
+                to_save.append(ti)
             elif ti.state in _RUNNABLE_AGAIN:
                 ti.state = TaskState.NONE
-                to_save.append(rs.ti_record(ti))
+                to_save.append(ti)
         if to_save:
             await self._durably(self.store.save_tis, to_save)
         for ti in rs.tis.values():
@@ -246,7 +233,7 @@ class RunDriver:
             decided.append(ti)
 
     async def _commit_decided(self, rs: RunState, decided: list[TIState]) -> None:
-        await self._durably(self.store.save_tis, [rs.ti_record(t) for t in decided])
+        await self._durably(self.store.save_tis, decided)
         rs.unfinished -= len(decided)
         await self._after_end(rs, decided)
 
@@ -270,7 +257,7 @@ class RunDriver:
             for ti in ready:
                 self._submit(rs, ti)
             if decided:
-                await self._durably(self.store.save_tis, [rs.ti_record(t) for t in decided])
+                await self._durably(self.store.save_tis, decided)
                 rs.unfinished -= len(decided)
             frontier = decided
         if rs.unfinished == 0:
@@ -297,7 +284,7 @@ class RunDriver:
         ti.hostname = self.hostname
         ti.next_retry_at = None
         ti.error = None
-        await self._durably(self.store.save_tis, [rs.ti_record(ti)])
+        await self._durably(self.store.save_tis, [ti])
         self.tries_started += 1
         job = TryJob(
             task=task,
@@ -323,7 +310,7 @@ class RunDriver:
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
             ti.state = TaskState.UP_FOR_RETRY
             ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
-            await self._durably(self.store.save_tis, [rs.ti_record(ti)])
+            await self._durably(self.store.save_tis, [ti])
             self._tg.start_soon(self._retry_later, rs, ti)
             return
         ti.state = result.state
@@ -331,7 +318,7 @@ class RunDriver:
             XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, key, value, ti.map_index)
             for key, value in result.xcoms.items()
         ]
-        await self._durably(self.store.finish_ti, rs.ti_record(ti), xcoms)
+        await self._durably(self.store.finish_ti, ti, xcoms)
         if result.xcoms:
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         rs.unfinished -= 1
@@ -344,7 +331,7 @@ class RunDriver:
         ti.error = "interrupted by shutdown; will run again when aflow restarts"
         self._write_to_log(rs, ti, f"WARNING - {ti.error}")
         try:
-            await self.store.save_tis([rs.ti_record(ti)])
+            await self.store.save_tis([ti])
         except Exception:  # noqa: BLE001 - recovery on restart treats it as a lost try
             log.exception("could not record the interruption of %s", ti.task_id)
 

@@ -15,6 +15,7 @@ from aflow.store.records import (
     ImportErrorRecord,
     ProcessRecord,
     TaskInstanceRecord,
+    TaskInstanceRow,
     XComRecord,
 )
 
@@ -131,13 +132,13 @@ class Store(abc.ABC):
     async def get_tis(self, dag_id: str, run_id: str) -> list[TaskInstanceRecord]: ...
 
     @abc.abstractmethod
-    async def save_tis(self, tis: Sequence[TaskInstanceRecord]) -> None:
+    async def save_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
         """Group-committed upsert of full TI rows."""
 
     @abc.abstractmethod
     async def finish_ti(
         self,
-        ti: TaskInstanceRecord,
+        ti: TaskInstanceRow,
         xcoms: Sequence[XComRecord] = (),
         run: DagRunRecord | None = None,
     ) -> None:

@@ -11,6 +11,8 @@ def dt_out(value: datetime | None) -> str | None:
     """An aware datetime as sortable ISO-8601 text in UTC."""
     if value is None:
         return None
+    if value.tzinfo is UTC:
+        return value.isoformat(timespec="microseconds")
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: aflow stores only timezone-aware datetimes")
     return value.astimezone(UTC).isoformat(timespec="microseconds")

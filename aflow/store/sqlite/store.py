@@ -35,6 +35,7 @@ from aflow.store.records import (
     ImportErrorRecord,
     ProcessRecord,
     TaskInstanceRecord,
+    TaskInstanceRow,
     XComRecord,
 )
 
@@ -79,7 +80,7 @@ def sqlite_path_from_url(url: str) -> str:
     return url
 
 
-def _ti_row(ti: TaskInstanceRecord) -> tuple[Any, ...]:
+def _ti_row(ti: TaskInstanceRow) -> tuple[Any, ...]:
     return (
         ti.dag_id,
         ti.run_id,
@@ -602,12 +603,12 @@ class SqliteStore(Store):
         )
         return [_ti_from(r) for r in rows]
 
-    async def save_tis(self, tis: Sequence[TaskInstanceRecord]) -> None:
+    async def save_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
         await self._write([(_UPSERT_TI, [_ti_row(t) for t in tis])])
 
     async def finish_ti(
         self,
-        ti: TaskInstanceRecord,
+        ti: TaskInstanceRow,
         xcoms: Sequence[XComRecord] = (),
         run: DagRunRecord | None = None,
     ) -> None:

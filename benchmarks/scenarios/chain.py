@@ -8,8 +8,6 @@ evaluated, the next try's running state committed, the next callable called.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from aflow import DAG, PythonOperator
@@ -17,19 +15,9 @@ from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome
 from benchmarks.measure import Stamps
 from benchmarks.registry import scenario
 
-_perf = time.perf_counter
-
-
-def _stamping(stamps: Stamps) -> Callable[[int], Awaitable[None]]:
-    async def noop(i: int) -> None:
-        stamps.start[i] = _perf()
-        stamps.end[i] = _perf()
-
-    return noop
-
 
 def build(n: int, stamps: Stamps) -> DAG:
-    fn = _stamping(stamps)
+    fn = stamps.callable()
     width = len(str(n))
     with DAG(
         "bench_chain",

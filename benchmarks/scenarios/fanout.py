@@ -12,8 +12,6 @@ of EmptyOperator, so they can stamp too). Hops, N + 1 of them:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from aflow import DAG, PythonOperator
@@ -21,22 +19,10 @@ from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome
 from benchmarks.measure import Stamps
 from benchmarks.registry import scenario
 
-_perf = time.perf_counter
-
-
-def _stamping(stamps: Stamps) -> Callable[[int], Awaitable[None]]:
-    # One function object shared by all tasks (PythonOperator caches its signature facts per
-    # callable); the task's index arrives through op_kwargs, which holds nothing to template.
-    async def noop(i: int) -> None:
-        stamps.start[i] = _perf()
-        stamps.end[i] = _perf()
-
-    return noop
-
 
 def build(n: int, stamps: Stamps) -> DAG:
     """Index 0 is `start`, 1..n the fan tasks, n + 1 `join`."""
-    fn = _stamping(stamps)
+    fn = stamps.callable()
     width = len(str(n))
     with DAG(
         "bench_fanout",

@@ -14,10 +14,14 @@
     ├── XComValueError            a value is not JSON-serializable
     └── TaskTimeout               execution_timeout elapsed
 
-Signals (not errors): ``SkipTask`` ends a task as skipped.
+Signals (not errors): ``SkipTask`` ends a task as skipped; ``TaskDeferred`` parks it
+on a trigger.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
 
 
 class AflowError(Exception):
@@ -90,3 +94,26 @@ class TemplateError(AflowError):
 
 class SkipTask(Exception):  # noqa: N818 - a signal, named like Airflow's AirflowSkipException
     """Raise inside a task to end it as skipped (a signal, not an error)."""
+
+
+class TaskDeferred(Exception):  # noqa: N818 - a signal, named like Airflow's
+    """Raised by `BaseOperator.defer`: park this task on a trigger, free its slot, and
+    resume it later by calling `method_name(context, event=payload, **kwargs)`."""
+
+    def __init__(
+        self,
+        *,
+        trigger: Any,
+        method_name: str,
+        kwargs: dict[str, Any] | None = None,
+        timeout: timedelta | None = None,
+    ) -> None:
+        super().__init__(f"deferred to {trigger!r}, resuming with {method_name}")
+        self.trigger = trigger
+        self.method_name = method_name
+        self.kwargs = dict(kwargs or {})
+        self.timeout = timeout
+
+
+class TriggerFailed(AflowError):
+    """The trigger a deferred task waited on raised; its traceback is in the task log."""

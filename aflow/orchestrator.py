@@ -34,6 +34,8 @@ from aflow.runtime.run_driver import RunDriver
 from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import Scheduler
 from aflow.runtime.slots import Slots
+from aflow.runtime.triggerer import DEFAULT_CAPACITY as DEFAULT_TRIGGERER_CAPACITY
+from aflow.runtime.triggerer import Triggerer
 from aflow.states import DagRunState, RunType
 from aflow.store.base import Store
 from aflow.store.factory import open_store_url
@@ -91,6 +93,8 @@ class Orchestrator:
         clock: Clock | None = None,
         schedule: bool = True,
         claim: bool = True,
+        triggerer: bool = True,
+        triggerer_capacity: int = DEFAULT_TRIGGERER_CAPACITY,
         lease_s: float = 30.0,
         poll_s: float = 1.0,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
@@ -103,6 +107,8 @@ class Orchestrator:
         self.clock: Clock = clock or SystemClock()
         self.schedule = schedule
         self.claim = claim
+        self.run_triggerer = triggerer
+        self.triggerer_capacity = triggerer_capacity
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.shutdown_grace_s = shutdown_grace_s
@@ -115,6 +121,7 @@ class Orchestrator:
         self._slots: Slots | None = None
         self.driver: RunDriver | None = None
         self.scheduler: Scheduler | None = None
+        self.triggerer: Triggerer | None = None
         self._stop_now = anyio.Event()
 
     @property
@@ -184,6 +191,19 @@ class Orchestrator:
             claim_runs=self.claim,
         )
         await tg.start(self.scheduler.run)
+        if self.run_triggerer:
+            self.triggerer = Triggerer(
+                store=store,
+                clock=self.clock,
+                owner=self.process_id,
+                log_dir=self.log_dir,
+                capacity=self.triggerer_capacity,
+                lease_s=self.lease_s,
+                poll_s=self.poll_s,
+            )
+            self.driver.on_deferred.append(self.triggerer.wake)
+            self.triggerer.on_fired.append(self.driver.resume)
+            await tg.start(self.triggerer.run)
 
     async def __aexit__(
         self,

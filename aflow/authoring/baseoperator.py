@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from aflow.authoring.dag import DAG, current_dag, validate_id
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
@@ -145,6 +145,36 @@ class BaseOperator:
     # -- execution ---------------------------------------------------------
     def execute(self, context: dict[str, Any]) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement execute(context)")
+
+    def defer(
+        self,
+        *,
+        trigger: Any,
+        method_name: str,
+        kwargs: dict[str, Any] | None = None,
+        timeout: timedelta | float | None = None,
+    ) -> NoReturn:
+        """Park this task on `trigger` (a triggers.BaseTrigger) without holding a slot;
+        when it fires, the task resumes with `method_name(context, event=payload, **kwargs)`.
+        With `timeout`, the wait fails the task after that long (or skips it with soft_fail)."""
+        from aflow.exceptions import TaskDeferred
+
+        raise TaskDeferred(
+            trigger=trigger,
+            method_name=method_name,
+            kwargs=kwargs,
+            timeout=_as_timedelta(timeout) if timeout is not None else None,
+        )
+
+    def resume_method(self, method_name: str) -> Callable[..., Any]:
+        """The method a deferred task resumes with; a clear error if it does not exist."""
+        method = getattr(self, method_name, None)
+        if not callable(method):
+            raise DagDefinitionError(
+                f"task {self.task_id!r} deferred with method_name={method_name!r}, "
+                f"but {type(self).__name__} has no such method"
+            )
+        return method
 
     def is_async(self) -> bool:
         """True when `execute` is a coroutine function and so runs on the event loop."""

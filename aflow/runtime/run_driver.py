@@ -26,16 +26,17 @@ from anyio.abc import TaskGroup
 
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
-from aflow.exceptions import StoreError
+from aflow.exceptions import StoreError, TaskDeferred
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.slots import Slots
-from aflow.runtime.task_runner import TryJob, call_callback, retry_delay_for, run_try
+from aflow.runtime.task_runner import Resume, TryJob, call_callback, retry_delay_for, run_try
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import XComView
 from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
 from aflow.store.base import Store
-from aflow.store.records import DagRunRecord, TaskInstanceRecord, XComRecord
+from aflow.store.records import DagRunRecord, TaskInstanceRecord, TriggerRecord, XComRecord
+from triggers.base import check_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class TIState:
     error: str | None = None
     next_method: str | None = None
     next_kwargs: dict[str, Any] | None = None
+    next_event: dict[str, Any] | None = None  # in memory only: read from the trigger row
 
     @classmethod
     def from_record(cls, r: TaskInstanceRecord) -> TIState:
@@ -130,6 +132,7 @@ class RunDriver:
         self.thread_limiter = thread_limiter
         self.runs: dict[tuple[str, str], RunState] = {}
         self.on_run_finished: list[Any] = []  # callables(RunState), e.g. the scheduler's
+        self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
         self.tries_started = 0
 
     # -- adopting a run ------------------------------------------------------------
@@ -191,6 +194,18 @@ class RunDriver:
         for ti in rs.tis.values():
             if ti.state is TaskState.UP_FOR_RETRY:
                 self._tg.start_soon(self._retry_later, rs, ti)
+        # Deferred TIs keep waiting on their triggers (any triggerer adopts those); one
+        # whose trigger fired while no one drove the run goes on now.
+        for ti in [t for t in rs.tis.values() if t.state is TaskState.DEFERRED]:
+            trigger = await self.store.get_trigger(run.dag_id, run.run_id, ti.task_id, ti.map_index)
+            if trigger is not None and trigger.event is not None:
+                self.resume(trigger)
+            elif trigger is None:
+                ti.state = TaskState.FAILED
+                ti.end_date = now
+                ti.error = "deferred, but its trigger row is gone"
+                await self._durably(self.store.save_tis, [ti])
+                recovered.append(ti)
         if recovered:
             rs.unfinished -= len(recovered)
             await self._after_end(rs, recovered)
@@ -274,12 +289,18 @@ class RunDriver:
         )
 
     async def _run_ti(self, rs: RunState, ti: TIState) -> None:
-        """Runs in a slot: the try and the commit of its outcome."""
+        """Runs in a slot: the try (or a deferred try going on) and its outcome's commit."""
         task = rs.dag.task_dict[ti.task_id]
         now = self.clock.now()
-        ti.try_number += 1
+        resume: Resume | None = None
+        if ti.next_method is not None and ti.next_event is not None:
+            # A deferred try goes on: same try number (as in Airflow), its trigger's event.
+            resume = Resume(ti.next_method, dict(ti.next_kwargs or {}), ti.next_event)
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+        else:
+            ti.try_number += 1
+            ti.start_date = now
         ti.state = TaskState.RUNNING
-        ti.start_date = now
         ti.end_date = None
         ti.hostname = self.hostname
         ti.next_retry_at = None
@@ -297,6 +318,7 @@ class RunDriver:
             xcoms=rs.xcoms,
             log_path=self._log_path(rs, ti),
             thread_limiter=self.thread_limiter,
+            resume=resume,
         )
         try:
             result = await run_try(job)
@@ -305,6 +327,13 @@ class RunDriver:
                 await self._interrupted(rs, ti)
             raise
         now = self.clock.now()
+        if resume is not None:
+            await self._durably(
+                self.store.delete_trigger, rs.run.dag_id, rs.run.run_id, ti.task_id, ti.map_index
+            )
+        if result.deferred is not None:
+            await self._defer(rs, ti, result.deferred, now)
+            return
         ti.end_date = now
         ti.error = result.error
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
@@ -323,6 +352,53 @@ class RunDriver:
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         rs.unfinished -= 1
         await self._after_end(rs, [ti])
+
+    async def _defer(self, rs: RunState, ti: TIState, deferral: TaskDeferred, now: datetime) -> None:
+        """Park the TI on its trigger: the TI row and the trigger row commit together; the
+        slot is already free. The triggerer fires it; `resume` picks it up from there."""
+        try:
+            classpath, kwargs = deferral.trigger.serialize()
+            check_kwargs(classpath, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a bad trigger fails its task, not the run
+            ti.state = TaskState.FAILED
+            ti.end_date = now
+            ti.error = f"cannot defer: the trigger does not serialize: {exc}"
+            self._write_to_log(rs, ti, f"ERROR - {ti.error}")
+            await self._durably(self.store.finish_ti, ti, [])
+            rs.unfinished -= 1
+            await self._after_end(rs, [ti])
+            return
+        ti.state = TaskState.DEFERRED
+        ti.next_method = deferral.method_name
+        ti.next_kwargs = deferral.kwargs
+        trigger = TriggerRecord(
+            classpath=classpath,
+            kwargs=kwargs,
+            dag_id=rs.run.dag_id,
+            run_id=rs.run.run_id,
+            task_id=ti.task_id,
+            map_index=ti.map_index,
+            try_number=ti.try_number,
+            created_at=now,
+            timeout_at=now + deferral.timeout if deferral.timeout is not None else None,
+        )
+        await self._durably(self.store.defer_ti, ti, trigger)
+        for listener in self.on_deferred:
+            listener()
+
+    def resume(self, trigger: TriggerRecord) -> bool:
+        """A trigger fired (its event is committed): send its TI on, if this process
+        drives the run and the TI still waits on that try. Returns whether it did."""
+        rs = self.runs.get((trigger.dag_id, trigger.run_id))
+        if rs is None or trigger.event is None:
+            return False
+        ti = rs.tis.get(trigger.task_id)
+        if ti is None or ti.state is not TaskState.DEFERRED or ti.try_number != trigger.try_number:
+            return False
+        ti.next_event = trigger.event
+        ti.state = TaskState.SCHEDULED
+        self._submit(rs, ti)
+        return True
 
     async def _interrupted(self, rs: RunState, ti: TIState) -> None:
         """Shutdown cancelled a running try: leave it to be run again, without using a retry."""

@@ -111,6 +111,7 @@ class Scheduler:
             try:
                 await self._reap_dead_local_owners()
                 await self.claim_once()
+                await self.resume_fired()
             except StoreError:
                 log.exception("claiming runs failed; retrying")
 
@@ -147,6 +148,14 @@ class Scheduler:
             tis = await self.store.get_tis(run.dag_id, run.run_id)
         await self.driver.adopt(dag, run, tis)
         return True
+
+    async def resume_fired(self) -> int:
+        """Resume deferred TIs of owned runs whose triggers fired in another process (a
+        triggerer in this process hands them over at once instead)."""
+        if not self.driver.runs:
+            return 0
+        fired = await self.store.fired_triggers(list(self.driver.runs))
+        return sum(1 for trigger in fired if self.driver.resume(trigger))
 
     def _on_run_finished(self, rs: RunState) -> None:
         self.wake()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -21,7 +22,13 @@ import anyio.to_thread
 
 from aflow.authoring.baseoperator import DEFAULT_MAX_RETRY_DELAY, BaseOperator
 from aflow.authoring.templating import date_context, render_template_fields
-from aflow.exceptions import SkipTask, TaskFailure, TaskTimeout
+from aflow.exceptions import (
+    SkipTask,
+    TaskDeferred,
+    TaskFailure,
+    TaskTimeout,
+    TriggerFailed,
+)
 from aflow.runtime import logs
 from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
@@ -33,10 +40,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class TryResult:
-    state: TaskState  # SUCCESS, FAILED or SKIPPED
+    state: TaskState  # SUCCESS, FAILED, SKIPPED or DEFERRED
     xcoms: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = True
+    deferred: TaskDeferred | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """How a deferred task goes on: its method, kwargs and the trigger's event
+    ({"kind": "event" | "error" | "timeout", ...})."""
+
+    method_name: str
+    kwargs: dict[str, Any]
+    event: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -54,6 +72,7 @@ class TryJob:
     log_path: str
     thread_limiter: anyio.CapacityLimiter | None = None
     store_url: str | None = None
+    resume: Resume | None = None
 
 
 def retry_delay_for(task: BaseOperator, try_number: int) -> timedelta:
@@ -160,13 +179,14 @@ async def _run_guarded(
             from aflow.runtime.task_process import run_in_child_process
 
             return await run_in_child_process(job, task_log, timeout)
+        call = _resume_call(task, job.resume, task_log) if job.resume else None
         if timeout is None:
             render_template_fields(task, context)
-            value = await execute_task(task, context, job.thread_limiter)
+            value = await execute_task(task, context, job.thread_limiter, call)
         else:
             with anyio.move_on_after(timeout) as deadline:
                 render_template_fields(task, context)
-                value = await execute_task(task, context, job.thread_limiter)
+                value = await execute_task(task, context, job.thread_limiter, call)
             if deadline.cancelled_caught:  # not a TimeoutError the task's own code raised
                 raise TaskTimeout(
                     f"task {task.task_id!r} exceeded its execution_timeout of {timeout}s"
@@ -178,6 +198,13 @@ async def _run_guarded(
     except SkipTask as exc:
         task_log.write_line(f"Task skipped: {exc}" if str(exc) else "Task skipped")
         return TryResult(TaskState.SKIPPED)
+    except TaskDeferred as deferral:
+        if task.run_in == "process":
+            msg = "a task run in a child process (run_in='process') cannot defer"
+            task_log.write_line(f"ERROR - {msg}")
+            return TryResult(TaskState.FAILED, error=msg, retryable=False)
+        task_log.write_line(f"Task deferred: {deferral}")
+        return TryResult(TaskState.DEFERRED, deferred=deferral)
     except TaskTimeout as exc:
         task_log.write_line(f"ERROR - {exc}")
         return TryResult(TaskState.FAILED, error=str(exc))
@@ -193,17 +220,44 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _resume_call(
+    task: BaseOperator, resume: Resume, task_log: logs.TaskLog
+) -> Callable[[dict[str, Any]], Any]:
+    """The call that goes on with a deferred task, or the failure its trigger ended in."""
+    event = resume.event
+    kind = event.get("kind")
+    if kind == "error":
+        detail = str(event.get("error") or "").rstrip()
+        task_log.write_line("Trigger failed:\n" + detail)
+        last = detail.splitlines()[-1] if detail else "no detail"
+        raise TriggerFailed(f"the trigger failed: {last}")
+    if kind == "timeout":
+        if getattr(task, "soft_fail", False):
+            raise SkipTask("the wait timed out (soft_fail)")
+        raise TaskTimeout(f"task {task.task_id!r} waited longer than its deferral timeout")
+    method = task.resume_method(resume.method_name)
+    return functools.partial(method, event=event.get("payload"), **resume.kwargs)
+
+
 async def execute_task(
-    task: BaseOperator, context: dict[str, Any], limiter: anyio.CapacityLimiter | None
+    task: BaseOperator,
+    context: dict[str, Any],
+    limiter: anyio.CapacityLimiter | None,
+    call: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Any:
-    """Call `task.execute`: on the loop if it is async, else in a worker thread that a
-    timeout abandons (the thread keeps running detached; its slot is freed at once)."""
-    if task.run_in == "thread" or (task.run_in != "loop" and not task.is_async()):
+    """Call `task.execute` (or `call`, a deferred task's resume method): on the loop if it
+    is async, else in a worker thread that a timeout abandons (the thread keeps running
+    detached; its slot is freed at once)."""
+    if call is None:
+        call, is_async = task.execute, task.is_async()
+    else:
+        is_async = inspect.iscoroutinefunction(call)
+    if task.run_in == "thread" or (task.run_in != "loop" and not is_async):
         value = await anyio.to_thread.run_sync(
-            _call_sync, task.execute, context, abandon_on_cancel=True, limiter=limiter
+            _call_sync, call, context, abandon_on_cancel=True, limiter=limiter
         )
     else:
-        value = task.execute(context)
+        value = call(context)
     if inspect.isawaitable(value):
         value = await value
     return value

@@ -7,6 +7,7 @@ import abc
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from aflow.states import DagRunState
 from aflow.store.records import (
@@ -16,6 +17,7 @@ from aflow.store.records import (
     ProcessRecord,
     TaskInstanceRecord,
     TaskInstanceRow,
+    TriggerRecord,
     XComRecord,
 )
 
@@ -150,6 +152,54 @@ class Store(abc.ABC):
     async def get_xcoms(
         self, dag_id: str, run_id: str, task_id: str | None = None
     ) -> list[XComRecord]: ...
+
+    # -- triggers (deferred waits) --------------------------------------------------
+    @abc.abstractmethod
+    async def defer_ti(self, ti: TaskInstanceRow, trigger: TriggerRecord) -> None:
+        """Group-committed: the deferred TI row and its trigger row (replacing an older
+        trigger of that TI), in one transaction."""
+
+    @abc.abstractmethod
+    async def claim_triggers(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[TriggerRecord]:
+        """Take unfired triggers that have no live owner, oldest first."""
+
+    @abc.abstractmethod
+    async def renew_trigger_leases(self, owner: str, lease_until: datetime) -> int: ...
+
+    @abc.abstractmethod
+    async def release_triggers(self, owner: str, trigger_ids: Iterable[int] | None = None) -> None:
+        ...
+
+    @abc.abstractmethod
+    async def fire_trigger(self, trigger_id: int, event: dict[str, Any], now: datetime) -> None:
+        """Group-committed: record the trigger's event (and give up its ownership). No
+        effect when the row is gone or has fired already: the first event wins."""
+
+    @abc.abstractmethod
+    async def fired_triggers(self, run_keys: Iterable[tuple[str, str]]) -> list[TriggerRecord]:
+        """Fired triggers of the given (dag_id, run_id) runs, for resuming their TIs."""
+
+    @abc.abstractmethod
+    async def get_trigger(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> TriggerRecord | None:
+        ...
+
+    @abc.abstractmethod
+    async def delete_trigger(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        """Group-committed: the TI has resumed; its trigger row goes."""
+
+    @abc.abstractmethod
+    async def list_triggers(self) -> list[TriggerRecord]: ...
+
+    # -- webhook events ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def deliver_webhook(self, key: str, payload: Any, now: datetime) -> int:
+        """Store an event for `key` (committed on return); returns its id."""
+
+    @abc.abstractmethod
+    async def first_webhook(self, key: str) -> tuple[int, Any] | None:
+        """The oldest event delivered for `key`, as (id, payload)."""
 
     # -- processes (heartbeats) ---------------------------------------------------
     @abc.abstractmethod

@@ -134,3 +134,28 @@ class ProcessRecord:
     pid: int
     started_at: datetime
     heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRecord:
+    """A parked trigger and the TI try it wakes. `event` is set once it has fired:
+    {"kind": "event" | "error" | "timeout", "payload": …, "error": …}."""
+
+    classpath: str
+    kwargs: dict[str, Any]
+    dag_id: str
+    run_id: str
+    task_id: str
+    try_number: int
+    created_at: datetime
+    map_index: int = -1
+    timeout_at: datetime | None = None
+    id: int | None = None
+    owner: str | None = None
+    lease_until: datetime | None = None
+    event: dict[str, Any] | None = None
+    fired_at: datetime | None = None
+
+    @property
+    def ti_key(self) -> tuple[str, str, str, int]:
+        return (self.dag_id, self.run_id, self.task_id, self.map_index)

@@ -36,6 +36,7 @@ from aflow.store.records import (
     ProcessRecord,
     TaskInstanceRecord,
     TaskInstanceRow,
+    TriggerRecord,
     XComRecord,
 )
 
@@ -66,6 +67,17 @@ _UPSERT_TI = (
 _UPDATE_RUN = (
     "UPDATE dag_run SET state=?, start_date=?, end_date=?, conf=?, note=? "
     "WHERE dag_id=? AND run_id=?"
+)
+_TRIGGER_COLS = (
+    "id, classpath, kwargs, created_at, timeout_at, owner, lease_until, dag_id, run_id, "
+    "task_id, map_index, try_number, event, fired_at"
+)
+_TRIGGER_INSERT_COLS = (
+    "classpath, kwargs, created_at, timeout_at, dag_id, run_id, task_id, map_index, "
+    "try_number, event"
+)
+_DELETE_TI_TRIGGER = (
+    "DELETE FROM trigger WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=?"
 )
 _DELETE_TI_XCOMS = "DELETE FROM xcom WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=?"
 _INSERT_XCOM = "INSERT INTO xcom (dag_id, run_id, task_id, map_index, key, value) VALUES (?,?,?,?,?,?)"
@@ -640,6 +652,142 @@ class SqliteStore(Store):
         rows = await self._read(sql + " ORDER BY task_id, map_index, key", params)
         return [XComRecord(r[0], r[1], r[2], r[3], json_in(r[4]), r[5]) for r in rows]
 
+    # -- triggers -------------------------------------------------------------------------
+    async def defer_ti(self, ti: TaskInstanceRow, trigger: TriggerRecord) -> None:
+        key = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        await self._write(
+            [
+                (_UPSERT_TI, [_ti_row(ti)]),
+                (_DELETE_TI_TRIGGER, [key]),
+                (
+                    f"INSERT INTO trigger ({_TRIGGER_INSERT_COLS}) VALUES ({', '.join('?' * 10)})",
+                    [
+                        (
+                            trigger.classpath,
+                            json_out(trigger.kwargs),
+                            dt_out(trigger.created_at),
+                            dt_out(trigger.timeout_at),
+                            trigger.dag_id,
+                            trigger.run_id,
+                            trigger.task_id,
+                            trigger.map_index,
+                            trigger.try_number,
+                            None,
+                        )
+                    ],
+                ),
+            ]
+        )
+
+    async def claim_triggers(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[TriggerRecord]:
+        now_s, until_s = dt_out(now), dt_out(lease_until)
+
+        def run_tx(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                f"SELECT {_TRIGGER_COLS} FROM trigger WHERE fired_at IS NULL "
+                "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) "
+                "ORDER BY id LIMIT ?",
+                (now_s, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE trigger SET owner=?, lease_until=? WHERE id=?",
+                [(owner, until_s, r[0]) for r in rows],
+            )
+            return rows
+
+        rows = await self._transaction(run_tx)
+        return [
+            dataclasses.replace(_trigger_from(r), owner=owner, lease_until=lease_until)
+            for r in rows
+        ]
+
+    async def renew_trigger_leases(self, owner: str, lease_until: datetime) -> int:
+        until_s = dt_out(lease_until)
+        return await self._transaction(
+            lambda conn: conn.execute(
+                "UPDATE trigger SET lease_until=? WHERE owner=? AND fired_at IS NULL",
+                (until_s, owner),
+            ).rowcount
+        )
+
+    async def release_triggers(self, owner: str, trigger_ids: Iterable[int] | None = None) -> None:
+        if trigger_ids is None:
+            await self._write(
+                [("UPDATE trigger SET owner=NULL, lease_until=NULL WHERE owner=?", [(owner,)])]
+            )
+        else:
+            await self._write(
+                [
+                    (
+                        "UPDATE trigger SET owner=NULL, lease_until=NULL WHERE owner=? AND id=?",
+                        [(owner, i) for i in trigger_ids],
+                    )
+                ]
+            )
+
+    async def fire_trigger(self, trigger_id: int, event: dict[str, Any], now: datetime) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE trigger SET event=?, fired_at=?, owner=NULL, lease_until=NULL "
+                    "WHERE id=? AND fired_at IS NULL",
+                    [(json_out(event), dt_out(now), trigger_id)],
+                )
+            ]
+        )
+
+    async def fired_triggers(self, run_keys: Iterable[tuple[str, str]]) -> list[TriggerRecord]:
+        keys = [list(k) for k in run_keys]
+        if not keys:
+            return []
+        rows = await self._read(
+            f"SELECT {_TRIGGER_COLS} FROM trigger WHERE fired_at IS NOT NULL AND "
+            "(dag_id, run_id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            "FROM json_each(?)) ORDER BY id",
+            (json_out(keys),),
+        )
+        return [_trigger_from(r) for r in rows]
+
+    async def get_trigger(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> TriggerRecord | None:
+        rows = await self._read(
+            f"SELECT {_TRIGGER_COLS} FROM trigger WHERE dag_id=? AND run_id=? AND task_id=? "
+            "AND map_index=?",
+            (dag_id, run_id, task_id, map_index),
+        )
+        return _trigger_from(rows[0]) if rows else None
+
+    async def delete_trigger(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> None:
+        await self._write([(_DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
+
+    async def list_triggers(self) -> list[TriggerRecord]:
+        rows = await self._read(f"SELECT {_TRIGGER_COLS} FROM trigger ORDER BY id")
+        return [_trigger_from(r) for r in rows]
+
+    # -- webhook events ------------------------------------------------------------------
+    async def deliver_webhook(self, key: str, payload: Any, now: datetime) -> int:
+        body = json_out(payload)
+        return await self._transaction(
+            lambda conn: int(
+                conn.execute(
+                    "INSERT INTO webhook_event (key, payload, created_at) VALUES (?, ?, ?)",
+                    (key, body, dt_out(now)),
+                ).lastrowid
+                or 0
+            )
+        )
+
+    async def first_webhook(self, key: str) -> tuple[int, Any] | None:
+        rows = await self._read(
+            "SELECT id, payload FROM webhook_event WHERE key=? ORDER BY id LIMIT 1", (key,)
+        )
+        return (int(rows[0][0]), json_in(rows[0][1])) if rows else None
+
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:
         await self._write(
@@ -680,6 +828,25 @@ class SqliteStore(Store):
             ProcessRecord(r[0], r[1], r[2], r[3], dt_in(r[4]), dt_in(r[5]))  # type: ignore[arg-type]
             for r in rows
         ]
+
+
+def _trigger_from(r: Sequence[Any]) -> TriggerRecord:
+    return TriggerRecord(
+        id=r[0],
+        classpath=r[1],
+        kwargs=json_in(r[2]),
+        created_at=dt_in(r[3]),  # type: ignore[arg-type]
+        timeout_at=dt_in(r[4]),
+        owner=r[5],
+        lease_until=dt_in(r[6]),
+        dag_id=r[7],
+        run_id=r[8],
+        task_id=r[9],
+        map_index=r[10],
+        try_number=r[11],
+        event=json_in(r[12]),
+        fired_at=dt_in(r[13]),
+    )
 
 
 def _dag_from(r: Sequence[Any]) -> DagRecord:

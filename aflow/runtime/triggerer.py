@@ -1,0 +1,248 @@
+"""The triggerer: parks deferred waits by the hundred thousand on one event loop.
+
+It claims unfired trigger rows up to its capacity, rebuilds each trigger from
+`(classpath, kwargs)`, runs it as a coroutine with shared resources (one timer queue,
+one HTTP pool, one watcher per directory, one DB pool per DSN), and commits the first
+event into the trigger row (group-committed, so thousands firing at once cost a few
+transactions). The run driver then resumes the waiting task. A trigger that raises
+fires an error event carrying its traceback; one past its timeout fires a timeout
+event; either way its siblings are untouched. What a trigger logs goes to the log of
+the deferred try.
+
+Ownership is a lease per trigger row, renewed every `lease_s / 3`; a dead triggerer's
+triggers are adopted by another once the lease expires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from aflow.clock import Clock
+from aflow.exceptions import StoreError
+from aflow.runtime import logs
+from aflow.store.base import Store
+from aflow.store.records import TriggerRecord
+from triggers.base import load_trigger
+from triggers.shared import Resources, use_resources
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 100_000
+
+
+class StoreWebhookInbox:
+    """Webhook events by key, read from the store (an event delivered before the sensor
+    started waiting is found at once). `notify(key)` wakes waiters in this process."""
+
+    def __init__(self, store: Store, poll_s: float = 1.0) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self._events: dict[str, anyio.Event] = {}
+
+    def notify(self, key: str) -> None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def wait_for(self, key: str) -> Any:
+        while True:
+            event = self._events.setdefault(key, anyio.Event())
+            found = await self.store.first_webhook(key)
+            if found is not None:
+                return found[1]
+            with anyio.move_on_after(self.poll_s):
+                await event.wait()
+
+
+class Triggerer:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        owner: str,
+        log_dir: Path,
+        capacity: int = DEFAULT_CAPACITY,
+        lease_s: float = 30.0,
+        poll_s: float = 1.0,
+        claim_batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.owner = owner
+        self.log_dir = log_dir
+        self.capacity = capacity
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.claim_batch = claim_batch
+        self.running: dict[int, TriggerRecord] = {}
+        self.on_fired: list[Callable[[TriggerRecord], Any]] = []
+        self.inbox = StoreWebhookInbox(store)
+        self.fired = 0
+        self.loop_lag_s = 0.0
+        self.last_beat = time.monotonic()
+        self._wake = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    @property
+    def capacity_left(self) -> int:
+        return self.capacity - len(self.running)
+
+    def wake(self) -> None:
+        """Claim at once (a task just deferred in this process)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        resources = Resources(webhook_inbox=self.inbox)
+        try:
+            async with resources, anyio.create_task_group() as tg:
+                with use_resources(resources):
+                    self._tg = tg
+                    tg.start_soon(self._claim_loop)
+                    tg.start_soon(self._lease_loop)
+                    tg.start_soon(self._heartbeat_loop)
+                    task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.store.release_triggers(self.owner)
+                except Exception:  # noqa: BLE001 - leases expire anyway
+                    log.exception("could not release triggers at shutdown")
+
+    # -- loops ------------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        while True:
+            room = min(self.capacity_left, self.claim_batch)
+            claimed: list[TriggerRecord] = []
+            if room > 0:
+                try:
+                    claimed = await self.store.claim_triggers(
+                        self.owner, self.clock.now(), self._lease_until(), room
+                    )
+                except StoreError:
+                    log.exception("claiming triggers failed; retrying")
+            assert self._tg is not None
+            for record in claimed:
+                assert record.id is not None
+                self.running[record.id] = record
+                self._tg.start_soon(self._run_one, record)
+            if claimed and len(claimed) == room:
+                continue  # more may be waiting: claim again at once
+            with anyio.move_on_after(self.poll_s):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_s / 3)
+            try:
+                await self.store.renew_trigger_leases(self.owner, self._lease_until())
+            except StoreError:
+                log.exception("could not renew trigger leases; retrying")
+
+    async def _heartbeat_loop(self, period: float = 0.5) -> None:
+        """Proves the loop is alive (not just the process): records how late it wakes."""
+        while True:
+            before = time.monotonic()
+            await anyio.sleep(period)
+            now = time.monotonic()
+            self.loop_lag_s = max(0.0, now - before - period)
+            self.last_beat = now
+
+    def _lease_until(self) -> Any:
+        return self.clock.now() + timedelta(seconds=self.lease_s)
+
+    # -- one trigger --------------------------------------------------------------------------
+    async def _run_one(self, record: TriggerRecord) -> None:
+        assert record.id is not None
+        task_log = logs.TaskLog(
+            logs.log_path(
+                self.log_dir, record.dag_id, record.run_id, record.task_id,
+                record.try_number, record.map_index,
+            )
+        )
+        token = logs.set_task_log(task_log)
+        try:
+            event = await self._wait_for_event(record)
+        finally:
+            logs.reset_task_log(token)
+            task_log.close()
+        try:
+            await self._fire(record, event)
+        finally:
+            self.running.pop(record.id, None)
+
+    async def _wait_for_event(self, record: TriggerRecord) -> dict[str, Any]:
+        timeout_s = math.inf
+        if record.timeout_at is not None:
+            timeout_s = max(0.0, (record.timeout_at - self.clock.now()).total_seconds())
+        trigger = None
+        try:
+            trigger = load_trigger(record.classpath, record.kwargs)
+            trigger.trigger_id = record.id
+            trigger.task_instance = record
+            with anyio.move_on_after(timeout_s) as scope:
+                events = trigger.run()
+                try:
+                    async for event in events:
+                        payload = json.loads(json.dumps(event.payload, allow_nan=False))
+                        return {"kind": "event", "payload": payload}
+                finally:
+                    await events.aclose()  # type: ignore[attr-defined]
+            if scope.cancelled_caught:
+                logging.getLogger("aflow.task").error("the wait timed out")
+                return {"kind": "timeout"}
+            return {"kind": "error", "error": f"{record.classpath}.run() ended without an event"}
+        except (TypeError, ValueError) as exc:
+            if trigger is None:
+                return {"kind": "error", "error": f"cannot rebuild the trigger: {exc}"}
+            return {"kind": "error", "error": _traceback_text(exc)}
+        except Exception as exc:  # noqa: BLE001 - one trigger's failure is its task's alone
+            return {"kind": "error", "error": _traceback_text(exc)}
+        finally:
+            if trigger is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await trigger.cleanup()
+                    except Exception:  # noqa: BLE001
+                        log.exception("cleanup of trigger %s failed", record.id)
+
+    async def _fire(self, record: TriggerRecord, event: dict[str, Any]) -> None:
+        assert record.id is not None
+        now = self.clock.now()
+        delay = 0.1
+        while True:
+            try:
+                await self.store.fire_trigger(record.id, event, now)
+                break
+            except StoreError as exc:
+                log.warning("could not commit trigger %s's event (%s); retrying", record.id, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.fired += 1
+        fired = TriggerRecord(
+            **{**_fields(record), "event": event, "fired_at": now, "owner": None}
+        )
+        for listener in self.on_fired:
+            listener(fired)
+
+
+def _fields(record: TriggerRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+def _traceback_text(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    logging.getLogger("aflow.task").error("the trigger failed:\n%s", text)
+    return text

@@ -1,0 +1,157 @@
+"""Deferral end to end: a task parks on a trigger, frees its slot, and resumes with the
+trigger's event; trigger errors and timeouts fail (or skip) it; the wait survives a
+restart of the orchestrator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aflow import DAG, BaseOperator, PythonOperator
+from aflow.orchestrator import Orchestrator
+from aflow.runtime.logs import log_path, read_log
+from aflow.states import TaskState
+from tests.conftest import run_dag
+from triggers.base import BaseTrigger, TriggerEvent
+
+pytestmark = pytest.mark.anyio
+START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+class FileFlagTrigger(BaseTrigger):
+    """Fires when a file exists (polling: the real FileTrigger lives in triggers/file.py)."""
+
+    def __init__(self, path: str, fail: bool = False) -> None:
+        super().__init__()
+        self.path = path
+        self.fail = fail
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.FileFlagTrigger", {"path": self.path, "fail": self.fail})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        self.log.info("waiting for %s", self.path)
+        if self.fail:
+            raise RuntimeError("the flag is broken")
+        while not await anyio.Path(self.path).exists():  # noqa: ASYNC110 - polls a file
+            await anyio.sleep(0.01)
+        yield TriggerEvent({"found": self.path})
+
+
+class WaitForFlag(BaseOperator):
+    def __init__(self, *, path: str, fail: bool = False, soft_fail: bool = False,
+                 wait_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+        self.fail = fail
+        self.soft_fail = soft_fail
+        self.wait_timeout = wait_timeout
+
+    async def execute(self, context: dict[str, Any]) -> None:
+        self.defer(
+            trigger=FileFlagTrigger(self.path, self.fail),
+            method_name="done",
+            kwargs={"note": "resumed"},
+            timeout=self.wait_timeout,
+        )
+
+    def done(self, context: dict[str, Any], event: Any = None, note: str = "") -> dict[str, Any]:
+        return {"event": event, "note": note, "try": context["ti"].try_number}
+
+
+async def test_deferred_task_frees_its_slot_and_resumes_with_the_event(
+    orchestrator_factory: Any, tmp_path: Path
+) -> None:
+    flag = tmp_path / "flag"
+    seen: list[str] = []
+
+    async def other() -> None:
+        seen.append("other ran while the sensor waited")
+        flag.touch()
+
+    with DAG("defer", start_date=START) as dag:
+        wait = WaitForFlag(task_id="wait", path=str(flag))
+        wait >> PythonOperator(task_id="after", python_callable=lambda: "after")
+        PythonOperator(task_id="other", python_callable=other)
+
+    # one slot: `other` can only run if the deferred task gave its slot back
+    o = await orchestrator_factory([dag], parallelism=1)
+    handle = await o.trigger("defer")
+    final = await handle.wait(timeout=30)
+    assert final.state.value == "success"
+    tis = {t.task_id: t for t in await handle.task_instances()}
+    assert tis["wait"].state is TaskState.SUCCESS
+    assert tis["wait"].try_number == 1  # resuming is the same try
+    assert seen == ["other ran while the sensor waited"]
+    xcoms = {x.task_id: x.value for x in await o.store.get_xcoms("defer", final.run_id)}
+    assert xcoms["wait"] == {"event": {"found": str(flag)}, "note": "resumed", "try": 1}
+    assert await o.store.list_triggers() == []  # the row goes once the TI resumed
+    log = read_log(log_path(o.log_dir, "defer", final.run_id, "wait", 1))[0]
+    assert "Task deferred" in log
+    assert f"waiting for {flag}" in log  # what the trigger logs lands in the try's log
+
+
+async def test_trigger_error_fails_the_task_with_its_traceback(home: Path, tmp_path: Path) -> None:
+    with DAG("defer_error", start_date=START) as dag:
+        WaitForFlag(task_id="wait", path=str(tmp_path / "never"), fail=True)
+    result = await run_dag(dag, home, timeout=30)
+    assert result.ti_state("wait") == "failed"
+    assert "the flag is broken" in (result.tis["wait"].error or "")
+    log = result.log("wait", 1)
+    assert "RuntimeError: the flag is broken" in log and "Traceback" in log
+
+
+@pytest.mark.parametrize(("soft_fail", "state"), [(False, "failed"), (True, "skipped")])
+async def test_deferral_timeout_fails_or_skips(
+    home: Path, tmp_path: Path, soft_fail: bool, state: str
+) -> None:
+    with DAG("defer_timeout", start_date=START) as dag:
+        WaitForFlag(task_id="wait", path=str(tmp_path / "never"), soft_fail=soft_fail,
+                    wait_timeout=0.2)
+    result = await run_dag(dag, home, timeout=30)
+    assert result.ti_state("wait") == state
+
+
+async def test_deferred_wait_survives_a_restart(home: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    with DAG("defer_restart", start_date=START) as dag:
+        WaitForFlag(task_id="wait", path=str(flag))
+
+    async with Orchestrator([dag], home=home, schedule=False) as o:
+        handle = await o.trigger("defer_restart")
+        with anyio.fail_after(30):
+            while True:  # noqa: ASYNC110 - polls the store
+                tis = {t.task_id: t for t in await handle.task_instances()}
+                if tis["wait"].state is TaskState.DEFERRED:
+                    break
+                await anyio.sleep(0.01)
+    # the first orchestrator is gone; the trigger row waits in the store
+    (trigger,) = [t for t in await _triggers(home)]
+    assert trigger.event is None
+    flag.touch()
+    async with Orchestrator([dag], home=home, schedule=False) as o:
+        final = await (await o.get_run("defer_restart", handle.run_id)).wait(timeout=30)
+        tis = {t.task_id: t for t in await (await o.get_run("defer_restart", handle.run_id)).task_instances()}
+    assert final.state.value == "success"
+    assert tis["wait"].try_number == 1
+
+
+async def _triggers(home: Path) -> list[Any]:
+    from aflow.store.sqlite import SqliteStore
+
+    async with SqliteStore(f"sqlite:///{home / 'aflow.db'}") as store:
+        return await store.list_triggers()
+
+
+async def test_deferral_timeout_is_a_timedelta_too(home: Path, tmp_path: Path) -> None:
+    with DAG("defer_td", start_date=START) as dag:
+        WaitForFlag(task_id="wait", path=str(tmp_path / "never"))
+    dag.get_task("wait").wait_timeout = timedelta(milliseconds=200)  # type: ignore[attr-defined]
+    result = await run_dag(dag, home, timeout=30)
+    assert result.ti_state("wait") == "failed"
+    assert "deferral timeout" in (result.tis["wait"].error or "")

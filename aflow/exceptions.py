@@ -117,3 +117,15 @@ class TaskDeferred(Exception):  # noqa: N818 - a signal, named like Airflow's
 
 class TriggerFailed(AflowError):
     """The trigger a deferred task waited on raised; its traceback is in the task log."""
+
+
+class TaskReschedule(Exception):  # noqa: N818 - a signal, named like Airflow's AirflowRescheduleException
+    """Raised by a sensor in mode="reschedule": free the slot and poke again at `when`."""
+
+    def __init__(self, when: Any) -> None:
+        super().__init__(f"poke again at {when}")
+        self.when = when
+
+
+class SensorTimeout(AflowError):
+    """A sensor waited longer than its timeout."""

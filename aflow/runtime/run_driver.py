@@ -66,6 +66,7 @@ class TIState:
     next_method: str | None = None
     next_kwargs: dict[str, Any] | None = None
     next_event: dict[str, Any] | None = None  # in memory only: read from the trigger row
+    same_try: bool = False  # in memory: the next start goes on with this try (reschedule)
 
     @classmethod
     def from_record(cls, r: TaskInstanceRecord) -> TIState:
@@ -192,7 +193,7 @@ class RunDriver:
         if to_save:
             await self._durably(self.store.save_tis, to_save)
         for ti in rs.tis.values():
-            if ti.state is TaskState.UP_FOR_RETRY:
+            if ti.state in (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE):
                 self._tg.start_soon(self._retry_later, rs, ti)
         # Deferred TIs keep waiting on their triggers (any triggerer adopts those); one
         # whose trigger fired while no one drove the run goes on now.
@@ -297,6 +298,8 @@ class RunDriver:
             # A deferred try goes on: same try number (as in Airflow), its trigger's event.
             resume = Resume(ti.next_method, dict(ti.next_kwargs or {}), ti.next_event)
             ti.next_method = ti.next_kwargs = ti.next_event = None
+        elif ti.same_try:
+            ti.same_try = False  # a rescheduled sensor pokes again within its try
         else:
             ti.try_number += 1
             ti.start_date = now
@@ -313,7 +316,7 @@ class RunDriver:
             map_index=ti.map_index,
             try_number=ti.try_number,
             max_tries=ti.max_tries,
-            start_date=now,
+            start_date=ti.start_date or now,  # a rescheduled or resumed try keeps its start
             hostname=self.hostname,
             xcoms=rs.xcoms,
             log_path=self._log_path(rs, ti),
@@ -333,6 +336,12 @@ class RunDriver:
             )
         if result.deferred is not None:
             await self._defer(rs, ti, result.deferred, now)
+            return
+        if result.reschedule_at is not None:
+            ti.state = TaskState.UP_FOR_RESCHEDULE
+            ti.next_retry_at = result.reschedule_at
+            await self._durably(self.store.save_tis, [ti])
+            self._tg.start_soon(self._retry_later, rs, ti)
             return
         ti.end_date = now
         ti.error = result.error
@@ -412,9 +421,12 @@ class RunDriver:
             log.exception("could not record the interruption of %s", ti.task_id)
 
     async def _retry_later(self, rs: RunState, ti: TIState) -> None:
+        """Wait until a retry (or a rescheduled sensor's next poke) is due, then queue it."""
         assert ti.next_retry_at is not None
         await self.clock.sleep_until(ti.next_retry_at)
-        if ti.state is TaskState.UP_FOR_RETRY and rs.key in self.runs:
+        waiting = ti.state
+        if waiting in (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE) and rs.key in self.runs:
+            ti.same_try = waiting is TaskState.UP_FOR_RESCHEDULE
             ti.state = TaskState.SCHEDULED
             self._submit(rs, ti)
 

@@ -26,6 +26,7 @@ from aflow.exceptions import (
     SkipTask,
     TaskDeferred,
     TaskFailure,
+    TaskReschedule,
     TaskTimeout,
     TriggerFailed,
 )
@@ -45,6 +46,7 @@ class TryResult:
     error: str | None = None
     retryable: bool = True
     deferred: TaskDeferred | None = None
+    reschedule_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,9 @@ async def _run_guarded(
     except SkipTask as exc:
         task_log.write_line(f"Task skipped: {exc}" if str(exc) else "Task skipped")
         return TryResult(TaskState.SKIPPED)
+    except TaskReschedule as again:
+        task_log.write_line(f"Poke done; rescheduled for {again.when}")
+        return TryResult(TaskState.UP_FOR_RESCHEDULE, reschedule_at=again.when)
     except TaskDeferred as deferral:
         if task.run_in == "process":
             msg = "a task run in a child process (run_in='process') cannot defer"

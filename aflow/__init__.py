@@ -6,6 +6,13 @@ from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.python import PythonOperator
 from aflow.authoring.params import Param
+from aflow.authoring.sensors import (
+    BaseSensorOperator,
+    DateTimeSensor,
+    FileSensor,
+    PokeReturnValue,
+    TimeDeltaSensor,
+)
 from aflow.authoring.taskflow import task
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, SkipTask, TaskFailure
@@ -17,14 +24,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AflowError",
     "BaseOperator",
+    "BaseSensorOperator",
     "BashOperator",
     "Clock",
     "DAG",
     "DagRunState",
+    "DateTimeSensor",
     "EmptyOperator",
+    "FileSensor",
     "ManualClock",
     "Orchestrator",
     "Param",
+    "PokeReturnValue",
     "PythonOperator",
     "RunHandle",
     "RunType",
@@ -32,6 +43,7 @@ __all__ = [
     "SystemClock",
     "TaskFailure",
     "TaskState",
+    "TimeDeltaSensor",
     "TriggerRule",
     "chain",
     "dag",

@@ -248,6 +248,45 @@ async def cmd_dags_pause(args: argparse.Namespace, paused: bool) -> int:
     return 0
 
 
+async def cmd_triggers_list(args: argparse.Namespace) -> int:
+    """Parked triggers by type: how many wait, the oldest wait, how many fired."""
+    async with open_store_url(store_url_of(args)) as store:
+        triggers = await store.list_triggers()
+    now = datetime.now(UTC)
+    by_type: dict[str, dict[str, Any]] = {}
+    for t in triggers:
+        row = by_type.setdefault(
+            t.classpath, {"classpath": t.classpath, "waiting": 0, "fired": 0, "oldest_s": 0.0}
+        )
+        if t.event is None:
+            row["waiting"] += 1
+            row["oldest_s"] = max(row["oldest_s"], (now - t.created_at).total_seconds())
+        else:
+            row["fired"] += 1
+    rows = sorted(by_type.values(), key=lambda r: r["classpath"])
+    emit(rows, ["classpath", "waiting", "fired", "oldest_s"], args.output)
+    return 0
+
+
+async def cmd_triggers_health(args: argparse.Namespace) -> int:
+    """Triggerers whose event loop wrote a heartbeat lately (exit 1 if none)."""
+    async with open_store_url(store_url_of(args)) as store:
+        procs = await store.list_processes("triggerer")
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "process_id": p.process_id,
+            "hostname": p.hostname,
+            "pid": p.pid,
+            "heartbeat_age_s": (now - p.heartbeat_at).total_seconds(),
+            "healthy": (now - p.heartbeat_at).total_seconds() <= args.max_age,
+        }
+        for p in procs
+    ]
+    emit(rows, ["process_id", "hostname", "pid", "heartbeat_age_s", "healthy"], args.output)
+    return 0 if any(r["healthy"] for r in rows) else EXIT_FAILED
+
+
 async def cmd_runs_list(args: argparse.Namespace) -> int:
     states = [DagRunState(s) for s in args.state] if args.state else None
     async with open_store_url(store_url_of(args)) as store:
@@ -485,6 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", action="append", choices=[s.value for s in DagRunState])
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(handler=cmd_runs_list)
+
+    trig = groups.add_parser("triggers", help="deferred waits").add_subparsers(dest="cmd", required=True)
+    p = trig.add_parser("list", parents=[common, output], help="parked triggers by type")
+    p.set_defaults(handler=cmd_triggers_list)
+    p = trig.add_parser("health", parents=[common, output],
+                        help="triggerers with a recent event-loop heartbeat (exit 1 if none)")
+    p.add_argument("--max-age", type=float, default=30.0, help="seconds (default %(default)s)")
+    p.set_defaults(handler=cmd_triggers_health)
 
     for name, text in (("scheduler", "run the scheduler until SIGTERM/Ctrl-C"),
                        ("standalone", "run every part of aflow in one process")):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from aflow.clock import Clock
 from aflow.exceptions import StoreError
 from aflow.runtime import logs
 from aflow.store.base import Store
-from aflow.store.records import TriggerRecord
+from aflow.store.records import ProcessRecord, TriggerRecord
 from triggers.base import load_trigger
 from triggers.shared import Resources, use_resources
 
@@ -103,8 +105,16 @@ class Triggerer:
         """Claim at once (a task just deferred in this process)."""
         self._wake.set()
 
+    @property
+    def process_id(self) -> str:
+        return f"{self.owner}/triggerer"
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         resources = Resources(webhook_inbox=self.inbox)
+        now = self.clock.now()
+        await self.store.register_process(
+            ProcessRecord(self.process_id, "triggerer", socket.gethostname(), os.getpid(), now, now)
+        )
         try:
             async with resources, anyio.create_task_group() as tg:
                 with use_resources(resources):
@@ -117,6 +127,7 @@ class Triggerer:
             with anyio.CancelScope(shield=True):
                 try:
                     await self.store.release_triggers(self.owner)
+                    await self.store.unregister_process(self.process_id)
                 except Exception:  # noqa: BLE001 - leases expire anyway
                     log.exception("could not release triggers at shutdown")
 
@@ -151,14 +162,22 @@ class Triggerer:
             except StoreError:
                 log.exception("could not renew trigger leases; retrying")
 
-    async def _heartbeat_loop(self, period: float = 0.5) -> None:
-        """Proves the loop is alive (not just the process): records how late it wakes."""
+    async def _heartbeat_loop(self, period: float = 0.5, store_every: int = 10) -> None:
+        """Proves the loop is alive (not just the process): records how late it wakes, and
+        every `store_every` beats writes a heartbeat that `aflow triggers health` reads."""
+        beats = 0
         while True:
             before = time.monotonic()
             await anyio.sleep(period)
             now = time.monotonic()
             self.loop_lag_s = max(0.0, now - before - period)
             self.last_beat = now
+            beats += 1
+            if beats % store_every == 0:
+                try:
+                    await self.store.heartbeat(self.process_id, self.clock.now())
+                except StoreError:
+                    log.exception("could not write the triggerer's heartbeat")
 
     def _lease_until(self) -> Any:
         return self.clock.now() + timedelta(seconds=self.lease_s)

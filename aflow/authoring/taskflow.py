@@ -12,6 +12,7 @@ from aflow.authoring.baseoperator import BaseOperator
 from aflow.authoring.dag import current_dag
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.python import PythonOperator, context_kwargs
+from aflow.authoring.sensors.base import BaseSensorOperator
 from aflow.authoring.templating import jinja_env, render_value
 from aflow.authoring.xcom_arg import XComArg
 from aflow.exceptions import DagDefinitionError, XComValueError
@@ -78,6 +79,34 @@ class _BashDecoratedOperator(BashOperator):
         return await super().execute(context)
 
 
+class _SensorDecoratedOperator(BaseSensorOperator):
+    """`@task.sensor`: the function is the poke; it returns a bool or a PokeReturnValue
+    (whose xcom_value becomes the task's XCom). Poke and reschedule modes; a function
+    has no trigger, so it cannot run deferrable."""
+
+    template_fields: Sequence[str] = ("op_args", "op_kwargs")
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable[..., Any],
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.python_callable = python_callable
+        self.op_args = list(op_args or [])
+        self.op_kwargs = dict(op_kwargs or {})
+        super().__init__(**kwargs)
+
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.python_callable)
+
+    def poke(self, context: dict[str, Any]) -> Any:
+        kwargs = context_kwargs(self.python_callable, self.op_args, self.op_kwargs, context)
+        return self.python_callable(*self.op_args, **kwargs)
+
+
 class DecoratedTask:
     """What `@task` returns: call it inside a DAG to add a task and get its XComArg."""
 
@@ -139,11 +168,12 @@ def _decorator(
 
 
 class _TaskFactory:
-    """`@task`, `@task(...)`, `@task.python`, `@task.bash`."""
+    """`@task`, `@task(...)`, `@task.python`, `@task.bash`, `@task.sensor`."""
 
     def __init__(self) -> None:
         self.python = _decorator(_PythonDecoratedOperator)
         self.bash = _decorator(_BashDecoratedOperator)
+        self.sensor = _decorator(_SensorDecoratedOperator)
 
     def __call__(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
         return self.python(python_callable, **kwargs)

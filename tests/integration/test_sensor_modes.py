@@ -108,3 +108,28 @@ async def test_timeout_in_every_mode(
                    poke_interval=0.05, timeout=0.3, soft_fail=soft_fail, **kwargs)
     result = await run_dag(dag, home, timeout=30)
     assert result.ti_state("sense") == state
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule"])
+async def test_task_sensor_decorator_pushes_its_xcom(home: Path, mode: str) -> None:
+    from aflow import task
+
+    calls: list[int] = []
+
+    with DAG(f"task_sensor_{mode}", start_date=START) as dag:
+
+        @task.sensor(poke_interval=0.01, mode=mode)
+        async def third_time_lucky() -> PokeReturnValue:
+            calls.append(1)
+            return PokeReturnValue(len(calls) >= 3, {"pokes": len(calls)})
+
+        @task
+        def use(value: dict[str, int]) -> int:
+            return value["pokes"]
+
+        use(third_time_lucky())
+
+    result = await run_dag(dag, home, timeout=30)
+    assert result.states() == {"third_time_lucky": "success", "use": "success"}
+    assert len(calls) == 3
+    assert result.tis["third_time_lucky"].try_number == 1

@@ -36,6 +36,7 @@ from aflow.store.records import (
     ImportErrorRecord,
     ProcessRecord,
     TaskInstanceRecord,
+    TriggerRecord,
     XComRecord,
 )
 
@@ -975,3 +976,87 @@ async def test_writes_outwait_another_writers_lock_and_then_commit(
                 await anyio.sleep(0.5)
         assert outcomes == dict.fromkeys(range(20))
         assert len(await store.get_tis("d1", "r1")) == 20
+
+
+# -- triggers and webhook events ---------------------------------------------------------------------
+def a_trigger(ti: TaskInstanceRecord, **kw: Any) -> TriggerRecord:
+    fields: dict[str, Any] = {
+        "classpath": "triggers.temporal.DateTimeTrigger",
+        "kwargs": {"moment": "2024-01-02T00:00:00+00:00"},
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": ti.map_index,
+        "try_number": ti.try_number,
+        "created_at": T0,
+    }
+    fields.update(kw)
+    return TriggerRecord(**fields)
+
+
+async def _deferred(store: Store, task_id: str = "t1") -> tuple[DagRunRecord, TaskInstanceRecord]:
+    run = a_run(f"run-{task_id}")
+    await store.create_run(run, [])
+    ti = a_ti(run, task_id, state=TaskState.DEFERRED, try_number=1, next_method="go",
+              next_kwargs={"a": 1})
+    await store.defer_ti(ti, a_trigger(ti, timeout_at=T0 + timedelta(hours=1)))
+    return run, ti
+
+
+async def test_defer_ti_writes_the_ti_and_its_trigger_together(store: Store) -> None:
+    run, ti = await _deferred(store)
+    (row,) = await store.get_tis(run.dag_id, run.run_id)
+    assert (row.state, row.next_method, row.next_kwargs) == (TaskState.DEFERRED, "go", {"a": 1})
+    trigger = await store.get_trigger(run.dag_id, run.run_id, "t1")
+    assert trigger is not None and trigger.id is not None
+    assert trigger.kwargs == {"moment": "2024-01-02T00:00:00+00:00"}
+    assert trigger.timeout_at == T0 + timedelta(hours=1)
+    assert trigger.event is None and trigger.owner is None
+    # deferring the same TI again replaces its trigger
+    await store.defer_ti(ti, a_trigger(ti, kwargs={"moment": "2024-01-03T00:00:00+00:00"}))
+    (only,) = await store.list_triggers()
+    assert only.kwargs["moment"].startswith("2024-01-03")
+
+
+async def test_claim_triggers_leases_and_expiry(store: Store) -> None:
+    for i in range(3):
+        await _deferred(store, f"t{i}")
+    until = T0 + timedelta(seconds=30)
+    first = await store.claim_triggers("a", T0, until, 2)
+    assert [t.task_id for t in first] == ["t0", "t1"]
+    assert all(t.owner == "a" and t.lease_until == until for t in first)
+    rest = await store.claim_triggers("b", T0, until, 10)
+    assert [t.task_id for t in rest] == ["t2"]  # live leases are not stolen
+    assert await store.claim_triggers("b", T0, until, 10) == []
+    assert await store.renew_trigger_leases("a", until + timedelta(seconds=30)) == 2
+    later = until + timedelta(seconds=1)  # b's lease expired, a's was renewed
+    taken = await store.claim_triggers("c", later, later + timedelta(seconds=30), 10)
+    assert [t.task_id for t in taken] == ["t2"]
+    await store.release_triggers("a")
+    again = await store.claim_triggers("c", later, later + timedelta(seconds=30), 10)
+    assert sorted(t.task_id for t in again) == ["t0", "t1"]
+
+
+async def test_fire_trigger_commits_the_event_once(store: Store) -> None:
+    run, _ = await _deferred(store)
+    (claimed,) = await store.claim_triggers("a", T0, T0 + timedelta(seconds=30), 10)
+    assert claimed.id is not None
+    await store.fire_trigger(claimed.id, {"kind": "event", "payload": {"x": 1}}, T0)
+    await store.fire_trigger(claimed.id, {"kind": "event", "payload": {"x": 2}}, T0)  # ignored
+    (fired,) = await store.fired_triggers([(run.dag_id, run.run_id)])
+    assert fired.event == {"kind": "event", "payload": {"x": 1}}
+    assert fired.owner is None and fired.fired_at == T0
+    assert await store.claim_triggers("b", T0, T0 + timedelta(seconds=30), 10) == []  # fired
+    assert await store.fired_triggers([("d1", "other-run")]) == []
+    await store.delete_trigger(run.dag_id, run.run_id, "t1")
+    assert await store.list_triggers() == []
+    assert await store.get_trigger(run.dag_id, run.run_id, "t1") is None
+
+
+async def test_webhook_events_are_kept_by_key(store: Store) -> None:
+    assert await store.first_webhook("k") is None
+    first = await store.deliver_webhook("k", {"n": 1}, T0)
+    await store.deliver_webhook("k", {"n": 2}, T0)
+    await store.deliver_webhook("other", [1, 2], T0)
+    assert await store.first_webhook("k") == (first, {"n": 1})
+    assert (await store.first_webhook("other"))[1] == [1, 2]  # type: ignore[index]

@@ -25,7 +25,12 @@ import anyio
 
 from aflow import __version__
 from aflow.exceptions import AflowError
-from aflow.orchestrator import DEFAULT_HOME, DEFAULT_PARALLELISM, Orchestrator
+from aflow.orchestrator import (
+    DEFAULT_HOME,
+    DEFAULT_PARALLELISM,
+    DEFAULT_TRIGGERER_CAPACITY,
+    Orchestrator,
+)
 from aflow.runtime import logs
 from aflow.runtime.dag_loader import DagBag, load_folder
 from aflow.runtime.run_factory import with_unstarted
@@ -412,12 +417,19 @@ async def cmd_tasks_states(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, what: str) -> int:
     folder = dags_folder_of(args)
+    # scheduler: schedules and drives runs; triggerer: only parks deferred waits;
+    # standalone: both in one process.
+    drives_runs = what in ("scheduler", "standalone")
     orchestrator = Orchestrator(
         folder,
         store=store_url_of(args),
         home=home_of(args),
         parallelism=args.parallelism,
         shutdown_grace_s=args.grace,
+        schedule=drives_runs,
+        claim=drives_runs,
+        triggerer=what in ("triggerer", "standalone"),
+        triggerer_capacity=args.capacity,
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as watchers:
@@ -533,11 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-age", type=float, default=30.0, help="seconds (default %(default)s)")
     p.set_defaults(handler=cmd_triggers_health)
 
-    for name, text in (("scheduler", "run the scheduler until SIGTERM/Ctrl-C"),
+    for name, text in (("scheduler", "schedule and drive runs until SIGTERM/Ctrl-C"),
+                       ("triggerer", "park deferred waits (triggers) until SIGTERM/Ctrl-C"),
                        ("standalone", "run every part of aflow in one process")):
         p = groups.add_parser(name, parents=[common, running], help=text)
         p.add_argument("--grace", type=float, default=float(_env("AFLOW_SHUTDOWN_GRACE", "30") or 30),
                        help="seconds running tasks get to finish on shutdown (env AFLOW_SHUTDOWN_GRACE)")
+        p.add_argument("--capacity", type=int,
+                       default=int(_env("AFLOW_TRIGGERER_CAPACITY", str(DEFAULT_TRIGGERER_CAPACITY))
+                               or DEFAULT_TRIGGERER_CAPACITY),
+                       help="most triggers this process parks (env AFLOW_TRIGGERER_CAPACITY; "
+                            "default %(default)s)")
         p.set_defaults(handler=lambda a, name=name: _serve(a, name))
     return parser
 

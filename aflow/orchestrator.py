@@ -131,6 +131,11 @@ class Orchestrator:
         return self._store
 
     @property
+    def slots_in_use(self) -> int:
+        """Tries holding an execution slot now (a deferred or waiting TI holds none)."""
+        return self._slots.running if self._slots is not None else 0
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 

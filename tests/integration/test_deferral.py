@@ -155,3 +155,49 @@ async def test_deferral_timeout_is_a_timedelta_too(home: Path, tmp_path: Path) -
     result = await run_dag(dag, home, timeout=30)
     assert result.ti_state("wait") == "failed"
     assert "deferral timeout" in (result.tis["wait"].error or "")
+
+
+class FlakyAfterWait(BaseOperator):
+    """Try 1: defer, resume, fail. Try 2: defer again and time out."""
+
+    def __init__(self, *, path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+
+    async def execute(self, context: dict[str, Any]) -> None:
+        n = context["ti"].try_number
+        timeout = None if n == 1 else 0.3  # try 2 waits for a flag that never comes
+        self.defer(trigger=FileFlagTrigger(f"{self.path}{n}"), method_name="go", timeout=timeout)
+
+    async def go(self, context: dict[str, Any], event: Any = None) -> None:
+        raise ValueError("resumed, then failed")
+
+
+async def test_slots_stay_right_through_defer_resume_retry_timeout(
+    orchestrator_factory: Any, tmp_path: Path
+) -> None:
+    flag = tmp_path / "flag"
+    with DAG("slots", start_date=START) as dag:
+        FlakyAfterWait(task_id="t", path=str(flag), retries=1, retry_delay=0)
+    o = await orchestrator_factory([dag], parallelism=4)
+    handle = await o.trigger("slots")
+
+    async def reach(state: TaskState, try_number: int) -> None:
+        with anyio.fail_after(30):
+            while True:  # noqa: ASYNC110 - polls the store
+                (ti,) = await handle.task_instances()
+                if ti.state is state and ti.try_number == try_number:
+                    return
+                await anyio.sleep(0.005)
+
+    await reach(TaskState.DEFERRED, 1)
+    assert o.slots_in_use == 0  # parked: no slot
+    (tmp_path / "flag1").touch()  # resume try 1, which fails; try 2 defers and times out
+    final = await handle.wait(timeout=30)
+    assert final.state.value == "failed"
+    (ti,) = await handle.task_instances()
+    assert (ti.state, ti.try_number) == (TaskState.FAILED, 2)
+    assert "deferral timeout" in (ti.error or "")
+    assert o.slots_in_use == 0
+    log1 = read_log(log_path(o.log_dir, "slots", final.run_id, "t", 1))[0]
+    assert "resumed, then failed" in log1

@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from aflow.exceptions import StoreError
 from aflow.runtime import logs
 from aflow.store.base import Store
 from aflow.store.records import ProcessRecord, TriggerRecord
-from triggers.base import load_trigger
+from triggers.base import BaseTrigger, load_trigger
 from triggers.shared import Resources, use_resources
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,72 @@ class StoreWebhookInbox:
                 await event.wait()
 
 
+class LoopWatchdog:
+    """A thread that notices when the event loop stops ticking and names the trigger
+    that holds it: it samples the loop thread's stack and finds the BaseTrigger whose
+    code is running there. One bad trigger should be found and fixed, not guessed at."""
+
+    def __init__(self, loop_thread_id: int, threshold_s: float = 0.25, period_s: float = 0.05) -> None:
+        self.loop_thread_id = loop_thread_id
+        self.threshold_s = threshold_s
+        self.period_s = period_s
+        self.last_tick = time.monotonic()
+        self.blocks: list[dict[str, Any]] = []  # most recent last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="aflow-loop-watchdog", daemon=True)
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+    def _watch(self) -> None:
+        reported_for = 0.0
+        while not self._stop.wait(self.period_s):
+            tick = self.last_tick
+            stalled = time.monotonic() - tick
+            if stalled < self.threshold_s or tick == reported_for:
+                continue
+            frame = sys._current_frames().get(self.loop_thread_id)
+            culprit = _trigger_in(frame)
+            block = {"blocked_s": round(stalled, 3), **culprit}
+            self.blocks = [*self.blocks[-99:], block]
+            reported_for = tick
+            if culprit:
+                log.warning(
+                    "the event loop is blocked (%.2fs so far) by trigger %s #%s waking %s",
+                    stalled, culprit["classpath"], culprit["trigger_id"], culprit["task"],
+                )
+            else:
+                log.warning("the event loop is blocked (%.2fs so far), not by a trigger", stalled)
+
+
+def _trigger_in(frame: Any) -> dict[str, Any]:
+    """The innermost BaseTrigger whose method is on this stack, described."""
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, BaseTrigger):
+            record = candidate.task_instance
+            task = (
+                f"{record.dag_id}/{record.run_id}/{record.task_id}"
+                if isinstance(record, TriggerRecord)
+                else None
+            )
+            return {
+                "classpath": f"{type(candidate).__module__}.{type(candidate).__qualname__}",
+                "trigger_id": candidate.trigger_id,
+                "task": task,
+                "where": f"{frame.f_code.co_filename}:{frame.f_lineno}",
+            }
+        frame = frame.f_back
+    return {}
+
+
 class Triggerer:
     def __init__(
         self,
@@ -96,6 +164,7 @@ class Triggerer:
         self.last_beat = time.monotonic()
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
+        self.watchdog: LoopWatchdog | None = None
 
     @property
     def capacity_left(self) -> int:
@@ -115,6 +184,8 @@ class Triggerer:
         await self.store.register_process(
             ProcessRecord(self.process_id, "triggerer", socket.gethostname(), os.getpid(), now, now)
         )
+        self.watchdog = LoopWatchdog(threading.get_ident())
+        self.watchdog.start()
         try:
             async with resources, anyio.create_task_group() as tg:
                 with use_resources(resources):
@@ -124,6 +195,7 @@ class Triggerer:
                     tg.start_soon(self._heartbeat_loop)
                     task_status.started()
         finally:
+            self.watchdog.stop()
             with anyio.CancelScope(shield=True):
                 try:
                     await self.store.release_triggers(self.owner)
@@ -162,7 +234,7 @@ class Triggerer:
             except StoreError:
                 log.exception("could not renew trigger leases; retrying")
 
-    async def _heartbeat_loop(self, period: float = 0.5, store_every: int = 10) -> None:
+    async def _heartbeat_loop(self, period: float = 0.1, store_every: int = 50) -> None:
         """Proves the loop is alive (not just the process): records how late it wakes, and
         every `store_every` beats writes a heartbeat that `aflow triggers health` reads."""
         beats = 0
@@ -172,6 +244,8 @@ class Triggerer:
             now = time.monotonic()
             self.loop_lag_s = max(0.0, now - before - period)
             self.last_beat = now
+            if self.watchdog is not None:
+                self.watchdog.tick()
             beats += 1
             if beats % store_every == 0:
                 try:

@@ -201,3 +201,44 @@ async def test_slots_stay_right_through_defer_resume_retry_timeout(
     assert o.slots_in_use == 0
     log1 = read_log(log_path(o.log_dir, "slots", final.run_id, "t", 1))[0]
     assert "resumed, then failed" in log1
+
+
+class BlockingTrigger(BaseTrigger):
+    """Misbehaves: blocks the event loop with a sync sleep before firing."""
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{__name__}.BlockingTrigger", {})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        import time
+
+        time.sleep(0.8)  # noqa: ASYNC251 - the point of this trigger
+        yield TriggerEvent("late")
+
+
+class WaitOnBlocking(BaseOperator):
+    async def execute(self, context: dict[str, Any]) -> None:
+        self.defer(trigger=BlockingTrigger(), method_name="done")
+
+    def done(self, context: dict[str, Any], event: Any = None) -> Any:
+        return event
+
+
+async def test_watchdog_names_the_trigger_that_blocks_the_loop(
+    orchestrator_factory: Any, tmp_path: Path
+) -> None:
+    with DAG("blocking", start_date=START) as dag:
+        WaitOnBlocking(task_id="hog")
+        WaitForFlag(task_id="sibling", path=str(tmp_path / "flag"))
+    o = await orchestrator_factory([dag])
+    handle = await o.trigger("blocking")
+    with anyio.fail_after(30):
+        while not o.triggerer.watchdog.blocks:  # noqa: ASYNC110 - waits for the thread's report
+            await anyio.sleep(0.05)
+    (tmp_path / "flag").touch()
+    final = await handle.wait(timeout=30)
+    assert final.state.value == "success"  # the misbehaving trigger harmed no sibling
+    block = o.triggerer.watchdog.blocks[0]
+    assert block["classpath"] == f"{__name__}.BlockingTrigger"
+    assert block["task"] == f"blocking/{final.run_id}/hog"
+    assert block["blocked_s"] >= 0.25

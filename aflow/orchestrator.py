@@ -328,6 +328,14 @@ class Orchestrator:
             await anyio.sleep(delay)  # driven by another process: poll with backoff
             delay = min(delay * 2, 0.5)
 
+    async def deliver_webhook(self, key: str, payload: Any) -> int:
+        """Deliver an event for WebhookSensors waiting on `key` (committed on return;
+        one delivered before any sensor waits is kept for it). Returns the event's id."""
+        event_id = await self.store.deliver_webhook(key, payload, self.clock.now())
+        if self.triggerer is not None:
+            self.triggerer.inbox.notify(key)
+        return event_id
+
     async def get_run(self, dag_id: str, run_id: str) -> RunHandle:
         record = await self.store.get_run(dag_id, run_id)
         if record is None:

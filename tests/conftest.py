@@ -103,3 +103,53 @@ async def orchestrator_factory(home: Path) -> AsyncIterator[Any]:
             return await stack.enter_async_context(Orchestrator(dags, home=home, **kwargs))
 
         yield make
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_problem(dsn: str) -> str | None:
+    """Why no PostgreSQL answers at `dsn`, or None when one does."""
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # no loop of the test's thread
+        try:
+            pool.submit(lambda: asyncio.run(probe())).result(timeout=15)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+            return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of a PostgreSQL server for tests: AFLOW_TEST_POSTGRES_DSN, default
+    DEFAULT_POSTGRES_DSN. Skips when none answers, but fails when the CI environment
+    variable is set (CI must run them). Tests use their own schema/table/channel names
+    (e.g. with a uuid) so concurrent or earlier runs never see each other's rows."""
+    from urllib.parse import urlsplit
+
+    dsn = os.environ.get("AFLOW_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
+    problem = _postgres_problem(dsn)
+    if problem is not None:
+        parts = urlsplit(dsn)
+        shown = dsn if parts.password is None else dsn.replace(parts.password, "***")
+        message = (
+            f"no PostgreSQL answers at {shown} ({problem}). To run these tests, start a "
+            "server and set AFLOW_TEST_POSTGRES_DSN=postgresql://user@host:port/db"
+        )
+        if os.environ.get("CI", "") not in ("", "0", "false", "False"):
+            pytest.fail(f"CI is set, so PostgreSQL tests must run: {message}", pytrace=False)
+        pytest.skip(message)
+    return dsn

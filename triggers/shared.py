@@ -59,11 +59,12 @@ class Resources:
     async def __aenter__(self) -> Resources:
         await self._stack.__aenter__()
         self.task_group = await self._stack.enter_async_context(anyio.create_task_group())
+        # Unwound after every cleanup registered later (LIFO): resources close first, with
+        # the task group not yet cancelled, so their awaits run; then its loops stop.
+        self._stack.callback(self.task_group.cancel_scope.cancel)
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        assert self.task_group is not None
-        self.task_group.cancel_scope.cancel()
         self._items.clear()
         return await self._stack.__aexit__(*exc)
 

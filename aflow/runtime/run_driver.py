@@ -321,6 +321,7 @@ class RunDriver:
             xcoms=rs.xcoms,
             log_path=self._log_path(rs, ti),
             thread_limiter=self.thread_limiter,
+            store=self.store,
             resume=resume,
         )
         try:

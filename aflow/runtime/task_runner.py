@@ -30,10 +30,11 @@ from aflow.exceptions import (
     TaskTimeout,
     TriggerFailed,
 )
-from aflow.runtime import logs
+from aflow.runtime import logs, services
 from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import TaskState
+from aflow.store.base import Store
 from aflow.store.records import DagRunRecord
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class TryJob:
     xcoms: XComView
     log_path: str
     thread_limiter: anyio.CapacityLimiter | None = None
-    store_url: str | None = None
+    store: Store | None = None
     resume: Resume | None = None
 
 
@@ -154,6 +155,7 @@ async def run_try(job: TryJob) -> TryResult:
     cancellation (shutdown) propagates."""
     task_log = logs.TaskLog(job.log_path)
     token = logs.set_task_log(task_log)
+    store_token = services.set_store(job.store)
     try:
         ti = make_ti(job)
         task = job.task.prepare_for_run()
@@ -162,6 +164,7 @@ async def run_try(job: TryJob) -> TryResult:
         await _run_callbacks(task, result, context, task_log, job)
         return result
     finally:
+        services.reset_store(store_token)
         logs.reset_task_log(token)
         task_log.close()
 

@@ -35,10 +35,11 @@ from anyio.abc import TaskGroup, TaskStatus
 from aflow.clock import Clock
 from aflow.exceptions import StoreError
 from aflow.runtime import logs
+from aflow.runtime.services import STORE_CONNECTION_ID
 from aflow.store.base import Store
 from aflow.store.records import ProcessRecord, TriggerRecord
 from triggers.base import BaseTrigger, load_trigger
-from triggers.shared import Resources, use_resources
+from triggers.shared import Resources, env_connection, use_resources
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +175,19 @@ class Triggerer:
         """Claim at once (a task just deferred in this process)."""
         self._wake.set()
 
+    def _resolve_connection(self, conn_id: str) -> str:
+        """Connection ids for triggers: aflow's own store, else AFLOW_CONN_<ID>."""
+        if conn_id == STORE_CONNECTION_ID:
+            path = getattr(self.store, "abspath", None)  # SQLite: a URL with an absolute path
+            return f"sqlite:///{path}" if path else self.store.url
+        return env_connection(conn_id)
+
     @property
     def process_id(self) -> str:
         return f"{self.owner}/triggerer"
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        resources = Resources(webhook_inbox=self.inbox)
+        resources = Resources(resolve_connection=self._resolve_connection, webhook_inbox=self.inbox)
         now = self.clock.now()
         await self.store.register_process(
             ProcessRecord(self.process_id, "triggerer", socket.gethostname(), os.getpid(), now, now)

@@ -94,8 +94,9 @@ class Store(abc.ABC):
         states: Iterable[DagRunState] | None = None,
         limit: int = 100,
         offset: int = 0,
+        logical_date: datetime | None = None,
     ) -> list[DagRunRecord]:
-        """Newest logical date first."""
+        """Newest logical date first; `logical_date` keeps the runs of that moment."""
 
     @abc.abstractmethod
     async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:

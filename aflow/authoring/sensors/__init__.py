@@ -1,7 +1,16 @@
 """Sensors: operators that wait for a condition, in Airflow's three modes."""
 
 from aflow.authoring.sensors.base import BaseSensorOperator, PokeReturnValue
+from aflow.authoring.sensors.external import ExternalTaskSensor, WebhookSensor
 from aflow.authoring.sensors.filesystem import FileSensor
 from aflow.authoring.sensors.time import DateTimeSensor, TimeDeltaSensor
 
-__all__ = ["BaseSensorOperator", "DateTimeSensor", "FileSensor", "PokeReturnValue", "TimeDeltaSensor"]
+__all__ = [
+    "BaseSensorOperator",
+    "DateTimeSensor",
+    "ExternalTaskSensor",
+    "FileSensor",
+    "PokeReturnValue",
+    "TimeDeltaSensor",
+    "WebhookSensor",
+]

@@ -505,9 +505,13 @@ class SqliteStore(Store):
         states: Iterable[DagRunState] | None = None,
         limit: int = 100,
         offset: int = 0,
+        logical_date: datetime | None = None,
     ) -> list[DagRunRecord]:
         where: list[str] = []
         params: list[Any] = []
+        if logical_date is not None:
+            where.append("logical_date=?")
+            params.append(dt_out(logical_date))
         if dag_id is not None:
             where.append("dag_id=?")
             params.append(dag_id)

@@ -1,0 +1,459 @@
+"""SqlTrigger on a real SQLite file and, under the postgres_dsn fixture, a real PostgreSQL
+(polling, and LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from triggers.base import BaseTrigger, TriggerEvent, load_trigger
+from triggers.shared import Resources, default_resources, use_resources
+from triggers.sql import (
+    LISTEN_APPLICATION_NAME,
+    SqliteBackend,
+    SqlQueryError,
+    SqlTrigger,
+    parse_dsn,
+    sql_hub,
+)
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE_S = 20
+
+
+def rebuilt(trigger: BaseTrigger) -> BaseTrigger:
+    """The trigger as a triggerer would see it: rebuilt from its serialized form."""
+    classpath, kwargs = trigger.serialize()
+    return load_trigger(classpath, json.loads(json.dumps(kwargs)))
+
+
+async def first_event(trigger: BaseTrigger) -> TriggerEvent:
+    events = trigger.run()
+    try:
+        return await events.__anext__()  # type: ignore[attr-defined, no-any-return]
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await trigger.cleanup()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - polls state that other tasks change
+        await anyio.sleep(0.01)
+
+
+class Fired:
+    """Runs a trigger in the background and keeps its event or error."""
+
+    def __init__(self) -> None:
+        self.event: TriggerEvent | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.event is not None or self.error is not None
+
+    async def __call__(self, trigger: BaseTrigger) -> None:
+        try:
+            self.event = await first_event(trigger)
+        except Exception as exc:  # noqa: BLE001 - inspected by the test
+            self.error = exc
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)
+
+
+# -- SQLite ----------------------------------------------------------------------------------------
+
+
+def make_db(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE ready (id INTEGER PRIMARY KEY, flag INTEGER NOT NULL)")
+    db.close()
+
+
+def write(path: Path, sql: str, *args: Any) -> None:
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.execute(sql, args)
+    finally:
+        db.close()
+
+
+class Counter:
+    """A user-defined SQLite function that counts how often the query really ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self.calls += 1
+        return 0
+
+
+async def counted_backend(resources: Resources, dsn: str) -> Counter:
+    counter = Counter()
+    backend = await (await sql_hub(resources)).backend(parse_dsn(dsn))
+    assert isinstance(backend, SqliteBackend)
+    await backend.create_function("checked", 0, counter)
+    return counter
+
+
+async def test_sqlite_fires_when_a_row_makes_the_first_cell_truthy(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    make_db(path)
+    dsn = f"sqlite:///{path}"
+    async with default_resources() as resources:
+        counter = await counted_backend(resources, dsn)
+        trigger = rebuilt(
+            SqlTrigger(
+                "SELECT (SELECT flag FROM ready ORDER BY id DESC LIMIT 1), checked()",
+                dsn=dsn,
+                poke_interval=0.02,
+                max_interval=0.1,
+            )
+        )
+        fired = Fired()
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fired, trigger)
+                await until(lambda: counter.calls >= 2)  # no row yet: NULL
+                await anyio.to_thread.run_sync(write, path, "INSERT INTO ready (flag) VALUES (0)")
+                seen = counter.calls
+                await until(lambda: counter.calls >= seen + 2)  # a row, but falsy
+                assert not fired.ended
+                await anyio.to_thread.run_sync(write, path, "INSERT INTO ready (flag) VALUES (7)")
+    assert fired.error is None
+    assert fired.event == TriggerEvent({"value": 7})
+
+
+@pytest.mark.slow
+async def test_sqlite_identical_queries_are_coalesced(tmp_path: Path) -> None:
+    """100 triggers on the same query: one execution per tick serves all of them."""
+    path = tmp_path / "coalesce.db"
+    make_db(path)
+    dsn = f"sqlite:///{path}"
+    n = 100
+    sql = "SELECT EXISTS (SELECT 1 FROM ready WHERE flag = ?), checked()"
+    async with default_resources() as resources:
+        counter = await counted_backend(resources, dsn)
+        fired = [Fired() for _ in range(n)]
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                for f in fired:
+                    trigger = SqlTrigger(
+                        sql, dsn=dsn, parameters=[1], poke_interval=0.02, max_interval=0.02
+                    )
+                    tg.start_soon(f, rebuilt(trigger))
+                await until(lambda: counter.calls >= 10)
+                assert not any(f.ended for f in fired)
+                await anyio.to_thread.run_sync(write, path, "INSERT INTO ready (flag) VALUES (1)")
+                calls_at_insert = counter.calls
+        hub = await sql_hub(resources)
+        assert hub.stats() == {"queries": 0, "waiters": 0}
+    assert [f.error for f in fired if f.error is not None] == []
+    assert all(f.event == TriggerEvent({"value": 1}) for f in fired)
+    # Uncoalesced, 100 waiters would run >= 100 queries before the insert and 100 after.
+    assert counter.calls < n
+    assert counter.calls <= calls_at_insert + 2
+
+
+async def test_cancelled_triggers_release_the_shared_query(tmp_path: Path) -> None:
+    """A trigger cancelled mid-wait (a timeout, a move to another triggerer) leaves its
+    shared query; the last one out stops the poller, and a later trigger starts afresh."""
+    path = tmp_path / "cancel.db"
+    make_db(path)
+    dsn = f"sqlite:///{path}"
+    async with default_resources() as resources:
+        counter = await counted_backend(resources, dsn)
+        hub = await sql_hub(resources)
+        sql = "SELECT max(flag), checked() FROM ready"
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(first_event, SqlTrigger(sql, dsn=dsn, poke_interval=0.02))
+                await until(lambda: hub.stats() == {"queries": 1, "waiters": 3})
+                await until(lambda: counter.calls >= 2)
+                tg.cancel_scope.cancel()
+            assert hub.stats() == {"queries": 0, "waiters": 0}
+            await anyio.to_thread.run_sync(write, path, "INSERT INTO ready (flag) VALUES (1)")
+            event = await first_event(SqlTrigger(sql, dsn=dsn, poke_interval=0.02))
+    assert event == TriggerEvent({"value": 1})
+
+
+async def test_sqlite_named_parameters_and_a_missing_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file does not exist at first: "not yet", logged; once it appears, it fires."""
+    caplog.set_level(logging.WARNING, logger="triggers")
+    path = tmp_path / "later.db"
+    trigger = rebuilt(
+        SqlTrigger(
+            "SELECT flag FROM ready WHERE id = :id",
+            dsn=f"sqlite:///{path}",
+            parameters={"id": 3},
+            poke_interval=0.02,
+            max_interval=0.1,
+        )
+    )
+    fired = Fired()
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fired, trigger)
+                await until(lambda: logged(caplog, "database unreachable"))
+                assert not fired.ended
+                staging = tmp_path / "staging.db"
+                make_db(staging)
+                write(staging, "INSERT INTO ready (id, flag) VALUES (3, 42)")
+                os.replace(staging, path)
+    assert fired.error is None
+    assert fired.event == TriggerEvent({"value": 42})
+
+
+async def test_sqlite_bad_and_writing_queries_raise(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    make_db(path)
+    dsn = f"sqlite:///{path}"
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            with pytest.raises(SqlQueryError, match="syntax error"):
+                await first_event(SqlTrigger("SELEC 1 FRM ready", dsn=dsn))
+            with pytest.raises(SqlQueryError, match="no such table: nope"):
+                await first_event(SqlTrigger("SELECT 1 FROM nope", dsn=dsn))
+            with pytest.raises(SqlQueryError, match="readonly"):
+                await first_event(
+                    SqlTrigger("INSERT INTO ready (flag) VALUES (1) RETURNING 1", dsn=dsn)
+                )
+            event = await first_event(SqlTrigger("SELECT 'still works'", dsn=dsn))
+    assert event == TriggerEvent({"value": "still works"})
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM ready").fetchone() == (0,)
+    db.close()
+
+
+async def test_sql_serialize_round_trip_and_validation(tmp_path: Path) -> None:
+    trigger = SqlTrigger(
+        "SELECT 1", conn_id="warehouse", parameters={"a": 1}, poke_interval=2, max_interval=9,
+        listen_channel="chan",
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "triggers.sql.SqlTrigger"
+    assert load_trigger(classpath, kwargs).serialize() == (classpath, kwargs)
+    with pytest.raises(ValueError, match="exactly one of dsn and conn_id"):
+        SqlTrigger("SELECT 1")
+    with pytest.raises(ValueError, match="listen_channel needs a PostgreSQL"):
+        SqlTrigger("SELECT 1", dsn=f"sqlite:///{tmp_path}/x.db", listen_channel="c")
+    with pytest.raises(ValueError, match="unsupported DSN scheme"):
+        SqlTrigger("SELECT 1", dsn="mysql://h/db")
+    with pytest.raises(ValueError, match="SQLite DSNs name a file"):
+        SqlTrigger("SELECT 1", dsn="sqlite://")
+    assert parse_dsn("postgres://u:pw@h:5/db").shown == "postgresql://u:***@h:5/db"
+
+
+async def test_conn_id_is_resolved_at_run_time(tmp_path: Path) -> None:
+    path = tmp_path / "conn.db"
+    make_db(path)
+    write(path, "INSERT INTO ready (flag) VALUES (5)")
+    asked: list[str] = []
+
+    def resolve(conn_id: str) -> str:
+        asked.append(conn_id)
+        return f"sqlite:///{path}"
+
+    async with Resources(resolve_connection=resolve) as resources:
+        with use_resources(resources), anyio.fail_after(DEADLINE_S):
+            event = await first_event(
+                rebuilt(SqlTrigger("SELECT max(flag) FROM ready", conn_id="local_db"))
+            )
+    assert event == TriggerEvent({"value": 5})
+    assert asked == ["local_db"]
+
+
+async def test_unreachable_postgres_is_retried_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="triggers")
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        trigger = SqlTrigger(
+            "SELECT 1", dsn=f"postgresql://u:pw@127.0.0.1:{port}/db", poke_interval=0.02,
+            max_interval=0.05,
+        )
+        fired = Fired()
+        async with default_resources():
+            with anyio.fail_after(DEADLINE_S):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(fired, trigger)
+                    await until(lambda: logged(caplog, "database unreachable"))
+                    assert not fired.ended
+                    tg.cancel_scope.cancel()
+    assert not any("pw" in r.getMessage() for r in caplog.records)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+class PgWorld:
+    """A schema of its own in the test database, and a probe channel that counts how
+    often the trigger's query really ran (the query calls pg_notify)."""
+
+    def __init__(self, dsn: str, conn: asyncpg.Connection, schema: str) -> None:
+        self.dsn = dsn
+        self.conn = conn
+        self.schema = schema
+        self.probe = f"{schema}_probe"
+        self.channel = f"{schema}_wake"
+        self.checks = 0
+
+    def on_probe(self, *_args: Any) -> None:
+        self.checks += 1
+
+    def sql(self) -> str:
+        return (
+            f"SELECT (SELECT count(*) FROM {self.schema}.events WHERE done), "
+            f"pg_notify('{self.probe}', '')"
+        )
+
+
+@pytest.fixture
+async def pg(postgres_dsn: str) -> AsyncIterator[PgWorld]:
+    schema = f"aflow_trig_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(
+            f"CREATE TABLE {schema}.events (id serial PRIMARY KEY, done boolean NOT NULL)"
+        )
+        world = PgWorld(postgres_dsn, conn, schema)
+        await conn.add_listener(world.probe, world.on_probe)
+        yield world
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_polling_fires_and_coalesces(pg: PgWorld) -> None:
+    n = 20
+    async with default_resources():
+        fired = [Fired() for _ in range(n)]
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                for f in fired:
+                    trigger = SqlTrigger(
+                        pg.sql(), dsn=pg.dsn, poke_interval=0.02, max_interval=0.02
+                    )
+                    tg.start_soon(f, rebuilt(trigger))
+                await until(lambda: pg.checks >= 5)
+                assert not any(f.ended for f in fired)
+                await pg.conn.execute(f"INSERT INTO {pg.schema}.events (done) VALUES (false)")
+                seen = pg.checks
+                await until(lambda: pg.checks >= seen + 2)
+                assert not any(f.ended for f in fired)
+                await pg.conn.execute(f"INSERT INTO {pg.schema}.events (done) VALUES (true)")
+                checks_at_insert = pg.checks
+    assert [f.error for f in fired if f.error is not None] == []
+    assert all(f.event == TriggerEvent({"value": 1}) for f in fired)
+    await anyio.sleep(0.05)  # let the last probe notifications arrive before counting
+    assert pg.checks <= checks_at_insert + 3  # not one query per waiter
+
+
+@pytest.mark.postgres
+async def test_postgres_named_parameters_and_errors(pg: PgWorld) -> None:
+    await pg.conn.execute(f"INSERT INTO {pg.schema}.events (done) VALUES (true)")
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            event = await first_event(
+                SqlTrigger(
+                    f"SELECT count(*)::int FROM {pg.schema}.events WHERE done = :done "
+                    "AND ':not_a_param' <> ''",
+                    dsn=pg.dsn,
+                    parameters={"done": True},
+                )
+            )
+            assert event == TriggerEvent({"value": 1})
+            with pytest.raises(SqlQueryError, match="does not exist"):
+                await first_event(SqlTrigger(f"SELECT 1 FROM {pg.schema}.nope", dsn=pg.dsn))
+            with pytest.raises(SqlQueryError, match="read-only transaction"):
+                await first_event(
+                    SqlTrigger(
+                        f"INSERT INTO {pg.schema}.events (done) VALUES (true) RETURNING 1",
+                        dsn=pg.dsn,
+                    )
+                )
+    assert await pg.conn.fetchval(f"SELECT count(*) FROM {pg.schema}.events") == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_listen_mode_wakes_on_notify(pg: PgWorld) -> None:
+    """poke_interval and the safety poll are an hour: only the NOTIFY can wake it."""
+    trigger = rebuilt(
+        SqlTrigger(
+            pg.sql(), dsn=pg.dsn, poke_interval=3600, max_interval=3600,
+            listen_channel=pg.channel,
+        )
+    )
+    fired = Fired()
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fired, trigger)
+                await until(lambda: pg.checks >= 1)  # the first check, after LISTEN
+                await pg.conn.execute(f"NOTIFY {pg.channel}")  # nothing changed: still waits
+                await until(lambda: pg.checks >= 2)
+                assert not fired.ended
+                async with pg.conn.transaction():
+                    await pg.conn.execute(f"INSERT INTO {pg.schema}.events (done) VALUES (true)")
+                    await pg.conn.execute(f"NOTIFY {pg.channel}, 'new row'")
+    assert fired.error is None
+    assert fired.event == TriggerEvent({"value": 1})
+
+
+@pytest.mark.postgres
+async def test_postgres_listener_reconnects_and_rechecks(pg: PgWorld) -> None:
+    """The LISTEN connection is killed: the listener reconnects, re-checks the query (a
+    NOTIFY may have been lost meanwhile) and NOTIFY wakes it again."""
+    trigger = SqlTrigger(
+        pg.sql(), dsn=pg.dsn, poke_interval=3600, max_interval=3600, listen_channel=pg.channel
+    )
+    find_listener = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE $2"
+    )
+    pattern = f"%LISTEN%{pg.channel}%"
+    fired = Fired()
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fired, rebuilt(trigger))
+                await until(lambda: pg.checks >= 1)
+                found = await pg.conn.fetch(find_listener, LISTEN_APPLICATION_NAME, pattern)
+                pids = [r["pid"] for r in found]
+                assert len(pids) == 1
+                assert await pg.conn.fetchval("SELECT pg_terminate_backend($1)", pids[0])
+                await until(lambda: pg.checks >= 2)  # re-checked after reconnecting
+                new = await pg.conn.fetch(find_listener, LISTEN_APPLICATION_NAME, pattern)
+                assert [r["pid"] for r in new] != pids and len(new) == 1
+                assert not fired.ended
+                await pg.conn.execute(f"INSERT INTO {pg.schema}.events (done) VALUES (true)")
+                await pg.conn.execute(f"SELECT pg_notify('{pg.channel}', 'go')")
+    assert fired.error is None
+    assert fired.event == TriggerEvent({"value": 1})

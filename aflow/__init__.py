@@ -9,9 +9,13 @@ from aflow.authoring.params import Param
 from aflow.authoring.sensors import (
     BaseSensorOperator,
     DateTimeSensor,
+    ExternalTaskSensor,
     FileSensor,
+    HttpSensor,
     PokeReturnValue,
+    SqlSensor,
     TimeDeltaSensor,
+    WebhookSensor,
 )
 from aflow.authoring.taskflow import task
 from aflow.clock import Clock, ManualClock, SystemClock
@@ -31,7 +35,9 @@ __all__ = [
     "DagRunState",
     "DateTimeSensor",
     "EmptyOperator",
+    "ExternalTaskSensor",
     "FileSensor",
+    "HttpSensor",
     "ManualClock",
     "Orchestrator",
     "Param",
@@ -40,11 +46,13 @@ __all__ = [
     "RunHandle",
     "RunType",
     "SkipTask",
+    "SqlSensor",
     "SystemClock",
     "TaskFailure",
     "TaskState",
     "TimeDeltaSensor",
     "TriggerRule",
+    "WebhookSensor",
     "chain",
     "dag",
     "task",

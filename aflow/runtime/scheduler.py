@@ -166,6 +166,9 @@ class Scheduler:
                 continue
             if not pid_alive(proc.pid):
                 n = await self.store.expire_leases_of(proc.process_id)
+                # its triggerer's triggers too (owned by this id): any triggerer claims them
+                # now instead of after their lease; once the record goes, nothing would
+                await self.store.release_triggers(proc.process_id)
                 await self.store.unregister_process(proc.process_id)
                 if n:
                     log.warning(

@@ -175,6 +175,16 @@ class RunDriver:
         recovered: list[TIState] = []
         to_save: list[TaskInstanceRecord] = []
         for ti in rs.tis.values():
+            if ti.state is TaskState.RUNNING and ti.next_method is not None:
+                # It died going on from a deferral: the trigger's event is still committed
+                # in its row, so it goes on again from there, in the same try.
+                trigger = await self.store.get_trigger(
+                    run.dag_id, run.run_id, ti.task_id, ti.map_index
+                )
+                if trigger and trigger.event is not None and trigger.try_number == ti.try_number:
+                    ti.state = TaskState.DEFERRED
+                    to_save.append(ti)
+                    continue
             if ti.state is TaskState.RUNNING:
                 msg = f"the process running try {ti.try_number} ({ti.hostname}) stopped; the try is lost"
                 ti.error = msg
@@ -195,6 +205,15 @@ class RunDriver:
         for ti in rs.tis.values():
             if ti.state in (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE):
                 self._tg.start_soon(self._retry_later, rs, ti)
+        # A fired trigger whose TI already ended (its owner died between committing the
+        # outcome and removing the row) is left over: remove it.
+        for trigger in await self.store.fired_triggers([(run.dag_id, run.run_id)]):
+            owner_ti = rs.tis.get(trigger.task_id)
+            if owner_ti is None or owner_ti.state in FINISHED_TASK_STATES:
+                await self._durably(
+                    self.store.delete_trigger, run.dag_id, run.run_id, trigger.task_id,
+                    trigger.map_index,
+                )
         # Deferred TIs keep waiting on their triggers (any triggerer adopts those); one
         # whose trigger fired while no one drove the run goes on now.
         for ti in [t for t in rs.tis.values() if t.state is TaskState.DEFERRED]:
@@ -297,7 +316,9 @@ class RunDriver:
         if ti.next_method is not None and ti.next_event is not None:
             # A deferred try goes on: same try number (as in Airflow), its trigger's event.
             resume = Resume(ti.next_method, dict(ti.next_kwargs or {}), ti.next_event)
-            ti.next_method = ti.next_kwargs = ti.next_event = None
+            # next_method stays on the running row until the try ends: if this process dies
+            # meanwhile, adoption finds it and goes on again from the committed event.
+            ti.next_event = None
         elif ti.same_try:
             ti.same_try = False  # a rescheduled sensor pokes again within its try
         else:
@@ -332,18 +353,31 @@ class RunDriver:
             raise
         now = self.clock.now()
         if resume is not None:
+            ti.next_method = ti.next_kwargs = None
+        if result.deferred is not None:
+            await self._defer(rs, ti, result.deferred, now)  # replaces the old trigger row
+            return
+        ended = await self._record_outcome(rs, ti, task, result, now)
+        if resume is not None:
+            # Only now: until the outcome is committed, the event must stay to go on from
+            # after a crash. (Dying right here leaves a fired row that adoption removes.)
             await self._durably(
                 self.store.delete_trigger, rs.run.dag_id, rs.run.run_id, ti.task_id, ti.map_index
             )
-        if result.deferred is not None:
-            await self._defer(rs, ti, result.deferred, now)
-            return
+        if ended:
+            rs.unfinished -= 1
+            await self._after_end(rs, [ti])
+
+    async def _record_outcome(
+        self, rs: RunState, ti: TIState, task: Any, result: Any, now: datetime
+    ) -> bool:
+        """Commit a try's outcome; True if the TI ended (its downstream is then decided)."""
         if result.reschedule_at is not None:
             ti.state = TaskState.UP_FOR_RESCHEDULE
             ti.next_retry_at = result.reschedule_at
             await self._durably(self.store.save_tis, [ti])
             self._tg.start_soon(self._retry_later, rs, ti)
-            return
+            return False
         ti.end_date = now
         ti.error = result.error
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
@@ -351,7 +385,7 @@ class RunDriver:
             ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
             await self._durably(self.store.save_tis, [ti])
             self._tg.start_soon(self._retry_later, rs, ti)
-            return
+            return False
         ti.state = result.state
         xcoms = [
             XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, key, value, ti.map_index)
@@ -360,8 +394,7 @@ class RunDriver:
         await self._durably(self.store.finish_ti, ti, xcoms)
         if result.xcoms:
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
-        rs.unfinished -= 1
-        await self._after_end(rs, [ti])
+        return True
 
     async def _defer(self, rs: RunState, ti: TIState, deferral: TaskDeferred, now: datetime) -> None:
         """Park the TI on its trigger: the TI row and the trigger row commit together; the

@@ -69,7 +69,53 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="fail a run that takes longer (seconds)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _add_scenario_options(p)
     return p
+
+
+def _add_scenario_options(p: argparse.ArgumentParser) -> None:
+    """Each scenario's own options, in a group per scenario. A flag two scenarios both
+    declare is added once (they must agree on its type)."""
+    seen: dict[str, registry.Option] = {}
+    for name, scn in registry.all_scenarios().items():
+        if not scn.options:
+            continue
+        group = p.add_argument_group(f"options of scenario {name!r}")
+        for opt in scn.options:
+            if opt.flag in seen:
+                if seen[opt.flag].type is not opt.type:
+                    raise ValueError(f"scenario option {opt.flag} is declared with two types")
+                continue
+            seen[opt.flag] = opt
+            group.add_argument(
+                opt.flag,
+                dest=f"opt_{opt.dest}",
+                type=opt.type,
+                choices=opt.choices,
+                default=None,
+                help=f"{opt.help} (default {opt.default})",
+            )
+
+
+def _scenario_options(
+    parser: argparse.ArgumentParser, scn: registry.Scenario, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The chosen scenario's option values (defaults filled in); refuses another
+    scenario's option and values below an option's minimum."""
+    own = {opt.flag for opt in scn.options}
+    for name, other in registry.all_scenarios().items():
+        for opt in other.options:
+            if opt.flag not in own and getattr(args, f"opt_{opt.dest}", None) is not None:
+                parser.error(f"{opt.flag} is an option of scenario {name!r}, not of {scn.name!r}")
+    values: dict[str, Any] = {}
+    for opt in scn.options:
+        value = getattr(args, f"opt_{opt.dest}")
+        if value is None:
+            value = opt.default
+        elif opt.minimum is not None and value < opt.minimum:
+            parser.error(f"{opt.flag} must be at least {opt.minimum:g}")
+        values[opt.dest] = value
+    return values
 
 
 def _round(x: float, digits: int) -> float | None:
@@ -111,6 +157,10 @@ def record(
         "aflow_commit": commit,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    for key, value in ctx.options.items():  # the scenario's own options, as run
+        if key in out:
+            raise ValueError(f"scenario {ctx.scenario!r} has an option named like key {key!r}")
+        out[key] = value
     for key, value in outcome.extra.items():
         if key in out:
             raise ValueError(f"scenario {ctx.scenario!r} reports reserved key {key!r}")
@@ -119,7 +169,11 @@ def record(
 
 
 def run_one(
-    scn: registry.Scenario, args: argparse.Namespace, repeat: int, commit: str | None
+    scn: registry.Scenario,
+    args: argparse.Namespace,
+    repeat: int,
+    commit: str | None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"aflow-bench-{scn.name}-") as tmp:
         ctx = BenchContext(
@@ -134,6 +188,7 @@ def run_one(
             sqlite_synchronous=args.sqlite_synchronous,
             timeout_s=args.timeout,
             quiet=args.quiet,
+            options=dict(options or {}),
         )
         ctx.progress(
             f"run {repeat}/{args.repeat}: n={ctx.n} parallelism={ctx.parallelism} "
@@ -174,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.store and store_kind(args.store) not in scn.stores:
         parser.error(f"scenario {scn.name!r} does not support the {store_kind(args.store)} store")
 
+    options = _scenario_options(parser, scn, args)
+
     commit = git_commit(REPO)
     for i in range(1, args.repeat + 1):
         try:
-            rec = run_one(scn, args, i, commit)
+            rec = run_one(scn, args, i, commit, options)
         except (BenchmarkFailed, AflowError) as exc:
             print(f"[bench {scn.name}] FAILED: {exc}", file=sys.stderr, flush=True)
             return 1

@@ -73,6 +73,8 @@ class BenchContext:
     sqlite_synchronous: str = "NORMAL"
     timeout_s: float = 600.0
     quiet: bool = False
+    # The scenario's own options (registry.Option), by `dest`, defaults filled in.
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def store_url(self) -> str:

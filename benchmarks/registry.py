@@ -8,12 +8,33 @@ import importlib
 import pkgutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from benchmarks.harness import BenchContext, Outcome
 
 ScenarioFn = Callable[["BenchContext"], Awaitable["Outcome"]]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of one scenario (e.g. `--park-seconds` of `sensors`).
+
+    The runner adds it to the parser (refusing it for other scenarios), checks `minimum`,
+    hands the value to the scenario as `ctx.options[dest]` and records it in the JSON record
+    under `dest` (so a record says how it was made)."""
+
+    flag: str  # "--park-seconds"
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The record key and `ctx.options` key: the flag without dashes, `_` for `-`."""
+        return self.flag.lstrip("-").replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -28,6 +49,8 @@ class Scenario:
     max_schedulers: int = 1
     # Store URL schemes the scenario can use ("sqlite", "postgresql").
     stores: tuple[str, ...] = ("sqlite", "postgresql")
+    # Options of this scenario only, beyond those every scenario has.
+    options: tuple[Option, ...] = ()
 
 
 _SCENARIOS: dict[str, Scenario] = {}
@@ -42,6 +65,7 @@ def scenario(
     default_parallelism: int = 256,
     max_schedulers: int = 1,
     stores: tuple[str, ...] = ("sqlite", "postgresql"),
+    options: tuple[Option, ...] = (),
 ) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register an async scenario function under `name`."""
 
@@ -56,6 +80,7 @@ def scenario(
             default_parallelism=default_parallelism,
             max_schedulers=max_schedulers,
             stores=stores,
+            options=tuple(options),
         )
         return fn
 

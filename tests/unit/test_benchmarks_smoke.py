@@ -102,3 +102,15 @@ def test_repeat_prints_one_record_per_run_and_bad_input_fails_cleanly() -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr and not bad.stdout
+
+
+def test_sensors_small() -> None:
+    rec, stderr = run_bench("sensors", "--n", "40", "--park-seconds", "0.5")
+    assert REQUIRED <= rec.keys(), REQUIRED - rec.keys()
+    assert rec["scenario"] == "sensors" and rec["n"] == 40
+    assert rec["fired"] == rec["file_sensors"] > 0
+    assert rec["lost"] == 0
+    for key in ("parked_rss_mib", "parked_cpu_pct", "fire_to_start_ms_p50", "fire_to_start_ms_p99"):
+        assert isinstance(rec[key], float) and math.isfinite(rec[key]) and rec[key] >= 0, key
+    assert rec["fire_to_start_ms_p50"] <= rec["fire_to_start_ms_p99"]
+    assert "[bench sensors]" in stderr

@@ -102,7 +102,12 @@ class LoopWatchdog:
             if stalled < self.threshold_s or tick == reported_for:
                 continue
             frame = sys._current_frames().get(self.loop_thread_id)
-            culprit = _trigger_in(frame)
+            try:
+                culprit = _trigger_in(frame)
+            except Exception:  # noqa: BLE001 - the watchdog must outlive odd frames
+                culprit = {}
+            finally:
+                del frame
             block = {"blocked_s": round(stalled, 3), **culprit}
             self.blocks = [*self.blocks[-99:], block]
             reported_for = tick
@@ -120,7 +125,8 @@ def _trigger_in(frame: Any) -> dict[str, Any]:
     while frame is not None:
         candidate = frame.f_locals.get("self")
         if isinstance(candidate, BaseTrigger):
-            record = candidate.task_instance
+            # it may be half-built (sampled inside __init__): read attributes defensively
+            record = getattr(candidate, "task_instance", None)
             task = (
                 f"{record.dag_id}/{record.run_id}/{record.task_id}"
                 if isinstance(record, TriggerRecord)
@@ -128,7 +134,7 @@ def _trigger_in(frame: Any) -> dict[str, Any]:
             )
             return {
                 "classpath": f"{type(candidate).__module__}.{type(candidate).__qualname__}",
-                "trigger_id": candidate.trigger_id,
+                "trigger_id": getattr(candidate, "trigger_id", None),
                 "task": task,
                 "where": f"{frame.f_code.co_filename}:{frame.f_lineno}",
             }

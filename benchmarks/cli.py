@@ -90,10 +90,11 @@ def _add_scenario_options(p: argparse.ArgumentParser) -> None:
             group.add_argument(
                 opt.flag,
                 dest=f"opt_{opt.dest}",
+                metavar=opt.dest.upper(),
                 type=opt.type,
                 choices=opt.choices,
                 default=None,
-                help=f"{opt.help} (default {opt.default})",
+                help=f"{opt.help} (default {opt.shown_default or opt.default})",
             )
 
 

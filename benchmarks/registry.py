@@ -30,6 +30,7 @@ class Option:
     help: str
     minimum: float | None = None
     choices: tuple[Any, ...] | None = None
+    shown_default: str | None = None  # how --help describes the default, if not its value
 
     @property
     def dest(self) -> str:

@@ -44,8 +44,10 @@ import math
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -238,6 +240,9 @@ class ProcessWriter:
                "runs = N / this", minimum=2),
         Option("--fire-timeout", float, 120.0, "seconds the fired downstream tasks get to "
                "start before the missing ones count as lost", minimum=0.0),
+        Option("--landing", str, None, "directory in which to make the landing directory "
+               "(e.g. /dev/shm, to take a slow disk's file creation out of the burst)",
+               shown_default="the run's temporary directory"),
         Option("--writer", str, "thread", "who creates the fired files: a thread of this "
                "process, or a child process (no GIL shared with the loop)",
                choices=("thread", "process")),
@@ -247,10 +252,23 @@ async def sensors(ctx: BenchContext) -> Outcome:
     n = ctx.n
     if n < 2:
         raise BenchmarkFailed("sensors needs --n of at least 2 (a time and a file sensor)")
+    if ctx.options["landing"]:
+        if not os.path.isdir(ctx.options["landing"]):  # noqa: ASYNC240 - setup, not measured
+            raise BenchmarkFailed(f"--landing {ctx.options['landing']} is not a directory")
+        landing = Path(tempfile.mkdtemp(prefix="aflow-bench-landing-", dir=ctx.options["landing"]))
+    else:
+        landing = ctx.workdir / "landing"
+        landing.mkdir()
+    try:
+        return await _sensors(ctx, n, landing)
+    finally:
+        if ctx.options["landing"]:
+            shutil.rmtree(landing, ignore_errors=True)
+
+
+async def _sensors(ctx: BenchContext, n: int, landing: Path) -> Outcome:
     per_run = min(ctx.options["sensors_per_run"], n)
     runs, rest = divmod(n, per_run)
-    landing = ctx.workdir / "landing"
-    landing.mkdir()
     starts = Starts()
 
     ctx.progress(f"building DAG: {per_run} sensors × {runs} runs" + (f" + {rest}" if rest else ""))

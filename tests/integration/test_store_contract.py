@@ -6,6 +6,9 @@ processes is tested with several store instances. `store` is the first of them.
 A new backend adds its name to `BACKENDS`, a `StoreFactory` builder like `sqlite_factory`
 (its URLs, a way to hold its write lock as another process would) and a branch in
 `store_factory`; the tests themselves stay unchanged.
+
+Backends: `sqlite` (a file per test) and `postgresql` (a schema per test, dropped at its
+end, on the server of the `postgres_dsn` fixture: skipped without one, failed under CI).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import gc
 import itertools
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.lowlevel
@@ -42,7 +47,9 @@ from aflow.store.records import (
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["sqlite"]
+REPO = Path(__file__).resolve().parents[2]
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -58,11 +65,13 @@ class StoreFactory:
     url: str  # the database every store of this test shares
     make: Callable[[str], Store]  # an unopened store for a URL
     migration_count: int  # how many migration files the backend ships
+    latest_migration: int  # the highest version among them
     empty_url: Callable[[], str]  # the URL of another, new and empty database
     missing_url: tuple[str, str]  # (URL whose location does not exist, text its error names)
     bad_urls: list[tuple[str, str]]  # (malformed or unusable URL, text its error names)
     impatient: Callable[[], Store]  # an unopened store that gives up waiting on a lock quickly
     hold_write_lock: Callable[[], AbstractAsyncContextManager[None]]  # as another process would
+    applied_migrations: Callable[[str], Awaitable[list[tuple[int, str]]]]  # read directly
     stack: AsyncExitStack
 
     def unopened(self, url: str | None = None) -> Store:
@@ -76,7 +85,7 @@ class StoreFactory:
 def sqlite_factory(tmp_path: Path, stack: AsyncExitStack) -> StoreFactory:
     from aflow.store.sqlite import SqliteStore
 
-    migrations = Path(__file__).resolve().parents[2] / "aflow/store/sqlite/migrations"
+    migrations = REPO / "aflow/store/sqlite/migrations"
     db_path = tmp_path / "aflow.db"
     missing = tmp_path / "no_such_dir" / "aflow.db"
     not_a_db = tmp_path / "not_a_db.db"
@@ -93,11 +102,20 @@ def sqlite_factory(tmp_path: Path, stack: AsyncExitStack) -> StoreFactory:
         finally:
             conn.close()
 
+    async def applied(url: str) -> list[tuple[int, str]]:
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
+            return [(int(v), str(n)) for v, n in rows]
+        finally:
+            conn.close()
+
     return StoreFactory(
         backend="sqlite",
         url=f"sqlite:///{db_path}",
         make=SqliteStore,
         migration_count=len(list(migrations.glob("*.sql"))),
+        latest_migration=_latest_migration(migrations),
         empty_url=lambda: f"sqlite:///{tmp_path / f'empty{next(numbers)}.db'}",
         missing_url=(f"sqlite:///{missing}", str(missing)),
         bad_urls=[
@@ -106,6 +124,90 @@ def sqlite_factory(tmp_path: Path, stack: AsyncExitStack) -> StoreFactory:
         ],
         impatient=lambda: SqliteStore(f"sqlite:///{db_path}", busy_timeout_s=0.05),
         hold_write_lock=write_lock,
+        applied_migrations=applied,
+        stack=stack,
+    )
+
+
+def _latest_migration(folder: Path) -> int:
+    return max(int(p.name.partition("_")[0]) for p in folder.glob("*.sql"))
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def postgres_factory(dsn: str, stack: AsyncExitStack) -> StoreFactory:
+    """Stores in a schema of their own (`?schema=`), dropped with every other schema the
+    test made when it ends; "another, empty database" is another new schema."""
+    import asyncpg
+
+    from aflow.store.postgres import PostgresStore
+
+    migrations = REPO / "aflow/store/postgres/migrations"
+    base = f"aflow_test_{uuid.uuid4().hex[:12]}"
+    schemas = [base]
+    numbers = itertools.count()
+    sep = "&" if "?" in dsn else "?"
+
+    def url_of(schema: str) -> str:
+        return f"{dsn}{sep}schema={schema}"
+
+    def empty_url() -> str:
+        schemas.append(f"{base}_e{next(numbers)}")
+        return url_of(schemas[-1])
+
+    async def drop_schemas() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            for schema in schemas:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    stack.push_async_callback(drop_schemas)  # runs last: after every store has closed
+
+    @asynccontextmanager
+    async def write_lock() -> AsyncIterator[None]:
+        """Another session's transaction holding the lock TI writes need."""
+        conn = await asyncpg.connect(dsn, timeout=10, server_settings={"search_path": base})
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE task_instance IN EXCLUSIVE MODE")
+                yield
+        finally:
+            await conn.close()
+
+    async def applied(url: str) -> list[tuple[int, str]]:
+        schema = url.rpartition("schema=")[2]
+        conn = await asyncpg.connect(dsn, timeout=10, server_settings={"search_path": schema})
+        try:
+            rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+            return [(int(r[0]), str(r[1])) for r in rows]
+        finally:
+            await conn.close()
+
+    missing_db = f"aflow_no_such_db_{uuid.uuid4().hex[:8]}"
+    host_port = f"{urlsplit(dsn).hostname}:{urlsplit(dsn).port or 5432}"
+    no_role = f"aflow_no_such_role_{uuid.uuid4().hex[:8]}"
+    return StoreFactory(
+        backend="postgresql",
+        url=url_of(base),
+        make=PostgresStore,
+        migration_count=len(list(migrations.glob("*.sql"))),
+        latest_migration=_latest_migration(migrations),
+        empty_url=empty_url,
+        missing_url=(_with_database(url_of(base), missing_db), missing_db),
+        bad_urls=[
+            ("postgresql://postgres@127.0.0.1:notaport/test", "notaport"),
+            ("postgresql://postgres:s3cret@127.0.0.1:1/test", "127.0.0.1:1"),
+            (url_of(base).replace(urlsplit(dsn).netloc, f"{no_role}@{host_port}"), no_role),
+            (f"{url_of(base)}&no_such_option=1", "no_such_option"),
+        ],
+        impatient=lambda: PostgresStore(url_of(base), lock_timeout_s=0.05),
+        hold_write_lock=write_lock,
+        applied_migrations=applied,
         stack=stack,
     )
 
@@ -119,6 +221,8 @@ async def store_factory(
     async with AsyncExitStack() as stack:
         if backend == "sqlite":
             factory = sqlite_factory(tmp_path, stack)
+        elif backend == "postgresql":
+            factory = postgres_factory(request.getfixturevalue("postgres_dsn"), stack)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"unknown backend {backend!r}")
         yield factory

@@ -1,0 +1,3 @@
+from aflow.store.postgres.store import PostgresStore
+
+__all__ = ["PostgresStore"]

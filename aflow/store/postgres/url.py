@@ -1,0 +1,66 @@
+"""Parsing a PostgreSQL store URL, and naming its server without its password.
+
+    postgresql://user[:password]@host[:port]/database[?schema=NAME&<libpq options>]
+
+`schema` is aflow's own option: the store keeps its tables in that schema (created on
+first open) by putting it first on each connection's `search_path`, so several aflow
+installations, or test runs, can share one database. Without it the tables go where the
+server's default `search_path` puts them (normally `public`). Every other query option
+is handed to asyncpg unchanged (`sslmode=require`, …).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from aflow.exceptions import StoreUnavailable
+
+SCHEMES = ("postgresql", "postgres")
+DEFAULT_PORT = 5432
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    dsn: str  # for asyncpg: the URL without aflow's own options
+    schema: str | None
+    where: str  # "host:port/database", safe to print (never the password)
+    password: str | None
+
+    def scrub(self, text: str) -> str:
+        """`text` (a driver's message) with the password masked, on one line."""
+        line = " ".join(text.split())
+        if self.password:
+            line = line.replace(self.password, "***")
+        return line
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def parse_postgres_url(url: str) -> PostgresTarget:
+    parts = urlsplit(url)
+    password = parts.password
+    shown = url if not password else url.replace(password, "***")
+    if parts.scheme not in SCHEMES:
+        raise StoreUnavailable(f"bad PostgreSQL URL {shown!r}: it must start with postgresql://")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise StoreUnavailable(
+            f"bad PostgreSQL URL {shown!r}: the port is not a number"
+        ) from None
+    host = parts.hostname or "localhost"
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in options if key == "schema"]
+    rest = [(key, value) for key, value in options if key != "schema"]
+    schema = schemas[-1] if schemas else None
+    if schema is not None and not schema.strip():
+        raise StoreUnavailable(f"bad PostgreSQL URL {shown!r}: ?schema= needs a name")
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
+    where = f"{host}:{port}/{database}"
+    if schema is not None:
+        where += f" (schema {schema})"
+    return PostgresTarget(dsn=dsn, schema=schema, where=where, password=password)

@@ -357,6 +357,44 @@ async def test_bad_urls_raise_store_unavailable_naming_them(store_factory: Store
         assert await store.schema_version() == store_factory.migration_count
 
 
+async def test_an_empty_database_gets_every_migration_once(store_factory: StoreFactory) -> None:
+    url = store_factory.empty_url()
+    async with store_factory.unopened(url) as store:
+        assert await store.schema_version() == store_factory.latest_migration
+    applied = await store_factory.applied_migrations(url)
+    assert [v for v, _ in applied] == sorted({v for v, _ in applied})
+    assert len(applied) == store_factory.migration_count
+    assert applied[-1][0] == store_factory.latest_migration
+
+
+async def test_reopening_a_migrated_database_changes_nothing(
+    store_factory: StoreFactory,
+) -> None:
+    url = store_factory.empty_url()
+    async with store_factory.unopened(url) as store:
+        await store.create_run(a_run(), [a_ti(a_run())])
+        await store.upsert_dags([DagRecord("d1", "/dags/d1.py", {"tasks": ["t1"]})])
+    applied = await store_factory.applied_migrations(url)
+
+    for _ in range(3):  # one after another
+        async with store_factory.unopened(url) as again:
+            assert await again.schema_version() == store_factory.latest_migration
+    async with anyio.create_task_group() as tg:  # and several at once
+        for _ in range(4):
+            tg.start_soon(_open_and_close, store_factory.unopened(url))
+
+    assert await store_factory.applied_migrations(url) == applied
+    async with store_factory.unopened(url) as store:
+        assert await store.get_run("d1", "r1") == a_run()
+        assert await store.get_tis("d1", "r1") == [a_ti(a_run())]
+        assert [d.dag_id for d in await store.list_dags()] == ["d1"]
+
+
+async def _open_and_close(store: Store) -> None:
+    async with store:
+        pass
+
+
 # -- DAGs and import errors -----------------------------------------------------------------------
 
 
@@ -682,6 +720,74 @@ async def test_two_stores_claiming_at_once_never_share_a_run(store_factory: Stor
     assert not _keys(got["a"]) & _keys(got["b"])
     assert _keys(got["a"]) | _keys(got["b"]) == _keys(runs)
     assert len(got["a"]) + len(got["b"]) == 60
+
+
+async def test_many_claimers_in_several_stores_never_share_a_run(
+    store_factory: StoreFactory,
+) -> None:
+    stores = [await store_factory() for _ in range(4)]
+    runs = await _create_runs(stores[0], 40, "d1") + await _create_runs(stores[0], 40, "d2")
+    got: dict[str, list[DagRunRecord]] = {}
+
+    async def claim(store: Store, owner: str, dag_ids: list[str] | None) -> None:
+        got[owner] = []
+        for limit in itertools.islice(itertools.cycle([1, 2, 5]), 12):
+            got[owner] += await store.claim_runs(
+                owner, T0, T0 + timedelta(minutes=1), limit=limit, dag_ids=dag_ids
+            )
+
+    async with anyio.create_task_group() as tg:
+        for i, store in enumerate(stores):
+            for j, dag_ids in enumerate([None, ["d1"], ["d2", "other"]]):
+                tg.start_soon(claim, store, f"s{i}-c{j}", dag_ids)
+
+    claimed = [(r.dag_id, r.run_id) for rs in got.values() for r in rs]
+    assert len(claimed) == len(set(claimed)) == len(runs)  # each run exactly once
+    owners = {(r.dag_id, r.run_id): r.owner for r in await stores[1].list_runs(limit=1000)}
+    assert owners == {(r.dag_id, r.run_id): owner for owner, rs in got.items() for r in rs}
+
+
+async def test_stores_claiming_triggers_at_once_never_share_one(
+    store_factory: StoreFactory,
+) -> None:
+    stores = [await store_factory() for _ in range(3)]
+    for i in range(45):
+        await _deferred(stores[i % 3], f"t{i:02d}")
+    got: dict[str, list[TriggerRecord]] = {}
+
+    async def claim(store: Store, owner: str) -> None:
+        got[owner] = []
+        for _ in range(10):
+            got[owner] += await store.claim_triggers(owner, T0, T0 + timedelta(minutes=1), 2)
+
+    async with anyio.create_task_group() as tg:
+        for i, store in enumerate(stores):
+            for j in range(2):
+                tg.start_soon(claim, store, f"s{i}-c{j}")
+
+    ids = [t.id for ts in got.values() for t in ts]
+    assert len(ids) == len(set(ids)) == 45
+    owners = {t.id: t.owner for t in await stores[0].list_triggers()}
+    assert owners == {t.id: owner for owner, ts in got.items() for t in ts}
+
+
+async def test_save_tis_from_two_stores_at_once_all_land(store_factory: StoreFactory) -> None:
+    a, b = await store_factory(), await store_factory()
+    runs = [a_run(f"r{i}") for i in range(4)]
+    for run in runs:
+        await a.create_run(run, [])
+
+    async def save(store: Store, prefix: str) -> None:
+        for n in range(25):  # batches of several TIs, over several runs
+            await store.save_tis([a_ti(run, f"{prefix}{n:02d}", try_number=n) for run in runs])
+
+    async with anyio.create_task_group() as tg:
+        for prefix, store in (("a", a), ("b", b), ("c", a), ("d", b)):
+            tg.start_soon(save, store, prefix)
+    for run in runs:
+        tis = await b.get_tis(run.dag_id, run.run_id)
+        assert sorted(t.task_id for t in tis) == [f"{p}{n:02d}" for p in "abcd" for n in range(25)]
+        assert all(t.try_number == int(t.task_id[1:]) for t in tis)
 
 
 # -- task instances and XCom ---------------------------------------------------------------------
@@ -1164,3 +1270,111 @@ async def test_webhook_events_are_kept_by_key(store: Store) -> None:
     await store.deliver_webhook("other", [1, 2], T0)
     assert await store.first_webhook("k") == (first, {"n": 1})
     assert (await store.first_webhook("other"))[1] == [1, 2]  # type: ignore[index]
+
+
+# -- PostgreSQL specifics: URLs, an unreachable server, lost connections ------------------------------
+
+
+def test_postgres_urls_open_a_postgres_store_and_others_sqlite(tmp_path: Path) -> None:
+    from aflow.store.factory import open_store_url
+    from aflow.store.postgres import PostgresStore
+    from aflow.store.sqlite import SqliteStore
+
+    for url in ("postgresql://u@h:5433/db?schema=s1", "postgres://u:pw@h/db"):
+        store = open_store_url(url)
+        assert isinstance(store, PostgresStore) and store.url == url
+    assert open_store_url("postgresql://u@h/db?schema=s1").schema == "s1"  # type: ignore[attr-defined]
+    assert open_store_url("postgresql://u@h/db").schema is None  # type: ignore[attr-defined]
+    assert isinstance(open_store_url(f"sqlite:///{tmp_path / 'a.db'}"), SqliteStore)
+    with pytest.raises(StoreUnavailable, match="schema"):
+        open_store_url("postgresql://u@h/db?schema=")
+
+
+async def test_unreachable_postgres_raises_store_unavailable_naming_it() -> None:
+    from aflow.store.factory import open_store_url
+
+    store = open_store_url("postgresql://aflow:s3cret@127.0.0.1:1/aflow?schema=x")
+    with pytest.raises(StoreUnavailable) as info:
+        async with store:
+            pass
+    message = str(info.value)
+    assert "127.0.0.1:1/aflow" in message and "refused" in message
+    assert "s3cret" not in message and "\n" not in message
+    assert isinstance(info.value.__cause__, OSError)  # the driver's error is chained
+
+
+async def test_a_server_that_never_answers_gives_store_unavailable_after_the_timeout() -> None:
+    from anyio.abc import SocketAttribute, SocketStream
+
+    from aflow.store.postgres import PostgresStore
+
+    async def silent(stream: SocketStream) -> None:
+        async with stream:
+            await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        port = listener.extra(SocketAttribute.local_port)
+        tg.start_soon(listener.serve, silent)
+        store = PostgresStore(f"postgresql://aflow:s3cret@127.0.0.1:{port}/db", connect_timeout_s=0.2)
+        with pytest.raises(StoreUnavailable) as info:
+            await store.open()
+        tg.cancel_scope.cancel()
+    message = str(info.value)
+    assert f"127.0.0.1:{port}/db" in message and "no answer within 0.2s" in message
+    assert "s3cret" not in message
+
+
+@pytest.fixture
+async def pg_schema_url(postgres_dsn: str) -> AsyncIterator[str]:
+    """A URL of a new schema of its own, dropped at the end; `application_name` names the
+    store's sessions so a test can find (and kill) exactly those."""
+    import asyncpg
+
+    name = f"aflow_test_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in postgres_dsn else "?"
+    yield f"{postgres_dsn}{sep}schema={name}&application_name={name}"
+    conn = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_writes_and_reads_outlive_lost_connections(
+    postgres_dsn: str, pg_schema_url: str
+) -> None:
+    """The server drops every session of the store (a restart, a failover, a proxy): the
+    next group-committed writes are retried on new connections, not failed."""
+    import asyncpg
+
+    from aflow.store.postgres import PostgresStore
+
+    name = pg_schema_url.rpartition("application_name=")[2]
+    admin = await asyncpg.connect(postgres_dsn, timeout=10)
+
+    async def kill_sessions() -> int:
+        rows = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name=$1",
+            name,
+        )
+        return len(rows)
+
+    try:
+        async with PostgresStore(pg_schema_url, pool_min_size=4, pool_max_size=4) as store:
+            run = a_run()
+            await store.create_run(run, [])
+            await store.save_tis([a_ti(run, "before")])
+            assert await kill_sessions() >= 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(store.save_tis, [a_ti(run, f"t{i:02d}")])
+            assert await kill_sessions() >= 1
+            assert len(await store.get_tis("d1", "r1")) == 21  # a read on a dead session, too
+            await kill_sessions()
+            await store.finish_ti(a_ti(run, "before", state=TaskState.SUCCESS), [an_xcom(a_ti(run, "before"))])
+            assert [x.value for x in await store.get_xcoms("d1", "r1")] == [1]
+    finally:
+        await admin.close()

@@ -5,7 +5,7 @@ URL: `postgresql://user[:password]@host[:port]/database[?schema=NAME]` (see
 created on first open.
 
 - A connection pool (asyncpg.create_pool); each connection starts with aflow's
-  `search_path`, a `lock_timeout` and `application_name=aflow`.
+  `search_path`, a `lock_timeout` and `application_name=aflow` (unless the URL names one).
 - The high-rate writes are group-committed (aflow.store.group_commit): one transaction
   per batch on one pooled connection. A batch that meets a transient failure (the
   connection lost, the server restarting, a deadlock, a lock wait beyond `lock_timeout`)
@@ -24,22 +24,22 @@ created on first open.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
-from importlib import resources
 from typing import Any, TypeVar
 
 import anyio
 import asyncpg
 
 from aflow.exceptions import RunAlreadyExists, StoreError, StoreUnavailable
-from aflow.states import DagRunState, RunType, TaskState
+from aflow.states import DagRunState
 from aflow.store.base import Store
 from aflow.store.codec import json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
+from aflow.store.postgres import encoding as enc
+from aflow.store.postgres.migrate import migrate
 from aflow.store.postgres.url import PostgresTarget, parse_postgres_url, quote_ident
 from aflow.store.records import (
     DagRecord,
@@ -56,8 +56,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+class _ConnectionLost(Exception):
+    """The connection closed under a statement, whatever error the driver raised for it."""
+
+
 # Failures that are nobody's fault and pass: retried, not reported.
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    _ConnectionLost,
     OSError,
     TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -78,189 +83,6 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-_RUN_COLS = (
-    "dag_id, run_id, run_type, state, logical_date, data_interval_start, data_interval_end, "
-    "conf, created_at, start_date, end_date, triggered_by, owner, lease_until, note"
-)
-_TI_COLS = (
-    "dag_id, run_id, task_id, map_index, state, try_number, max_tries, start_date, end_date, "
-    "hostname, operator, priority_weight, pool, next_retry_at, next_method, next_kwargs, error"
-)
-_UPSERT_TI = (
-    f"INSERT INTO task_instance ({_TI_COLS}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, 18))}) "
-    "ON CONFLICT (dag_id, run_id, task_id, map_index) DO UPDATE SET "
-    "state=excluded.state, try_number=excluded.try_number, max_tries=excluded.max_tries, "
-    "start_date=excluded.start_date, end_date=excluded.end_date, hostname=excluded.hostname, "
-    "operator=excluded.operator, priority_weight=excluded.priority_weight, pool=excluded.pool, "
-    "next_retry_at=excluded.next_retry_at, next_method=excluded.next_method, "
-    "next_kwargs=excluded.next_kwargs, error=excluded.error"
-)
-_INSERT_RUN = f"INSERT INTO dag_run ({_RUN_COLS}) VALUES ({', '.join(f'${i}' for i in range(1, 16))})"
-_UPDATE_RUN = (
-    "UPDATE dag_run SET state=$1, start_date=$2, end_date=$3, conf=$4, note=$5 "
-    "WHERE dag_id=$6 AND run_id=$7"
-)
-_TRIGGER_COLS = (
-    "id, classpath, kwargs, created_at, timeout_at, owner, lease_until, dag_id, run_id, "
-    "task_id, map_index, try_number, event, fired_at"
-)
-_INSERT_TRIGGER = (
-    "INSERT INTO trigger (classpath, kwargs, created_at, timeout_at, dag_id, run_id, task_id, "
-    "map_index, try_number) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-)
-_DELETE_TI_TRIGGER = (
-    "DELETE FROM trigger WHERE dag_id=$1 AND run_id=$2 AND task_id=$3 AND map_index=$4"
-)
-_DELETE_TI_XCOMS = (
-    "DELETE FROM xcom WHERE dag_id=$1 AND run_id=$2 AND task_id=$3 AND map_index=$4"
-)
-_INSERT_XCOM = (
-    "INSERT INTO xcom (dag_id, run_id, task_id, map_index, key, value) "
-    "VALUES ($1, $2, $3, $4, $5, $6)"
-)
-_DAG_COLS = "dag_id, fileloc, structure, is_paused, is_active, updated_at"
-_PROCESS_COLS = "process_id, kind, hostname, pid, started_at, heartbeat_at"
-_UNFINISHED = "state IN ('queued', 'running')"
-
-
-# -- encoding ------------------------------------------------------------------------------
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """asyncpg would take a naive datetime as UTC; aflow refuses it, as the codec does."""
-    if value is not None and value.utcoffset() is None:
-        raise ValueError(
-            f"naive datetime {value!r}: aflow stores only timezone-aware datetimes"
-        )
-    return value
-
-
-def _ti_row(ti: TaskInstanceRow) -> tuple[Any, ...]:
-    return (
-        ti.dag_id,
-        ti.run_id,
-        ti.task_id,
-        ti.map_index,
-        ti.state.value,
-        ti.try_number,
-        ti.max_tries,
-        _aware(ti.start_date),
-        _aware(ti.end_date),
-        ti.hostname,
-        ti.operator,
-        ti.priority_weight,
-        ti.pool,
-        _aware(ti.next_retry_at),
-        ti.next_method,
-        None if ti.next_kwargs is None else json_out(ti.next_kwargs),
-        ti.error,
-    )
-
-
-def _ti_from(r: Sequence[Any]) -> TaskInstanceRecord:
-    return TaskInstanceRecord(
-        dag_id=r[0],
-        run_id=r[1],
-        task_id=r[2],
-        map_index=r[3],
-        state=TaskState(r[4]),
-        try_number=r[5],
-        max_tries=r[6],
-        start_date=r[7],
-        end_date=r[8],
-        hostname=r[9],
-        operator=r[10],
-        priority_weight=r[11],
-        pool=r[12],
-        next_retry_at=r[13],
-        next_method=r[14],
-        next_kwargs=json_in(r[15]),
-        error=r[16],
-    )
-
-
-def _run_row(run: DagRunRecord) -> tuple[Any, ...]:
-    return (
-        run.dag_id,
-        run.run_id,
-        run.run_type.value,
-        run.state.value,
-        _aware(run.logical_date),
-        _aware(run.data_interval_start),
-        _aware(run.data_interval_end),
-        json_out(run.conf),
-        _aware(run.created_at),
-        _aware(run.start_date),
-        _aware(run.end_date),
-        run.triggered_by,
-        run.owner,
-        _aware(run.lease_until),
-        run.note,
-    )
-
-
-def _run_from(r: Sequence[Any]) -> DagRunRecord:
-    return DagRunRecord(
-        dag_id=r[0],
-        run_id=r[1],
-        run_type=RunType(r[2]),
-        state=DagRunState(r[3]),
-        logical_date=r[4],
-        data_interval_start=r[5],
-        data_interval_end=r[6],
-        conf=json_in(r[7]) or {},
-        created_at=r[8],
-        start_date=r[9],
-        end_date=r[10],
-        triggered_by=r[11],
-        owner=r[12],
-        lease_until=r[13],
-        note=r[14],
-    )
-
-
-def _run_update_row(run: DagRunRecord) -> tuple[Any, ...]:
-    return (
-        run.state.value,
-        _aware(run.start_date),
-        _aware(run.end_date),
-        json_out(run.conf),
-        run.note,
-        run.dag_id,
-        run.run_id,
-    )
-
-
-def _trigger_from(r: Sequence[Any]) -> TriggerRecord:
-    return TriggerRecord(
-        id=r[0],
-        classpath=r[1],
-        kwargs=json_in(r[2]),
-        created_at=r[3],
-        timeout_at=r[4],
-        owner=r[5],
-        lease_until=r[6],
-        dag_id=r[7],
-        run_id=r[8],
-        task_id=r[9],
-        map_index=r[10],
-        try_number=r[11],
-        event=json_in(r[12]),
-        fired_at=r[13],
-    )
-
-
-def _dag_from(r: Sequence[Any]) -> DagRecord:
-    return DagRecord(
-        dag_id=r[0],
-        fileloc=r[1],
-        structure=json_in(r[2]),
-        is_paused=r[3],
-        is_active=r[4],
-        updated_at=r[5],
-    )
-
 
 def _rowcount(status: str) -> int:
     """The row count of a command status such as 'UPDATE 3'."""
@@ -269,6 +91,18 @@ def _rowcount(status: str) -> int:
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT_ERRORS)
+
+
+def _raise_if_lost(conn: asyncpg.Connection, exc: BaseException) -> None:
+    """Re-raise a failure of a connection that has closed as _ConnectionLost (transient)."""
+    if _is_transient(exc):
+        return
+    try:
+        closed = conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took a closed connection back already
+        closed = True
+    if closed:
+        raise _ConnectionLost(_reason(exc)) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -301,24 +135,6 @@ def _merged(ops: Iterable[Op]) -> list[tuple[str, list[Sequence[Any]]]]:
 async def _execute_ops(conn: asyncpg.Connection, ops: Iterable[Op]) -> None:
     for sql, rows in _merged(ops):
         await conn.executemany(sql, rows)
-
-
-def migration_scripts() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration shipped, in order."""
-    out = []
-    folder = resources.files("aflow.store.postgres").joinpath("migrations")
-    for entry in folder.iterdir():
-        if not entry.name.endswith(".sql"):
-            continue
-        version_s, _, rest = entry.name.partition("_")
-        out.append((int(version_s), rest.removesuffix(".sql"), entry.read_text()))
-    return sorted(out)
-
-
-def _advisory_key(schema: str | None) -> int:
-    """A stable signed 64-bit key for the migration lock of one schema."""
-    digest = hashlib.sha256(f"aflow.migrate:{schema or ''}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class PostgresStore(Store):
@@ -383,10 +199,9 @@ class PostgresStore(Store):
         return f"{where}: {self.target.scrub(_reason(exc))}"
 
     async def _create_pool(self) -> asyncpg.Pool:
-        settings = {
-            "application_name": "aflow",
-            "lock_timeout": str(max(1, int(self.lock_timeout_s * 1000))),
-        }
+        settings = {"lock_timeout": str(max(1, int(self.lock_timeout_s * 1000)))}
+        if "application_name" not in self.target.options:
+            settings["application_name"] = "aflow"
         if self.schema is not None:
             settings["search_path"] = quote_ident(self.schema)
         with anyio.fail_after(self.connect_timeout_s * 2):  # TLS and auth after the connect
@@ -407,41 +222,9 @@ class PostgresStore(Store):
             pool.terminate()
 
     async def _migrate(self) -> None:
-        scripts = migration_scripts()
-        latest = scripts[-1][0] if scripts else 0
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            if await self._applied_version(conn) >= latest:
-                return  # up to date: take no lock
-            async with conn.transaction():
-                # Held to the end of this transaction: a second process waits here, then
-                # finds the migrations applied.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _advisory_key(self.schema))
-                if self.schema is not None:
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                    "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                )
-                current = await conn.fetchval(
-                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
-                )
-                for version, name, sql in scripts:
-                    if version <= current:
-                        continue
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        name,
-                    )
-                    log.info("applied migration %04d_%s to %s", version, name, self.target.where)
-
-    @staticmethod
-    async def _applied_version(conn: asyncpg.Connection) -> int:
-        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
-            return 0
-        return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+            await migrate(conn, self.schema, self.target.where)
 
     async def schema_version(self) -> int:
         rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
@@ -480,6 +263,7 @@ class PostgresStore(Store):
                     await _execute_ops(conn, batch)
                 return [None] * len(batch)
             except Exception as exc:
+                _raise_if_lost(conn, exc)
                 if len(batch) == 1 or _is_transient(exc):
                     raise
             results: list[BaseException | None] = []
@@ -489,6 +273,7 @@ class PostgresStore(Store):
                         await _execute_ops(conn, [op])
                     results.append(None)
                 except Exception as exc:
+                    _raise_if_lost(conn, exc)
                     if _is_transient(exc):
                         raise
                     results.append(_write_error(exc))
@@ -501,8 +286,13 @@ class PostgresStore(Store):
         delay = 0.05
         for attempt in range(4):
             try:
-                return list(await self._pool.fetch(sql, *params, timeout=None))
-            except _DRIVER_ERRORS as exc:
+                async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
+                    try:
+                        return list(await conn.fetch(sql, *params))
+                    except _DRIVER_ERRORS as exc:
+                        _raise_if_lost(conn, exc)
+                        raise
+            except (*_DRIVER_ERRORS, _ConnectionLost) as exc:
                 if not _is_transient(exc) or attempt == 3:
                     raise StoreError(f"PostgreSQL read failed: {_reason(exc)}") from exc
                 await anyio.sleep(delay)
@@ -532,13 +322,13 @@ class PostgresStore(Store):
     # -- DAGs ----------------------------------------------------------------------
     async def upsert_dags(self, dags: Sequence[DagRecord]) -> None:
         rows = [
-            (d.dag_id, d.fileloc, json_out(d.structure), d.is_paused, _aware(d.updated_at))
+            (d.dag_id, d.fileloc, json_out(d.structure), d.is_paused, enc.aware(d.updated_at))
             for d in dags
         ]
         await self._write(
             [
                 (
-                    f"INSERT INTO dag ({_DAG_COLS}) VALUES ($1, $2, $3, $4, TRUE, $5) "
+                    f"INSERT INTO dag ({enc.DAG_COLS}) VALUES ($1, $2, $3, $4, TRUE, $5) "
                     "ON CONFLICT (dag_id) DO UPDATE SET fileloc=excluded.fileloc, "
                     "structure=excluded.structure, is_active=TRUE, updated_at=excluded.updated_at",
                     rows,
@@ -547,11 +337,11 @@ class PostgresStore(Store):
         )
 
     async def list_dags(self) -> list[DagRecord]:
-        return [_dag_from(r) for r in await self._read(f"SELECT {_DAG_COLS} FROM dag ORDER BY dag_id")]
+        return [enc.dag_from(r) for r in await self._read(f"SELECT {enc.DAG_COLS} FROM dag ORDER BY dag_id")]
 
     async def get_dag(self, dag_id: str) -> DagRecord | None:
-        rows = await self._read(f"SELECT {_DAG_COLS} FROM dag WHERE dag_id=$1", dag_id)
-        return _dag_from(rows[0]) if rows else None
+        rows = await self._read(f"SELECT {enc.DAG_COLS} FROM dag WHERE dag_id=$1", dag_id)
+        return enc.dag_from(rows[0]) if rows else None
 
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None:
         await self._write([("UPDATE dag SET is_paused=$1 WHERE dag_id=$2", [(paused, dag_id)])])
@@ -562,7 +352,7 @@ class PostgresStore(Store):
         )
 
     async def replace_import_errors(self, errors: Sequence[ImportErrorRecord]) -> None:
-        rows = [(e.filename, e.message, _aware(e.created_at)) for e in errors]
+        rows = [(e.filename, e.message, enc.aware(e.created_at)) for e in errors]
 
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute("DELETE FROM import_error")
@@ -582,13 +372,13 @@ class PostgresStore(Store):
 
     # -- runs ------------------------------------------------------------------------
     async def create_run(self, run: DagRunRecord, tis: Sequence[TaskInstanceRecord]) -> None:
-        run_row = _run_row(run)
-        ti_rows = [_ti_row(t) for t in tis]
+        run_row = enc.run_row(run)
+        ti_rows = [enc.ti_row(t) for t in tis]
 
         async def run_tx(conn: asyncpg.Connection) -> None:
-            await conn.execute(_INSERT_RUN, *run_row)
+            await conn.execute(enc.INSERT_RUN, *run_row)
             if ti_rows:
-                await conn.executemany(_UPSERT_TI, ti_rows)
+                await conn.executemany(enc.UPSERT_TI, ti_rows)
 
         try:
             await self._transaction(run_tx)
@@ -605,9 +395,9 @@ class PostgresStore(Store):
 
     async def get_run(self, dag_id: str, run_id: str) -> DagRunRecord | None:
         rows = await self._read(
-            f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=$1 AND run_id=$2", dag_id, run_id
+            f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1 AND run_id=$2", dag_id, run_id
         )
-        return _run_from(rows[0]) if rows else None
+        return enc.run_from(rows[0]) if rows else None
 
     async def list_runs(
         self,
@@ -620,7 +410,7 @@ class PostgresStore(Store):
         where: list[str] = []
         params: list[Any] = []
         if logical_date is not None:
-            params.append(_aware(logical_date))
+            params.append(enc.aware(logical_date))
             where.append(f"logical_date=${len(params)}")
         if dag_id is not None:
             params.append(dag_id)
@@ -628,7 +418,7 @@ class PostgresStore(Store):
         if states is not None:
             params.append([DagRunState(s).value for s in states])
             where.append(f"state = ANY(${len(params)}::text[])")
-        sql = f"SELECT {_RUN_COLS} FROM dag_run"
+        sql = f"SELECT {enc.RUN_COLS} FROM dag_run"
         if where:
             sql += " WHERE " + " AND ".join(where)
         params.extend([limit, offset])
@@ -637,19 +427,19 @@ class PostgresStore(Store):
             " ORDER BY logical_date DESC, created_at DESC NULLS LAST "
             f"LIMIT ${len(params) - 1} OFFSET ${len(params)}"
         )
-        return [_run_from(r) for r in await self._read(sql, *params)]
+        return [enc.run_from(r) for r in await self._read(sql, *params)]
 
     async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:
-        sql = f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=$1"
+        sql = f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1"
         params: list[Any] = [dag_id]
         if run_type is not None:
             sql += " AND run_type=$2"
             params.append(str(run_type))
         rows = await self._read(sql + " ORDER BY logical_date DESC LIMIT 1", *params)
-        return _run_from(rows[0]) if rows else None
+        return enc.run_from(rows[0]) if rows else None
 
     async def save_run(self, run: DagRunRecord) -> None:
-        await self._write([(_UPDATE_RUN, [_run_update_row(run)])])
+        await self._write([(enc.UPDATE_RUN, [enc.run_update_row(run)])])
 
     async def claim_runs(
         self,
@@ -659,7 +449,7 @@ class PostgresStore(Store):
         limit: int,
         dag_ids: Iterable[str] | None = None,
     ) -> list[DagRunRecord]:
-        params: list[Any] = [_aware(now), limit, owner, _aware(lease_until)]
+        params: list[Any] = [enc.aware(now), limit, owner, enc.aware(lease_until)]
         dag_filter = ""
         if dag_ids is not None:
             params.append(list(dag_ids))
@@ -670,11 +460,11 @@ class PostgresStore(Store):
         sql = (
             "WITH picked AS ("
             "SELECT dag_id AS p_dag, run_id AS p_run FROM dag_run "
-            f"WHERE {_UNFINISHED} AND (owner IS NULL OR lease_until IS NULL OR lease_until < $1) "
+            f"WHERE {enc.UNFINISHED} AND (owner IS NULL OR lease_until IS NULL OR lease_until < $1) "
             f"{dag_filter}ORDER BY created_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE dag_run SET owner=$3, lease_until=$4 FROM picked "
-            f"WHERE dag_id=p_dag AND run_id=p_run RETURNING {_RUN_COLS}) "
-            f"SELECT {_RUN_COLS} FROM claimed ORDER BY created_at NULLS FIRST"
+            f"WHERE dag_id=p_dag AND run_id=p_run RETURNING {enc.RUN_COLS}) "
+            f"SELECT {enc.RUN_COLS} FROM claimed ORDER BY created_at NULLS FIRST"
         )
 
         async def run_tx(conn: asyncpg.Connection) -> list[Any]:
@@ -682,13 +472,13 @@ class PostgresStore(Store):
 
         rows = await self._transaction(run_tx)
         return [
-            dataclasses.replace(_run_from(r), owner=owner, lease_until=lease_until) for r in rows
+            dataclasses.replace(enc.run_from(r), owner=owner, lease_until=lease_until) for r in rows
         ]
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         return await self._update_count(
-            f"UPDATE dag_run SET lease_until=$1 WHERE owner=$2 AND {_UNFINISHED}",
-            _aware(lease_until),
+            f"UPDATE dag_run SET lease_until=$1 WHERE owner=$2 AND {enc.UNFINISHED}",
+            enc.aware(lease_until),
             owner,
         )
 
@@ -718,15 +508,15 @@ class PostgresStore(Store):
     # -- task instances --------------------------------------------------------------
     async def get_tis(self, dag_id: str, run_id: str) -> list[TaskInstanceRecord]:
         rows = await self._read(
-            f"SELECT {_TI_COLS} FROM task_instance WHERE dag_id=$1 AND run_id=$2 "
+            f"SELECT {enc.TI_COLS} FROM task_instance WHERE dag_id=$1 AND run_id=$2 "
             "ORDER BY task_id, map_index",
             dag_id,
             run_id,
         )
-        return [_ti_from(r) for r in rows]
+        return [enc.ti_from(r) for r in rows]
 
     async def save_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
-        await self._write([(_UPSERT_TI, [_ti_row(t) for t in tis])])
+        await self._write([(enc.UPSERT_TI, [enc.ti_row(t) for t in tis])])
 
     async def finish_ti(
         self,
@@ -734,12 +524,12 @@ class PostgresStore(Store):
         xcoms: Sequence[XComRecord] = (),
         run: DagRunRecord | None = None,
     ) -> None:
-        op: Op = [(_UPSERT_TI, [_ti_row(ti)])]
+        op: Op = [(enc.UPSERT_TI, [enc.ti_row(ti)])]
         if xcoms:
-            op.append((_DELETE_TI_XCOMS, [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)]))
+            op.append((enc.DELETE_TI_XCOMS, [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)]))
             op.append(
                 (
-                    _INSERT_XCOM,
+                    enc.INSERT_XCOM,
                     [
                         (x.dag_id, x.run_id, x.task_id, x.map_index, x.key, json_out(x.value))
                         for x in xcoms
@@ -747,7 +537,7 @@ class PostgresStore(Store):
                 )
             )
         if run is not None:
-            op.append((_UPDATE_RUN, [_run_update_row(run)]))
+            op.append((enc.UPDATE_RUN, [enc.run_update_row(run)]))
         await self._write(op)
 
     # -- XCom -------------------------------------------------------------------------
@@ -771,8 +561,8 @@ class PostgresStore(Store):
         row = (
             trigger.classpath,
             json_out(trigger.kwargs),
-            _aware(trigger.created_at),
-            _aware(trigger.timeout_at),
+            enc.aware(trigger.created_at),
+            enc.aware(trigger.timeout_at),
             trigger.dag_id,
             trigger.run_id,
             trigger.task_id,
@@ -780,7 +570,7 @@ class PostgresStore(Store):
             trigger.try_number,
         )
         await self._write(
-            [(_UPSERT_TI, [_ti_row(ti)]), (_DELETE_TI_TRIGGER, [key]), (_INSERT_TRIGGER, [row])]
+            [(enc.UPSERT_TI, [enc.ti_row(ti)]), (enc.DELETE_TI_TRIGGER, [key]), (enc.INSERT_TRIGGER, [row])]
         )
 
     async def claim_triggers(
@@ -791,24 +581,24 @@ class PostgresStore(Store):
             "AND (owner IS NULL OR lease_until IS NULL OR lease_until < $1) "
             "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE trigger SET owner=$3, lease_until=$4 FROM picked "
-            f"WHERE id=p_id RETURNING {_TRIGGER_COLS}) "
-            f"SELECT {_TRIGGER_COLS} FROM claimed ORDER BY id"
+            f"WHERE id=p_id RETURNING {enc.TRIGGER_COLS}) "
+            f"SELECT {enc.TRIGGER_COLS} FROM claimed ORDER BY id"
         )
-        params = (_aware(now), limit, owner, _aware(lease_until))
+        params = (enc.aware(now), limit, owner, enc.aware(lease_until))
 
         async def run_tx(conn: asyncpg.Connection) -> list[Any]:
             return list(await conn.fetch(sql, *params))
 
         rows = await self._transaction(run_tx)
         return [
-            dataclasses.replace(_trigger_from(r), owner=owner, lease_until=lease_until)
+            dataclasses.replace(enc.trigger_from(r), owner=owner, lease_until=lease_until)
             for r in rows
         ]
 
     async def renew_trigger_leases(self, owner: str, lease_until: datetime) -> int:
         return await self._update_count(
             "UPDATE trigger SET lease_until=$1 WHERE owner=$2 AND fired_at IS NULL",
-            _aware(lease_until),
+            enc.aware(lease_until),
             owner,
         )
 
@@ -833,7 +623,7 @@ class PostgresStore(Store):
                 (
                     "UPDATE trigger SET event=$1, fired_at=$2, owner=NULL, lease_until=NULL "
                     "WHERE id=$3 AND fired_at IS NULL",
-                    [(json_out(event), _aware(now), trigger_id)],
+                    [(json_out(event), enc.aware(now), trigger_id)],
                 )
             ]
         )
@@ -843,38 +633,38 @@ class PostgresStore(Store):
         if not keys:
             return []
         rows = await self._read(
-            f"SELECT {_TRIGGER_COLS} FROM trigger WHERE fired_at IS NOT NULL AND "
+            f"SELECT {enc.TRIGGER_COLS} FROM trigger WHERE fired_at IS NOT NULL AND "
             "(dag_id, run_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY id",
             [k[0] for k in keys],
             [k[1] for k in keys],
         )
-        return [_trigger_from(r) for r in rows]
+        return [enc.trigger_from(r) for r in rows]
 
     async def get_trigger(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> TriggerRecord | None:
         rows = await self._read(
-            f"SELECT {_TRIGGER_COLS} FROM trigger WHERE dag_id=$1 AND run_id=$2 AND task_id=$3 "
+            f"SELECT {enc.TRIGGER_COLS} FROM trigger WHERE dag_id=$1 AND run_id=$2 AND task_id=$3 "
             "AND map_index=$4",
             dag_id,
             run_id,
             task_id,
             map_index,
         )
-        return _trigger_from(rows[0]) if rows else None
+        return enc.trigger_from(rows[0]) if rows else None
 
     async def delete_trigger(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> None:
-        await self._write([(_DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
+        await self._write([(enc.DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
 
     async def list_triggers(self) -> list[TriggerRecord]:
-        rows = await self._read(f"SELECT {_TRIGGER_COLS} FROM trigger ORDER BY id")
-        return [_trigger_from(r) for r in rows]
+        rows = await self._read(f"SELECT {enc.TRIGGER_COLS} FROM trigger ORDER BY id")
+        return [enc.trigger_from(r) for r in rows]
 
     # -- webhook events ------------------------------------------------------------------
     async def deliver_webhook(self, key: str, payload: Any, now: datetime) -> int:
-        body, at = json_out(payload), _aware(now)
+        body, at = json_out(payload), enc.aware(now)
 
         async def run(conn: asyncpg.Connection) -> int:
             return int(
@@ -902,13 +692,13 @@ class PostgresStore(Store):
             process.kind,
             process.hostname,
             process.pid,
-            _aware(process.started_at),
-            _aware(process.heartbeat_at),
+            enc.aware(process.started_at),
+            enc.aware(process.heartbeat_at),
         )
         await self._write(
             [
                 (
-                    f"INSERT INTO process ({_PROCESS_COLS}) VALUES ($1, $2, $3, $4, $5, $6) "
+                    f"INSERT INTO process ({enc.PROCESS_COLS}) VALUES ($1, $2, $3, $4, $5, $6) "
                     "ON CONFLICT (process_id) DO UPDATE SET kind=excluded.kind, "
                     "hostname=excluded.hostname, pid=excluded.pid, "
                     "started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at",
@@ -922,7 +712,7 @@ class PostgresStore(Store):
             [
                 (
                     "UPDATE process SET heartbeat_at=$1 WHERE process_id=$2",
-                    [(_aware(now), process_id)],
+                    [(enc.aware(now), process_id)],
                 )
             ]
         )
@@ -931,7 +721,7 @@ class PostgresStore(Store):
         await self._write([("DELETE FROM process WHERE process_id=$1", [(process_id,)])])
 
     async def list_processes(self, kind: str | None = None) -> list[ProcessRecord]:
-        sql = f"SELECT {_PROCESS_COLS} FROM process"
+        sql = f"SELECT {enc.PROCESS_COLS} FROM process"
         params: list[Any] = []
         if kind is not None:
             sql += " WHERE kind=$1"

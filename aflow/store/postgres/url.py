@@ -6,7 +6,8 @@
 first open) by putting it first on each connection's `search_path`, so several aflow
 installations, or test runs, can share one database. Without it the tables go where the
 server's default `search_path` puts them (normally `public`). Every other query option
-is handed to asyncpg unchanged (`sslmode=require`, …).
+is handed to asyncpg unchanged (`sslmode=require`, …); asyncpg sends the options it does
+not know itself as server settings (`application_name=…`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class PostgresTarget:
     schema: str | None
     where: str  # "host:port/database", safe to print (never the password)
     password: str | None
+    options: frozenset[str]  # the names of the query options handed to asyncpg
 
     def scrub(self, text: str) -> str:
         """`text` (a driver's message) with the password masked, on one line."""
@@ -63,4 +65,10 @@ def parse_postgres_url(url: str) -> PostgresTarget:
     where = f"{host}:{port}/{database}"
     if schema is not None:
         where += f" (schema {schema})"
-    return PostgresTarget(dsn=dsn, schema=schema, where=where, password=password)
+    return PostgresTarget(
+        dsn=dsn,
+        schema=schema,
+        where=where,
+        password=password,
+        options=frozenset(key for key, _ in rest),
+    )

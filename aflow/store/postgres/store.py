@@ -523,6 +523,8 @@ class PostgresStore(Store):
         ti: TaskInstanceRow,
         xcoms: Sequence[XComRecord] = (),
         run: DagRunRecord | None = None,
+        *,
+        end_trigger: bool = False,
     ) -> None:
         op: Op = [(enc.UPSERT_TI, [enc.ti_row(ti)])]
         if xcoms:
@@ -538,6 +540,9 @@ class PostgresStore(Store):
             )
         if run is not None:
             op.append((enc.UPDATE_RUN, [enc.run_update_row(run)]))
+        if end_trigger:
+            key = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+            op.append((enc.DELETE_TI_TRIGGER, [key]))
         await self._write(op)
 
     # -- XCom -------------------------------------------------------------------------

@@ -1346,7 +1346,7 @@ async def test_writes_and_reads_outlive_lost_connections(
     postgres_dsn: str, pg_schema_url: str
 ) -> None:
     """The server drops every session of the store (a restart, a failover, a proxy): the
-    next group-committed writes are retried on new connections, not failed."""
+    next writes, transactions and reads are retried on new connections, not failed."""
     import asyncpg
 
     from aflow.store.postgres import PostgresStore
@@ -1356,7 +1356,8 @@ async def test_writes_and_reads_outlive_lost_connections(
 
     async def kill_sessions() -> int:
         rows = await admin.fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name=$1",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name=$1 AND state='idle'",  # established, between statements
             name,
         )
         return len(rows)
@@ -1376,5 +1377,29 @@ async def test_writes_and_reads_outlive_lost_connections(
             await kill_sessions()
             await store.finish_ti(a_ti(run, "before", state=TaskState.SUCCESS), [an_xcom(a_ti(run, "before"))])
             assert [x.value for x in await store.get_xcoms("d1", "r1")] == [1]
+            # Transactions of their own (create, claim) are retried when they failed
+            # before their COMMIT.
+            await kill_sessions()
+            await store.create_run(a_run("r2"), [])
+            await kill_sessions()
+            claimed = await store.claim_runs("me", T0, T0 + timedelta(minutes=1), limit=10)
+            assert {r.run_id for r in claimed} == {"r1", "r2"}
     finally:
         await admin.close()
+
+
+@pytest.mark.postgres
+async def test_client_dsn_reaches_the_stores_schema(postgres_dsn: str, pg_schema_url: str) -> None:
+    """Other asyncpg clients (a SqlTrigger on aflow's own tables) see the store's schema."""
+    import asyncpg
+
+    from aflow.store.postgres import PostgresStore
+
+    async with PostgresStore(pg_schema_url) as store:
+        await store.create_run(a_run(), [])
+        assert "schema=" not in store.client_dsn
+        conn = await asyncpg.connect(store.client_dsn, timeout=10)
+        try:
+            assert await conn.fetchval("SELECT run_id FROM dag_run") == "r1"
+        finally:
+            await conn.close()

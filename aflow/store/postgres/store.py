@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import anyio
 import asyncpg
@@ -79,6 +80,7 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # e.g. a statement on a connection the server cut
     OSError,
     TimeoutError,
 )
@@ -162,6 +164,15 @@ class PostgresStore(Store):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.where})"
+
+    @property
+    def client_dsn(self) -> str:
+        """A DSN for other asyncpg clients of this database (e.g. a SqlTrigger on aflow's
+        own tables): the URL with `schema` turned into a `search_path` server setting."""
+        if self.schema is None:
+            return self.target.dsn
+        sep = "&" if "?" in self.target.dsn else "?"
+        return f"{self.target.dsn}{sep}{urlencode({'search_path': quote_ident(self.schema)})}"
 
     # -- lifecycle -----------------------------------------------------------
     async def open(self) -> None:
@@ -304,14 +315,36 @@ class PostgresStore(Store):
         await self._committer.submit(op)
 
     async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `fn(connection)` in its own transaction on a pooled connection."""
+        """Run `fn(connection)` in its own transaction on a pooled connection.
+
+        A transient failure before the COMMIT (a lost connection, a deadlock) rolled the
+        transaction back, so it is retried a few times; one during the COMMIT is raised,
+        since the transaction may have committed (a claim must not be made twice)."""
         assert self._pool is not None, "store is not open"
-        try:
-            async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
-                async with conn.transaction():
-                    return await fn(conn)
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(f"PostgreSQL write failed: {_reason(exc)}") from exc
+        delay = 0.05
+        for attempt in range(4):
+            committing = False
+            try:
+                async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
+                    try:
+                        async with conn.transaction():
+                            result = await fn(conn)
+                            committing = True
+                        return result
+                    except _DRIVER_ERRORS as exc:
+                        _raise_if_lost(conn, exc)
+                        raise
+            except (*_DRIVER_ERRORS, _ConnectionLost) as exc:
+                if committing or not _is_transient(exc) or attempt == 3:
+                    raise StoreError(f"PostgreSQL write failed: {_reason(exc)}") from exc
+                log.warning(
+                    "PostgreSQL transaction failed (%s); retrying in %.2fs",
+                    self.target.scrub(_reason(exc)),
+                    delay,
+                )
+                await anyio.sleep(delay)
+                delay *= 4
+        raise AssertionError("unreachable")
 
     async def _update_count(self, sql: str, *params: Any) -> int:
         async def run(conn: asyncpg.Connection) -> int:

@@ -1288,6 +1288,24 @@ def test_postgres_urls_open_a_postgres_store_and_others_sqlite(tmp_path: Path) -
     assert isinstance(open_store_url(f"sqlite:///{tmp_path / 'a.db'}"), SqliteStore)
     with pytest.raises(StoreUnavailable, match="schema"):
         open_store_url("postgresql://u@h/db?schema=")
+    with pytest.raises(StoreUnavailable, match="port") as info:
+        open_store_url("postgresql://u:s3cret@h:x/db")
+    assert "s3cret" not in str(info.value)
+
+
+def test_postgres_url_options_reach_the_driver_and_the_server_is_named() -> None:
+    from aflow.store.postgres.url import parse_postgres_url
+
+    t = parse_postgres_url("postgresql://u:p%40ss@h:6000/db?schema=s&sslmode=disable")
+    assert (t.dsn, t.schema, t.where) == (
+        "postgresql://u:p%40ss@h:6000/db?sslmode=disable", "s", "h:6000/db (schema s)"
+    )
+    assert t.scrub("no p@ss,\nnor p%40ss") == "no ***, nor ***"
+    socket = parse_postgres_url("postgresql:///db?host=/run/postgresql")
+    assert socket.dsn.startswith("postgresql:///db?host=") and socket.schema is None
+    assert socket.where == "/run/postgresql:5432/db"
+    several = parse_postgres_url("postgresql://u@h1:5432,h2:5433/db")
+    assert several.where == "h1:5432,h2:5433/db"
 
 
 async def test_unreachable_postgres_raises_store_unavailable_naming_it() -> None:

@@ -13,7 +13,7 @@ not know itself as server settings (`application_name=…`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from aflow.exceptions import StoreUnavailable
 
@@ -33,7 +33,8 @@ class PostgresTarget:
         """`text` (a driver's message) with the password masked, on one line."""
         line = " ".join(text.split())
         if self.password:
-            line = line.replace(self.password, "***")
+            for form in (self.password, unquote(self.password)):
+                line = line.replace(form, "***")
         return line
 
 
@@ -47,22 +48,28 @@ def parse_postgres_url(url: str) -> PostgresTarget:
     shown = url if not password else url.replace(password, "***")
     if parts.scheme not in SCHEMES:
         raise StoreUnavailable(f"bad PostgreSQL URL {shown!r}: it must start with postgresql://")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise StoreUnavailable(
-            f"bad PostgreSQL URL {shown!r}: the port is not a number"
-        ) from None
-    host = parts.hostname or "localhost"
-    database = parts.path.lstrip("/") or parts.username or "postgres"
     options = parse_qsl(parts.query, keep_blank_values=True)
+    hosts = parts.netloc.rpartition("@")[2]
+    if "," in hosts:  # several hosts (asyncpg tries them in turn): shown as written
+        server = hosts
+    else:
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise StoreUnavailable(
+                f"bad PostgreSQL URL {shown!r}: the port is not a number"
+            ) from None
+        host = parts.hostname or dict(options).get("host") or "localhost"
+        server = f"{host}:{port}"
+    database = parts.path.lstrip("/") or parts.username or "postgres"
     schemas = [value for key, value in options if key == "schema"]
     rest = [(key, value) for key, value in options if key != "schema"]
     schema = schemas[-1] if schemas else None
     if schema is not None and not schema.strip():
         raise StoreUnavailable(f"bad PostgreSQL URL {shown!r}: ?schema= needs a name")
-    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
-    where = f"{host}:{port}/{database}"
+    query = urlencode(rest)
+    dsn = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+    where = f"{server}/{database}"
     if schema is not None:
         where += f" (schema {schema})"
     return PostgresTarget(

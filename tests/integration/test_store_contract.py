@@ -1421,3 +1421,55 @@ async def test_client_dsn_reaches_the_stores_schema(postgres_dsn: str, pg_schema
             assert await conn.fetchval("SELECT run_id FROM dag_run") == "r1"
         finally:
             await conn.close()
+
+
+_CHILD = """
+import anyio, json, sys
+from datetime import UTC, datetime, timedelta
+from aflow.store.postgres import PostgresStore
+
+async def main(url, owner):
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    async with PostgresStore(url) as store:
+        claimed = []
+        if owner != "-":
+            while batch := await store.claim_runs(owner, t0, t0 + timedelta(minutes=5), 3):
+                claimed += [[r.dag_id, r.run_id] for r in batch]
+        print(json.dumps({"version": await store.schema_version(), "claimed": claimed}))
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+@pytest.mark.postgres
+async def test_processes_migrate_once_and_never_claim_the_same_run(pg_schema_url: str) -> None:
+    """Separate processes: opening one empty schema at once, then claiming from it."""
+    import json
+    import sys
+
+    from aflow.store.postgres import PostgresStore
+    from aflow.store.postgres.migrate import migration_scripts
+
+    async def child(owner: str, out: list[dict[str, Any]]) -> None:
+        proc = await anyio.run_process(
+            [sys.executable, "-c", _CHILD, pg_schema_url, owner], cwd=REPO, check=True
+        )
+        out.append(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
+
+    opened: list[dict[str, Any]] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(child, "-", opened)
+    latest = migration_scripts()[-1][0]
+    assert [o["version"] for o in opened] == [latest] * 3
+
+    async with PostgresStore(pg_schema_url) as store:
+        runs = await _create_runs(store, 90)
+        claims: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(child, f"p{i}", claims)
+        taken = [tuple(k) for c in claims for k in c["claimed"]]
+        assert len(taken) == len(set(taken)) == 90
+        assert set(taken) == _keys(runs)
+        assert {r.owner for r in await store.list_runs(limit=1000)} <= {"p0", "p1", "p2"}

@@ -15,10 +15,15 @@ created on first open.
 - Claims (`claim_runs`, `claim_triggers`) lock their rows with `FOR UPDATE SKIP LOCKED`:
   concurrent claimers in any number of processes never take the same row, and never
   wait on each other.
-- Migrations (migrations/NNNN_name.sql, recorded in `schema_migrations`) run at open in
-  one transaction under a transaction-scoped advisory lock, so processes opening an empty
-  database at once migrate it exactly once. An up-to-date database is not locked.
-- Datetimes are timestamptz; JSON is text, exactly as the codec writes it.
+- Transactions of their own (create_run, claims, renewals) are retried a few times when
+  a transient failure hit them before their COMMIT, never when it hit the COMMIT.
+- Migrations (migrations/NNNN_name.sql, recorded in `schema_migrations`; see migrate.py)
+  run at open in one transaction under a transaction-scoped advisory lock, so processes
+  opening an empty database at once migrate it exactly once. An up-to-date database is
+  only read.
+- Datetimes are timestamptz; JSON is text, exactly as the codec writes it (encoding.py).
+- `open()` on a server that cannot be reached raises StoreUnavailable naming host, port
+  and database (never the password) within about `connect_timeout_s`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from aflow.authoring.dag import DAG
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.python import PythonOperator
 from aflow.authoring.params import Param
-from aflow.authoring.templating import date_context, render_template_fields
+from aflow.authoring.templating import compiled, date_context, jinja_env, render_template_fields
 from aflow.authoring.xcom_arg import ParamRef, XComArg
 from aflow.exceptions import TemplateError
 
@@ -241,6 +241,19 @@ def test_macros_are_per_dag():
     assert render(b, context_for(two))[0].bash_command == "two"
     with pytest.raises(TemplateError):
         render(c, context_for(three))
+
+
+def test_a_template_compiles_once_per_dag_and_renders_each_context():
+    with DAG("cached") as the_dag:
+        op = BashOperator(task_id="b", bash_command="echo {{ params.n }}")
+    env = jinja_env(the_dag)
+    assert compiled(env, "echo {{ params.n }}") is compiled(env, "echo {{ params.n }}")
+    first = render(op, {**context_for(the_dag), "params": {"n": 1}})[0]
+    second = render(op, {**context_for(the_dag), "params": {"n": 2}})[0]
+    assert (first.bash_command, second.bash_command) == ("echo 1", "echo 2")
+    with DAG("other") as other:
+        pass
+    assert compiled(jinja_env(other), "echo {{ params.n }}") is not compiled(env, "echo {{ params.n }}")
 
 
 def test_builtin_date_filters():

@@ -7,11 +7,13 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from aflow.authoring.dag import DAG, current_dag, validate_id
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
 from aflow.states import TriggerRule
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from aflow.authoring.xcom_arg import XComArg
@@ -33,6 +35,21 @@ def _own_param_names(init: Callable[..., None]) -> set[str]:
         for name, p in inspect.signature(init).parameters.items()
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self"
     }
+
+
+def loop_safe(fn: F) -> F:
+    """Mark a sync method as quick and non-blocking, so `run_in="auto"` calls it on the
+    event loop instead of paying a worker-thread hop (e.g. a sensor's `execute_complete`
+    that only returns its event). The mark is on the function: an override in a subclass
+    does not inherit it, and so runs in a thread again unless it is marked too."""
+    fn._aflow_loop_safe = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_loop_safe(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return bool(getattr(fn, "_aflow_loop_safe", False))
 
 
 class BaseOperator:
@@ -179,6 +196,11 @@ class BaseOperator:
     def is_async(self) -> bool:
         """True when `execute` is a coroutine function and so runs on the event loop."""
         return inspect.iscoroutinefunction(self.execute)
+
+    def execute_on_loop(self) -> bool:
+        """Whether `run_in="auto"` calls `execute` on the event loop rather than in a worker
+        thread: when it is async, or known to return at once (see `loop_safe`)."""
+        return self.is_async() or is_loop_safe(self.execute)
 
     def prepare_for_run(self) -> BaseOperator:
         """A shallow copy for one try, so rendering templates never touches the DAG's task."""

@@ -14,6 +14,7 @@ transaction before any downstream task is decided on them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
@@ -110,6 +112,17 @@ class RunState:
     @property
     def key(self) -> tuple[str, str]:
         return (self.run.dag_id, self.run.run_id)
+
+
+def _resumes_at_once(task: Any, resume: Resume) -> bool:
+    """A resumed try whose whole work is a quick call on the loop (a built-in sensor's
+    `execute_complete`): no `running` row is worth committing before it."""
+    if task.run_in in ("thread", "process") or task.on_execute_callback:
+        return False
+    if resume.event.get("kind") != "event":
+        return True  # a trigger error or timeout ends the try without calling the task
+    method = getattr(task, resume.method_name, None)
+    return method is not None and is_loop_safe(method)
 
 
 class RunDriver:
@@ -329,7 +342,10 @@ class RunDriver:
         ti.hostname = self.hostname
         ti.next_retry_at = None
         ti.error = None
-        await self._durably(self.store.save_tis, [ti])
+        if resume is None or not _resumes_at_once(task, resume):
+            await self._durably(self.store.save_tis, [ti])
+        # else the row stays `deferred` with its fired trigger until the outcome commits:
+        # a crash in between resumes it again, exactly as a committed `running` row would.
         self.tries_started += 1
         job = TryJob(
             task=task,
@@ -357,25 +373,22 @@ class RunDriver:
         if result.deferred is not None:
             await self._defer(rs, ti, result.deferred, now)  # replaces the old trigger row
             return
-        ended = await self._record_outcome(rs, ti, task, result, now)
-        if resume is not None:
-            # Only now: until the outcome is committed, the event must stay to go on from
-            # after a crash. (Dying right here leaves a fired row that adoption removes.)
-            await self._durably(
-                self.store.delete_trigger, rs.run.dag_id, rs.run.run_id, ti.task_id, ti.map_index
-            )
+        # The trigger row goes with the outcome, not before: until the outcome is committed,
+        # the event must stay to go on from after a crash.
+        ended = await self._record_outcome(rs, ti, task, result, now, end_trigger=resume is not None)
         if ended:
             rs.unfinished -= 1
             await self._after_end(rs, [ti])
 
     async def _record_outcome(
-        self, rs: RunState, ti: TIState, task: Any, result: Any, now: datetime
+        self, rs: RunState, ti: TIState, task: Any, result: Any, now: datetime, end_trigger: bool
     ) -> bool:
-        """Commit a try's outcome; True if the TI ended (its downstream is then decided)."""
+        """Commit a try's outcome (and, with `end_trigger`, remove the trigger row of the
+        deferral it went on from); True if the TI ended (its downstream is then decided)."""
         if result.reschedule_at is not None:
             ti.state = TaskState.UP_FOR_RESCHEDULE
             ti.next_retry_at = result.reschedule_at
-            await self._durably(self.store.save_tis, [ti])
+            await self._save_waiting(ti, end_trigger)
             self._tg.start_soon(self._retry_later, rs, ti)
             return False
         ti.end_date = now
@@ -383,7 +396,7 @@ class RunDriver:
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
             ti.state = TaskState.UP_FOR_RETRY
             ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
-            await self._durably(self.store.save_tis, [ti])
+            await self._save_waiting(ti, end_trigger)
             self._tg.start_soon(self._retry_later, rs, ti)
             return False
         ti.state = result.state
@@ -391,10 +404,18 @@ class RunDriver:
             XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, key, value, ti.map_index)
             for key, value in result.xcoms.items()
         ]
-        await self._durably(self.store.finish_ti, ti, xcoms)
+        await self._durably(functools.partial(self.store.finish_ti, end_trigger=end_trigger), ti, xcoms)
         if result.xcoms:
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         return True
+
+    async def _save_waiting(self, ti: TIState, end_trigger: bool) -> None:
+        """A TI that will run again (retry, reschedule): its row, then its spent trigger."""
+        await self._durably(self.store.save_tis, [ti])
+        if end_trigger:
+            await self._durably(
+                self.store.delete_trigger, ti.dag_id, ti.run_id, ti.task_id, ti.map_index
+            )
 
     async def _defer(self, rs: RunState, ti: TIState, deferral: TaskDeferred, now: datetime) -> None:
         """Park the TI on its trigger: the TI row and the trigger row commit together; the

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from aflow.authoring.baseoperator import DEFAULT_MAX_RETRY_DELAY, BaseOperator
+from aflow.authoring.baseoperator import DEFAULT_MAX_RETRY_DELAY, BaseOperator, is_loop_safe
 from aflow.authoring.templating import date_context, render_template_fields
 from aflow.exceptions import (
     SkipTask,
@@ -257,10 +257,10 @@ async def execute_task(
     is async, else in a worker thread that a timeout abandons (the thread keeps running
     detached; its slot is freed at once)."""
     if call is None:
-        call, is_async = task.execute, task.is_async()
+        call, on_loop = task.execute, task.execute_on_loop()
     else:
-        is_async = inspect.iscoroutinefunction(call)
-    if task.run_in == "thread" or (task.run_in != "loop" and not is_async):
+        on_loop = inspect.iscoroutinefunction(call) or is_loop_safe(call)
+    if task.run_in == "thread" or (task.run_in != "loop" and not on_loop):
         value = await anyio.to_thread.run_sync(
             _call_sync, call, context, abandon_on_cancel=True, limiter=limiter
         )

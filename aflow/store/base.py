@@ -144,9 +144,12 @@ class Store(abc.ABC):
         ti: TaskInstanceRow,
         xcoms: Sequence[XComRecord] = (),
         run: DagRunRecord | None = None,
+        *,
+        end_trigger: bool = False,
     ) -> None:
-        """Group-committed: a TI's terminal row, its XComs (replacing older ones of the TI)
-        and optionally its run's row, all in one transaction."""
+        """Group-committed: a TI's terminal row, its XComs (replacing older ones of the TI),
+        optionally its run's row and, with `end_trigger`, the deletion of its trigger row
+        (a resumed deferral is over), all in one transaction."""
 
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import anyio
 
-from aflow.authoring.baseoperator import BaseOperator
+from aflow.authoring.baseoperator import BaseOperator, is_loop_safe, loop_safe
 from aflow.exceptions import DagDefinitionError, SensorTimeout, SkipTask, TaskReschedule
 
 DEFAULT_POKE_INTERVAL = 60.0
@@ -84,6 +84,7 @@ class BaseSensorOperator(BaseOperator):
         deferrable=True; None if this sensor cannot defer."""
         return None
 
+    @loop_safe
     def execute_complete(self, context: dict[str, Any], event: Any = None) -> Any:
         """Called when the trigger fired; returns the sensor's XCom value."""
         return event
@@ -91,6 +92,10 @@ class BaseSensorOperator(BaseOperator):
     # -- the three modes ------------------------------------------------------------------
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.poke)
+
+    def execute_on_loop(self) -> bool:
+        # Deferrable with a quick trigger_for: execute only builds the trigger and defers.
+        return self.is_async() or (self.deferrable and is_loop_safe(self.trigger_for))
 
     def execute(self, context: dict[str, Any]) -> Any:
         if self.is_async():

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from aflow.authoring.baseoperator import loop_safe
 from aflow.authoring.sensors.base import BaseSensorOperator, PokeReturnValue
 from aflow.exceptions import AflowError, DagDefinitionError
 from aflow.runtime.services import STORE_CONNECTION_ID, current_store
@@ -79,6 +80,7 @@ class ExternalTaskSensor(BaseSensorOperator):
             state = tis[0].state.value if tis else None
         return PokeReturnValue(self._check(state), {"run_id": run.run_id, "state": state})
 
+    @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from aflow.store.codec import dt_out
         from triggers.sql import SqlTrigger
@@ -100,6 +102,7 @@ class ExternalTaskSensor(BaseSensorOperator):
         return SqlTrigger(sql, conn_id=STORE_CONNECTION_ID, parameters=params + states,
                           poke_interval=self.poke_interval)
 
+    @loop_safe
     def execute_complete(self, context: dict[str, Any], event: Any = None) -> Any:
         state = (event or {}).get("value")
         self._check(state)
@@ -122,10 +125,12 @@ class WebhookSensor(BaseSensorOperator):
         found = await current_store().first_webhook(self.key)
         return PokeReturnValue(found is not None, found[1] if found else None)
 
+    @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from triggers.webhook import WebhookTrigger
 
         return WebhookTrigger(key=self.key)
 
+    @loop_safe
     def execute_complete(self, context: dict[str, Any], event: Any = None) -> Any:
         return (event or {}).get("payload")

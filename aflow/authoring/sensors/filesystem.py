@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from aflow.authoring.baseoperator import loop_safe
 from aflow.authoring.sensors.base import BaseSensorOperator, PokeReturnValue
 
 
@@ -39,6 +40,7 @@ class FileSensor(BaseSensorOperator):
         found = self.matches()
         return PokeReturnValue(bool(found), {"path": found[0]} if found else None)
 
+    @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from triggers.file import FileTrigger
 
@@ -49,5 +51,6 @@ class FileSensor(BaseSensorOperator):
             stable_for_s=self.stable_for_s,
         )
 
+    @loop_safe
     def execute_complete(self, context: dict[str, Any], event: Any = None) -> Any:
         return event

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aflow.authoring.baseoperator import loop_safe
 from aflow.authoring.sensors.base import BaseSensorOperator
 from aflow.exceptions import DagDefinitionError
 
@@ -32,11 +33,13 @@ class DateTimeSensor(BaseSensorOperator):
     def poke(self, context: dict[str, Any]) -> bool:
         return datetime.now(UTC) >= self.target(context)
 
+    @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from triggers.temporal import DateTimeTrigger
 
         return DateTimeTrigger(moment=self.target(context))
 
+    @loop_safe
     def execute_complete(self, context: dict[str, Any], event: Any = None) -> None:
         return None
 

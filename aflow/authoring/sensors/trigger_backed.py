@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from aflow.authoring.baseoperator import loop_safe
 from aflow.authoring.sensors.base import BaseSensorOperator, PokeReturnValue
 from triggers.shared import default_resources
 
@@ -32,6 +33,7 @@ class TriggerBackedSensor(BaseSensorOperator):
                 await trigger.cleanup()
         return PokeReturnValue(False)
 
+    @loop_safe
     def execute_complete(self, context: dict[str, Any], event: Any = None) -> Any:
         return event
 
@@ -75,6 +77,7 @@ class HttpSensor(TriggerBackedSensor):
         super().__init__(deferrable=deferrable, **kwargs)
         self.first_check_s = request_timeout_s + 1.0
 
+    @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from triggers.http import HttpTrigger
 
@@ -122,6 +125,7 @@ class SqlSensor(TriggerBackedSensor):
         super().__init__(deferrable=deferrable, **kwargs)
         self.first_check_s = 10.0
 
+    @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from triggers.sql import SqlTrigger
 

@@ -1473,3 +1473,58 @@ async def test_processes_migrate_once_and_never_claim_the_same_run(pg_schema_url
         assert len(taken) == len(set(taken)) == 90
         assert set(taken) == _keys(runs)
         assert {r.owner for r in await store.list_runs(limit=1000)} <= {"p0", "p1", "p2"}
+
+
+@pytest.mark.postgres
+async def test_triggers_owned_before_0003_keep_their_owner_until_its_lease_ends(
+    postgres_dsn: str, pg_schema_url: str
+) -> None:
+    """Upgrading a PostgreSQL schema left at version 2 with owned triggers."""
+    import asyncpg
+
+    from aflow.store.postgres import PostgresStore
+    from aflow.store.postgres.migrate import migration_scripts
+
+    schema = PostgresStore(pg_schema_url).schema
+    conn = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in migration_scripts()[:2]:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+        await conn.execute(
+            "INSERT INTO dag_run (dag_id, run_id, logical_date, run_type, state, created_at) "
+            "VALUES ('d', 'r', $1, 'manual', 'running', $1)",
+            T0,
+        )
+        for task_id, owner, lease in [
+            ("held", "old-triggerer", T0 + timedelta(seconds=30)),
+            ("free", None, None),
+            ("odd", "no-lease", None),  # owned without a lease: nothing could renew it
+        ]:
+            await conn.execute(
+                "INSERT INTO trigger (classpath, kwargs, created_at, owner, lease_until, dag_id, "
+                "run_id, task_id, try_number) VALUES ('m.C', '{}', $1, $2, $3, 'd', 'r', $4, 1)",
+                T0, owner, lease, task_id,
+            )
+    finally:
+        await conn.close()
+
+    async with PostgresStore(pg_schema_url) as store:
+        assert await store.schema_version() == migration_scripts()[-1][0]
+        by_task = {t.task_id: t for t in await store.list_triggers()}
+        assert (by_task["held"].owner, by_task["held"].lease_until) == (
+            "old-triggerer", T0 + timedelta(seconds=30)
+        )
+        assert by_task["odd"].owner is None and by_task["free"].owner is None
+        # The held one is not taken while its lease lives, and is once it has ended.
+        soon = await store.claim_triggers("new", T0, T0 + timedelta(minutes=1), 10)
+        assert sorted(t.task_id for t in soon) == ["free", "odd"]
+        later = T0 + timedelta(seconds=31)
+        (taken,) = await store.claim_triggers("new2", later, later + timedelta(minutes=1), 10)
+        assert taken.task_id == "held"
+        assert await store.renew_trigger_leases("old-triggerer", later) == 0

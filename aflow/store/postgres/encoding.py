@@ -41,9 +41,11 @@ UPDATE_RUN = (
     "UPDATE dag_run SET state=$1, start_date=$2, end_date=$3, conf=$4, note=$5 "
     "WHERE dag_id=$6 AND run_id=$7"
 )
+# A trigger's lease is its owner's (one row per triggerer in trigger_lease).
 TRIGGER_COLS = (
-    "id, classpath, kwargs, created_at, timeout_at, owner, lease_until, dag_id, run_id, "
-    "task_id, map_index, try_number, event, fired_at"
+    "id, classpath, kwargs, created_at, timeout_at, owner, "
+    "(SELECT l.lease_until FROM trigger_lease l WHERE l.owner = trigger.owner), "
+    "dag_id, run_id, task_id, map_index, try_number, event, fired_at"
 )
 INSERT_TRIGGER = (
     "INSERT INTO trigger (classpath, kwargs, created_at, timeout_at, dag_id, run_id, task_id, "

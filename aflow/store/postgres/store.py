@@ -619,18 +619,46 @@ class PostgresStore(Store):
     async def claim_triggers(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[TriggerRecord]:
-        sql = (
-            "WITH picked AS (SELECT id AS p_id FROM trigger WHERE fired_at IS NULL "
-            "AND (owner IS NULL OR lease_until IS NULL OR lease_until < $1) "
-            "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), "
-            "claimed AS (UPDATE trigger SET owner=$3, lease_until=$4 FROM picked "
-            f"WHERE id=p_id RETURNING {enc.TRIGGER_COLS}) "
-            f"SELECT {enc.TRIGGER_COLS} FROM claimed ORDER BY id"
+        # Unowned rows and rows of owners whose lease expired, never the claimer's own.
+        # SKIP LOCKED leaves rows another claimer is taking to it; one it has committed
+        # meanwhile is re-checked and fails the owner test.
+        claim = (
+            "WITH expired AS (SELECT owner AS e_owner FROM trigger_lease "
+            "WHERE lease_until < $1 AND owner <> $3), "
+            "picked AS (SELECT id AS p_id FROM trigger WHERE fired_at IS NULL "
+            "AND (owner IS NULL OR owner IN (SELECT e_owner FROM expired)) "
+            "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            "UPDATE trigger SET owner=$3 FROM picked WHERE id=p_id RETURNING id"
         )
-        params = (enc.aware(now), limit, owner, enc.aware(lease_until))
+        params = (enc.aware(now), limit, owner)
+        until = enc.aware(lease_until)
 
         async def run_tx(conn: asyncpg.Connection) -> list[Any]:
-            return list(await conn.fetch(sql, *params))
+            ids = [r[0] for r in await conn.fetch(claim, *params)]
+            if ids:
+                await conn.execute(
+                    "INSERT INTO trigger_lease (owner, lease_until) VALUES ($1, $2) "
+                    "ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                    owner,
+                    until,
+                )
+            # Dead owners left with nothing: their lease row goes.
+            await conn.execute(
+                "DELETE FROM trigger_lease l WHERE l.lease_until < $1 AND l.owner <> $2 "
+                "AND NOT EXISTS (SELECT 1 FROM trigger t "
+                "WHERE t.fired_at IS NULL AND t.owner = l.owner)",
+                params[0],
+                owner,
+            )
+            if not ids:
+                return []
+            return list(
+                await conn.fetch(
+                    f"SELECT {enc.TRIGGER_COLS} FROM trigger WHERE id = ANY($1::bigint[]) "
+                    "ORDER BY id",
+                    ids,
+                )
+            )
 
         rows = await self._transaction(run_tx)
         return [
@@ -639,22 +667,33 @@ class PostgresStore(Store):
         ]
 
     async def renew_trigger_leases(self, owner: str, lease_until: datetime) -> int:
-        return await self._update_count(
-            "UPDATE trigger SET lease_until=$1 WHERE owner=$2 AND fired_at IS NULL",
-            enc.aware(lease_until),
-            owner,
-        )
+        until = enc.aware(lease_until)
+
+        async def run_tx(conn: asyncpg.Connection) -> int:
+            await conn.execute(
+                "UPDATE trigger_lease SET lease_until=$1 WHERE owner=$2", until, owner
+            )
+            return int(
+                await conn.fetchval(
+                    "SELECT COUNT(*) FROM trigger WHERE fired_at IS NULL AND owner=$1", owner
+                )
+            )
+
+        return await self._transaction(run_tx)
 
     async def release_triggers(self, owner: str, trigger_ids: Iterable[int] | None = None) -> None:
         if trigger_ids is None:
             await self._write(
-                [("UPDATE trigger SET owner=NULL, lease_until=NULL WHERE owner=$1", [(owner,)])]
+                [
+                    ("UPDATE trigger SET owner=NULL WHERE owner=$1", [(owner,)]),
+                    ("DELETE FROM trigger_lease WHERE owner=$1", [(owner,)]),
+                ]
             )
         else:
             await self._write(
                 [
                     (
-                        "UPDATE trigger SET owner=NULL, lease_until=NULL WHERE owner=$1 AND id=$2",
+                        "UPDATE trigger SET owner=NULL WHERE owner=$1 AND id=$2",
                         [(owner, i) for i in trigger_ids],
                     )
                 ]
@@ -664,7 +703,7 @@ class PostgresStore(Store):
         await self._write(
             [
                 (
-                    "UPDATE trigger SET event=$1, fired_at=$2, owner=NULL, lease_until=NULL "
+                    "UPDATE trigger SET event=$1, fired_at=$2, owner=NULL "
                     "WHERE id=$3 AND fired_at IS NULL",
                     [(json_out(event), enc.aware(now), trigger_id)],
                 )

@@ -69,8 +69,9 @@ _UPDATE_RUN = (
     "WHERE dag_id=? AND run_id=?"
 )
 _TRIGGER_COLS = (
-    "id, classpath, kwargs, created_at, timeout_at, owner, lease_until, dag_id, run_id, "
-    "task_id, map_index, try_number, event, fired_at"
+    "id, classpath, kwargs, created_at, timeout_at, owner, "
+    "(SELECT l.lease_until FROM trigger_lease l WHERE l.owner = trigger.owner), "
+    "dag_id, run_id, task_id, map_index, try_number, event, fired_at"
 )
 _TRIGGER_INSERT_COLS = (
     "classpath, kwargs, created_at, timeout_at, dag_id, run_id, task_id, map_index, "
@@ -627,6 +628,8 @@ class SqliteStore(Store):
         ti: TaskInstanceRow,
         xcoms: Sequence[XComRecord] = (),
         run: DagRunRecord | None = None,
+        *,
+        end_trigger: bool = False,
     ) -> None:
         op: Op = [(_UPSERT_TI, [_ti_row(ti)])]
         if xcoms:
@@ -642,6 +645,8 @@ class SqliteStore(Store):
             )
         if run is not None:
             op.append((_UPDATE_RUN, [_run_update_row(run)]))
+        if end_trigger:
+            op.append((_DELETE_TI_TRIGGER, [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)]))
         await self._write(op)
 
     # -- XCom -------------------------------------------------------------------------
@@ -689,15 +694,36 @@ class SqliteStore(Store):
         now_s, until_s = dt_out(now), dt_out(lease_until)
 
         def run_tx(conn: sqlite3.Connection) -> list[Any]:
-            rows = conn.execute(
-                f"SELECT {_TRIGGER_COLS} FROM trigger WHERE fired_at IS NULL "
-                "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) "
-                "ORDER BY id LIMIT ?",
-                (now_s, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE trigger SET owner=?, lease_until=? WHERE id=?",
-                [(owner, until_s, r[0]) for r in rows],
+            # Unowned rows, then the rows of owners whose lease expired: each an index seek
+            # on (fired_at, owner), never a scan of the rows live owners hold.
+            expired = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT owner FROM trigger_lease WHERE lease_until < ? AND owner != ?",
+                    (now_s, owner),
+                )
+            ]
+            rows: list[Any] = []
+            for held_by in (None, *expired):
+                rows += conn.execute(
+                    f"SELECT {_TRIGGER_COLS} FROM trigger WHERE fired_at IS NULL "
+                    "AND owner IS ? ORDER BY id LIMIT ?",
+                    (held_by, limit),
+                ).fetchall()
+            rows = sorted(rows, key=lambda r: r[0])[:limit]  # oldest first
+            if rows:
+                conn.execute(
+                    "INSERT INTO trigger_lease (owner, lease_until) VALUES (?, ?) "
+                    "ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                    (owner, until_s),
+                )
+                conn.executemany(
+                    "UPDATE trigger SET owner=? WHERE id=?", [(owner, r[0]) for r in rows]
+                )
+            conn.executemany(  # dead owners left with nothing: their lease row goes
+                "DELETE FROM trigger_lease WHERE owner=? AND NOT EXISTS "
+                "(SELECT 1 FROM trigger WHERE fired_at IS NULL AND owner=?)",
+                [(o, o) for o in expired],
             )
             return rows
 
@@ -709,23 +735,29 @@ class SqliteStore(Store):
 
     async def renew_trigger_leases(self, owner: str, lease_until: datetime) -> int:
         until_s = dt_out(lease_until)
-        return await self._transaction(
-            lambda conn: conn.execute(
-                "UPDATE trigger SET lease_until=? WHERE owner=? AND fired_at IS NULL",
-                (until_s, owner),
-            ).rowcount
-        )
+
+        def run_tx(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE trigger_lease SET lease_until=? WHERE owner=?", (until_s, owner))
+            held = conn.execute(
+                "SELECT COUNT(*) FROM trigger WHERE fired_at IS NULL AND owner=?", (owner,)
+            ).fetchone()
+            return int(held[0])
+
+        return await self._transaction(run_tx)
 
     async def release_triggers(self, owner: str, trigger_ids: Iterable[int] | None = None) -> None:
         if trigger_ids is None:
             await self._write(
-                [("UPDATE trigger SET owner=NULL, lease_until=NULL WHERE owner=?", [(owner,)])]
+                [
+                    ("UPDATE trigger SET owner=NULL WHERE owner=?", [(owner,)]),
+                    ("DELETE FROM trigger_lease WHERE owner=?", [(owner,)]),
+                ]
             )
         else:
             await self._write(
                 [
                     (
-                        "UPDATE trigger SET owner=NULL, lease_until=NULL WHERE owner=? AND id=?",
+                        "UPDATE trigger SET owner=NULL WHERE owner=? AND id=?",
                         [(owner, i) for i in trigger_ids],
                     )
                 ]
@@ -735,7 +767,7 @@ class SqliteStore(Store):
         await self._write(
             [
                 (
-                    "UPDATE trigger SET event=?, fired_at=?, owner=NULL, lease_until=NULL "
+                    "UPDATE trigger SET event=?, fired_at=?, owner=NULL "
                     "WHERE id=? AND fired_at IS NULL",
                     [(json_out(event), dt_out(now), trigger_id)],
                 )

@@ -1263,6 +1263,30 @@ async def test_fire_trigger_commits_the_event_once(store: Store) -> None:
     assert await store.get_trigger(run.dag_id, run.run_id, "t1") is None
 
 
+async def test_finish_ti_can_end_its_trigger_in_the_same_transaction(store: Store) -> None:
+    run, ti = await _deferred(store, "a")
+    await _deferred(store, "b")
+    (claimed, _) = await store.claim_triggers("a", T0, T0 + timedelta(seconds=30), 10)
+    assert claimed.id is not None
+    await store.fire_trigger(claimed.id, {"kind": "event", "payload": 1}, T0)
+    done = dataclasses.replace(ti, state=TaskState.SUCCESS, next_method=None, next_kwargs=None)
+    await store.finish_ti(done, [an_xcom(done)], end_trigger=True)
+    assert await store.get_trigger(run.dag_id, run.run_id, "a") is None
+    assert [t.task_id for t in await store.list_triggers()] == ["b"]  # only its own
+    assert await store.get_tis(run.dag_id, run.run_id) == [done]
+
+    # Atomic: a failing XCom keeps the trigger row as well as the TI row.
+    run_b = await store.get_run("d1", "run-b")
+    assert run_b is not None
+    (ti_b,) = await store.get_tis("d1", "run-b")
+    stray = XComRecord("d1", "no-such-run", "b", "return_value", 1)
+    with pytest.raises(StoreError):
+        await store.finish_ti(dataclasses.replace(ti_b, state=TaskState.FAILED), [stray],
+                              end_trigger=True)
+    assert [t.task_id for t in await store.list_triggers()] == ["b"]
+    assert await store.get_tis("d1", "run-b") == [ti_b]
+
+
 async def test_webhook_events_are_kept_by_key(store: Store) -> None:
     assert await store.first_webhook("k") is None
     first = await store.deliver_webhook("k", {"n": 1}, T0)

@@ -15,9 +15,10 @@ triggers are adopted by another once the lease expires.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -171,6 +172,7 @@ class Triggerer:
         self.last_beat = time.monotonic()
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._parked: set[asyncio.Task[None]] = set()
         self.watchdog: LoopWatchdog | None = None
 
     @property
@@ -185,7 +187,10 @@ class Triggerer:
         """Connection ids for triggers: aflow's own store, else AFLOW_CONN_<ID>."""
         if conn_id == STORE_CONNECTION_ID:
             path = getattr(self.store, "abspath", None)  # SQLite: a URL with an absolute path
-            return f"sqlite:///{path}" if path else self.store.url
+            if path:
+                return f"sqlite:///{path}"
+            # PostgreSQL: its own schema as a search_path setting asyncpg understands
+            return getattr(self.store, "client_dsn", self.store.url)
         return env_connection(conn_id)
 
     @property
@@ -201,13 +206,17 @@ class Triggerer:
         self.watchdog = LoopWatchdog(threading.get_ident())
         self.watchdog.start()
         try:
-            async with resources, anyio.create_task_group() as tg:
+            async with resources:
                 with use_resources(resources):
-                    self._tg = tg
-                    tg.start_soon(self._claim_loop)
-                    tg.start_soon(self._lease_loop)
-                    tg.start_soon(self._heartbeat_loop)
-                    task_status.started()
+                    try:
+                        async with anyio.create_task_group() as tg:
+                            self._tg = tg
+                            tg.start_soon(self._claim_loop)
+                            tg.start_soon(self._lease_loop)
+                            tg.start_soon(self._heartbeat_loop)
+                            task_status.started()
+                    finally:
+                        await self._unpark_all()  # while the shared resources are still open
         finally:
             self.watchdog.stop()
             with anyio.CancelScope(shield=True):
@@ -216,6 +225,16 @@ class Triggerer:
                     await self.store.unregister_process(self.process_id)
                 except Exception:  # noqa: BLE001 - leases expire anyway
                     log.exception("could not release triggers at shutdown")
+
+    async def _unpark_all(self, grace_s: float = 10.0) -> None:
+        """Cancel every parked trigger and wait until their cleanups have run."""
+        with anyio.CancelScope(shield=True):
+            tasks = list(self._parked)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                with anyio.move_on_after(grace_s):
+                    await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- loops ------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -229,11 +248,8 @@ class Triggerer:
                     )
                 except StoreError:
                     log.exception("claiming triggers failed; retrying")
-            assert self._tg is not None
             for record in claimed:
-                assert record.id is not None
-                self.running[record.id] = record
-                self._tg.start_soon(self._run_one, record)
+                self._park(record)
             if claimed and len(claimed) == room:
                 continue  # more may be waiting: claim again at once
             with anyio.move_on_after(self.poll_s):
@@ -271,7 +287,25 @@ class Triggerer:
         return self.clock.now() + timedelta(seconds=self.lease_s)
 
     # -- one trigger --------------------------------------------------------------------------
-    async def _run_one(self, record: TriggerRecord) -> None:
+    def _park(self, record: TriggerRecord) -> None:
+        """Start waiting on one claimed trigger.
+
+        A parked trigger is one bare asyncio task (the triggerer runs on asyncio or uvloop): at
+        100,000 parked, anyio's per-task bookkeeping (a task handle with its own cancel
+        scope and event) and a cancel scope per timeout would be most of the memory. The
+        triggerer keeps the structure itself: it cancels and awaits every parked task
+        before it returns, and a timeout is one timer handle that cancels its task."""
+        assert record.id is not None
+        kwargs = record.kwargs
+        record = dataclasses.replace(record, kwargs={})  # the trigger object holds them now
+        self.running[record.id] = record
+        task = asyncio.get_running_loop().create_task(
+            self._run_one(record, kwargs), name=f"trigger {record.id}"
+        )
+        self._parked.add(task)
+        task.add_done_callback(self._parked.discard)
+
+    async def _run_one(self, record: TriggerRecord, load_kwargs: dict[str, Any]) -> None:
         assert record.id is not None
         task_log = logs.TaskLog(
             logs.log_path(
@@ -281,7 +315,7 @@ class Triggerer:
         )
         token = logs.set_task_log(task_log)
         try:
-            event = await self._wait_for_event(record)
+            event = await self._wait_for_event(record, load_kwargs)
         finally:
             logs.reset_task_log(token)
             task_log.close()
@@ -290,34 +324,38 @@ class Triggerer:
         finally:
             self.running.pop(record.id, None)
 
-    async def _wait_for_event(self, record: TriggerRecord) -> dict[str, Any]:
-        timeout_s = math.inf
+    async def _wait_for_event(self, record: TriggerRecord, load_kwargs: dict[str, Any]) -> dict[str, Any]:
+        deadline: _Deadline | None = None
         if record.timeout_at is not None:
             timeout_s = max(0.0, (record.timeout_at - self.clock.now()).total_seconds())
+            deadline = _Deadline(timeout_s)
         trigger = None
         try:
-            trigger = load_trigger(record.classpath, record.kwargs)
+            trigger = load_trigger(record.classpath, load_kwargs)
             trigger.trigger_id = record.id
             trigger.task_instance = record
-            with anyio.move_on_after(timeout_s) as scope:
-                events = trigger.run()
-                try:
-                    async for event in events:
-                        payload = json.loads(json.dumps(event.payload, allow_nan=False))
-                        return {"kind": "event", "payload": payload}
-                finally:
-                    await events.aclose()  # type: ignore[attr-defined]
-            if scope.cancelled_caught:
-                logging.getLogger("aflow.task").error("the wait timed out")
-                return {"kind": "timeout"}
+            events = trigger.run()
+            try:
+                async for event in events:
+                    payload = json.loads(json.dumps(event.payload, allow_nan=False))
+                    return {"kind": "event", "payload": payload}
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
             return {"kind": "error", "error": f"{record.classpath}.run() ended without an event"}
         except (TypeError, ValueError) as exc:
             if trigger is None:
                 return {"kind": "error", "error": f"cannot rebuild the trigger: {exc}"}
             return {"kind": "error", "error": _traceback_text(exc)}
+        except anyio.get_cancelled_exc_class():
+            if deadline is None or not deadline.expired():
+                raise  # shutdown, not the timeout
+            logging.getLogger("aflow.task").error("the wait timed out")
+            return {"kind": "timeout"}
         except Exception as exc:  # noqa: BLE001 - one trigger's failure is its task's alone
             return {"kind": "error", "error": _traceback_text(exc)}
         finally:
+            if deadline is not None:
+                deadline.cancel()
             if trigger is not None:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -343,6 +381,35 @@ class Triggerer:
         )
         for listener in self.on_fired:
             listener(fired)
+
+
+class _Deadline:
+    """A trigger's timeout: one timer handle that cancels the waiting task when it is
+    due (a cancel scope per parked trigger costs several times as much memory)."""
+
+    __slots__ = ("_expired", "_handle", "_task")
+
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a trigger waits in an asyncio task"
+        self._task = task
+        self._expired = False
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """True if the cancellation being handled is this deadline's; it is then spent
+        (uncancelled), so the task goes on to commit its timeout event."""
+        if not self._expired:
+            return False
+        self._task.uncancel()
+        return True
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _fields(record: TriggerRecord) -> dict[str, Any]:

@@ -153,3 +153,21 @@ def postgres_dsn() -> str:
             pytest.fail(f"CI is set, so PostgreSQL tests must run: {message}", pytrace=False)
         pytest.skip(message)
     return dsn
+
+
+@pytest.fixture
+async def pg_schema_url(postgres_dsn: str) -> AsyncIterator[str]:
+    """A URL of a new schema of its own, dropped at the end; `application_name` names the
+    store's sessions so a test can find (and kill) exactly those."""
+    import uuid
+
+    import asyncpg
+
+    name = f"aflow_test_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in postgres_dsn else "?"
+    yield f"{postgres_dsn}{sep}schema={name}&application_name={name}"
+    conn = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()

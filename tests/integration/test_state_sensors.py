@@ -98,3 +98,24 @@ async def test_webhook_sensor_gets_the_payload(
     assert final.state.value == "success"
     xcoms = {x.task_id: x.value for x in await o.store.get_xcoms("hooked", final.run_id)}
     assert xcoms["use"] == {"paid": True}
+
+
+@pytest.mark.postgres
+async def test_deferrable_external_task_sensor_on_postgres(
+    orchestrator_factory: Any, pg_schema_url: str
+) -> None:
+    """The deferrable sensor's SQL trigger reads aflow's own tables: on PostgreSQL too
+    (its dialect and the store's schema are the store's, not SQLite's)."""
+    with DAG("pg_upstream", start_date=START) as upstream:
+        PythonOperator(task_id="load", python_callable=lambda: "loaded")
+    with DAG("pg_downstream", start_date=START) as downstream:
+        ExternalTaskSensor(task_id="wait", external_dag_id="pg_upstream",
+                           external_task_id="load", poke_interval=0.05, deferrable=True)
+    o = await orchestrator_factory([upstream, downstream], store=pg_schema_url)
+    down = await o.trigger("pg_downstream", logical_date=WHEN)
+    await _wait_state(down, "wait", (TaskState.DEFERRED,))
+    assert (await (await o.trigger("pg_upstream", logical_date=WHEN)).wait(timeout=30)).state.value == "success"
+    final = await down.wait(timeout=30)
+    assert final.state.value == "success"
+    (wait,) = [t for t in await down.task_instances() if t.task_id == "wait"]
+    assert wait.state is TaskState.SUCCESS

@@ -1367,22 +1367,6 @@ async def test_a_server_that_never_answers_gives_store_unavailable_after_the_tim
     assert "s3cret" not in message
 
 
-@pytest.fixture
-async def pg_schema_url(postgres_dsn: str) -> AsyncIterator[str]:
-    """A URL of a new schema of its own, dropped at the end; `application_name` names the
-    store's sessions so a test can find (and kill) exactly those."""
-    import asyncpg
-
-    name = f"aflow_test_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in postgres_dsn else "?"
-    yield f"{postgres_dsn}{sep}schema={name}&application_name={name}"
-    conn = await asyncpg.connect(postgres_dsn, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @pytest.mark.postgres
 async def test_writes_and_reads_outlive_lost_connections(
     postgres_dsn: str, pg_schema_url: str

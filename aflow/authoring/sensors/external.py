@@ -86,20 +86,28 @@ class ExternalTaskSensor(BaseSensorOperator):
         from triggers.sql import SqlTrigger
 
         states = self.allowed_states + self.failed_states
-        marks = ", ".join("?" * len(states))
+        params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(states)}
+        marks = ", ".join(f":s{i}" for i in range(len(states)))
+        params["dag_id"] = self.external_dag_id
+        params["logical_date"] = dt_out(self.external_logical_date(context))
+        # Named parameters bind on both stores; PostgreSQL keeps logical_date as
+        # timestamptz, so the JSON-safe text is cast there (SQLite stores the same text).
+        on_postgres = current_store().url.startswith(("postgresql:", "postgres:"))
+        logical_date = (
+            "CAST(CAST(:logical_date AS text) AS timestamptz)" if on_postgres else ":logical_date"
+        )
         if self.external_task_id is None:
-            sql = (f"SELECT state FROM dag_run WHERE dag_id = ? AND logical_date = ? "
-                   f"AND state IN ({marks})")
-            params: list[Any] = [self.external_dag_id, dt_out(self.external_logical_date(context))]
+            sql = (f"SELECT state FROM dag_run WHERE dag_id = :dag_id "
+                   f"AND logical_date = {logical_date} AND state IN ({marks})")
         else:
             sql = (
                 "SELECT ti.state FROM task_instance ti JOIN dag_run r "
                 "ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
-                f"WHERE r.dag_id = ? AND r.logical_date = ? AND ti.task_id = ? AND ti.state IN ({marks})"
+                f"WHERE r.dag_id = :dag_id AND r.logical_date = {logical_date} "
+                f"AND ti.task_id = :task_id AND ti.state IN ({marks})"
             )
-            params = [self.external_dag_id, dt_out(self.external_logical_date(context)),
-                      self.external_task_id]
-        return SqlTrigger(sql, conn_id=STORE_CONNECTION_ID, parameters=params + states,
+            params["task_id"] = self.external_task_id
+        return SqlTrigger(sql, conn_id=STORE_CONNECTION_ID, parameters=params,
                           poke_interval=self.poke_interval)
 
     @loop_safe

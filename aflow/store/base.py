@@ -4,7 +4,7 @@ pass the shared contract suite (tests/integration/test_store_contract.py)."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -31,6 +31,11 @@ class Store(abc.ABC):
     """
 
     url: str
+
+    # Channels of the wake-ups a store sends by itself, committed with the change they
+    # announce (see `listen`). Payloads are informative only: a listener re-reads the store.
+    RUNS_CHANNEL = "runs"  # a run without a live owner exists: claim it
+    TRIGGERS_FIRED_CHANNEL = "triggers_fired"  # a trigger's event is committed: resume its TI
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -217,3 +222,31 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_processes(self, kind: str | None = None) -> list[ProcessRecord]: ...
+
+    # -- wake-ups across processes (optional) ----------------------------------------
+    # A backend that can tell other processes about a committed change (PostgreSQL's
+    # LISTEN/NOTIFY) overrides these three. The defaults do nothing, which is right for a
+    # store that only one process drives (SQLite): wake-ups within a process are direct
+    # calls, and readers keep a periodic sweep as the safety net in any case.
+    @property
+    def notifications_live(self) -> bool:
+        """True while notifications from other processes are being received (a listener
+        connection is up). Readers poll slowly only while this holds."""
+        return False
+
+    async def notify(self, channel: str, payload: str = "") -> None:  # noqa: B027 - optional
+        """Send a wake-up on `channel` to every process listening on this database (for
+        this store's schema only). It is delivered once the sender's transaction commits;
+        here it is its own transaction. No effect on a backend without notifications."""
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call `callback(payload)` on the event loop for each notification on `channel`,
+        from any process, until the returned function is called or the store closes. After
+        a lost listener connection is re-established, every callback is called once with
+        the payload "" (notifications sent meanwhile are lost). Callbacks must not block.
+        On a backend without notifications this subscribes to nothing."""
+        return _no_subscription
+
+
+def _no_subscription() -> None:
+    return None

@@ -24,11 +24,20 @@ created on first open.
 - Datetimes are timestamptz; JSON is text, exactly as the codec writes it (encoding.py).
 - `open()` on a server that cannot be reached raises StoreUnavailable naming host, port
   and database (never the password) within about `connect_timeout_s`.
+- Wake-ups across processes are LISTEN/NOTIFY (see `Store.listen`): `create_run` of an
+  unowned run, `expire_leases_of` and releasing all of an owner's runs notify
+  RUNS_CHANNEL, and `fire_trigger` notifies TRIGGERS_FIRED_CHANNEL, each in the
+  transaction of its change (PostgreSQL delivers a notification only at COMMIT, and
+  merges equal ones of one transaction). Channel names carry the schema, so stores of
+  different schemas in one database never wake each other. Listening uses one dedicated
+  connection, opened at the first `listen`, that is pinged every `listen_ping_s` and
+  re-opened with backoff when lost; `notifications_live` is False meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
@@ -89,6 +98,10 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+_NOTIFY = "SELECT pg_notify($1, $2)"
+_MAX_CHANNEL_BYTES = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 
 
 def _rowcount(status: str) -> int:
@@ -154,6 +167,7 @@ class PostgresStore(Store):
         connect_timeout_s: float = 10.0,
         lock_timeout_s: float = 30.0,
         write_retry_s: float = 60.0,
+        listen_ping_s: float = 10.0,
     ) -> None:
         self.url = url
         self.target: PostgresTarget = parse_postgres_url(url)
@@ -163,7 +177,14 @@ class PostgresStore(Store):
         self.connect_timeout_s = connect_timeout_s
         self.lock_timeout_s = lock_timeout_s
         self.write_retry_s = write_retry_s
+        self.listen_ping_s = listen_ping_s
         self._pool: asyncpg.Pool | None = None
+        # LISTEN: subscribers by (logical) channel, and the connection while it is up.
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {}
+        self._listen_conn: asyncpg.Connection | None = None
+        self._listening: set[str] = set()  # channels LISTENed on _listen_conn
+        self._want_listener: anyio.Event | None = None  # made in open(): needs a loop
+        self._listen_scope: anyio.CancelScope | None = None
         self._committer: GroupCommitter | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -197,7 +218,13 @@ class PostgresStore(Store):
         self._committer = GroupCommitter(self._apply_batch)
         tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._committer.run)
-        stack.callback(self._committer.close)  # runs first on exit: drain, then the tg joins
+        self._want_listener = anyio.Event()
+        if self._subscribers:
+            self._want_listener.set()
+        self._listen_scope = anyio.CancelScope()
+        tg.start_soon(self._listen_task, self._listen_scope, self._want_listener)
+        stack.callback(self._committer.close)  # on exit: drain, then the tg joins
+        stack.callback(self._listen_scope.cancel)  # runs first on exit
         self._stack = stack
 
     async def close(self) -> None:
@@ -214,19 +241,22 @@ class PostgresStore(Store):
             return f"{where}: connection refused (is the server running?)"
         return f"{where}: {self.target.scrub(_reason(exc))}"
 
-    async def _create_pool(self) -> asyncpg.Pool:
+    def _server_settings(self) -> dict[str, str]:
         settings = {"lock_timeout": str(max(1, int(self.lock_timeout_s * 1000)))}
         if "application_name" not in self.target.options:
             settings["application_name"] = "aflow"
         if self.schema is not None:
             settings["search_path"] = quote_ident(self.schema)
+        return settings
+
+    async def _create_pool(self) -> asyncpg.Pool:
         with anyio.fail_after(self.connect_timeout_s * 2):  # TLS and auth after the connect
             return await asyncpg.create_pool(
                 self.target.dsn,
                 min_size=min(self.pool_min_size, self.pool_max_size),
                 max_size=self.pool_max_size,
                 timeout=self.connect_timeout_s,
-                server_settings=settings,
+                server_settings=self._server_settings(),
             )
 
     async def _close_pool(self, pool: asyncpg.Pool) -> None:
@@ -417,6 +447,8 @@ class PostgresStore(Store):
             await conn.execute(enc.INSERT_RUN, *run_row)
             if ti_rows:
                 await conn.executemany(enc.UPSERT_TI, ti_rows)
+            if run.owner is None:  # a run for any scheduler: wake them at COMMIT
+                await conn.execute(_NOTIFY, self.channel_name(self.RUNS_CHANNEL), "")
 
         try:
             await self._transaction(run_tx)
@@ -523,9 +555,12 @@ class PostgresStore(Store):
     async def release_runs(
         self, owner: str, run_keys: Iterable[tuple[str, str]] | None = None
     ) -> None:
-        if run_keys is None:
+        if run_keys is None:  # e.g. at shutdown: others may take them at once
             await self._write(
-                [("UPDATE dag_run SET owner=NULL, lease_until=NULL WHERE owner=$1", [(owner,)])]
+                [
+                    ("UPDATE dag_run SET owner=NULL, lease_until=NULL WHERE owner=$1", [(owner,)]),
+                    (_NOTIFY, [(self.channel_name(self.RUNS_CHANNEL), "")]),
+                ]
             )
         else:
             await self._write(
@@ -539,9 +574,15 @@ class PostgresStore(Store):
             )
 
     async def expire_leases_of(self, owner: str) -> int:
-        return await self._update_count(
-            "UPDATE dag_run SET lease_until=NULL WHERE owner=$1", owner
-        )
+        channel = self.channel_name(self.RUNS_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> int:
+            n = _rowcount(await conn.execute("UPDATE dag_run SET lease_until=NULL WHERE owner=$1", owner))
+            if n:
+                await conn.execute(_NOTIFY, channel, "")
+            return n
+
+        return await self._transaction(run_tx)
 
     # -- task instances --------------------------------------------------------------
     async def get_tis(self, dag_id: str, run_id: str) -> list[TaskInstanceRecord]:
@@ -706,7 +747,8 @@ class PostgresStore(Store):
                     "UPDATE trigger SET event=$1, fired_at=$2, owner=NULL "
                     "WHERE id=$3 AND fired_at IS NULL",
                     [(json_out(event), enc.aware(now), trigger_id)],
-                )
+                ),
+                (_NOTIFY, [(self.channel_name(self.TRIGGERS_FIRED_CHANNEL), "")]),
             ]
         )
 
@@ -810,3 +852,123 @@ class PostgresStore(Store):
             params.append(kind)
         rows = await self._read(sql + " ORDER BY started_at", *params)
         return [ProcessRecord(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    # -- wake-ups (LISTEN/NOTIFY) --------------------------------------------------------
+    def channel_name(self, channel: str) -> str:
+        """The PostgreSQL channel of a logical channel: scoped to this store's schema."""
+        name = f"aflow:{self.schema or ''}:{channel}"
+        if len(name.encode()) > _MAX_CHANNEL_BYTES:
+            digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+            name = f"aflow:{digest}:{channel}"[:_MAX_CHANNEL_BYTES]
+        return name
+
+    @property
+    def notifications_live(self) -> bool:
+        return self._listen_conn is not None
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        name = self.channel_name(channel)
+
+        async def run_tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(_NOTIFY, name, payload)
+
+        await self._transaction(run_tx)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        callbacks = self._subscribers.setdefault(channel, [])
+        callbacks.append(callback)
+        if self._want_listener is not None:
+            self._want_listener.set()
+        conn = self._listen_conn
+        if conn is not None and channel not in self._listening:
+            try:
+                await self._listen_on(conn, channel)
+            except (*_DRIVER_ERRORS, _ConnectionLost):
+                pass  # the listener reconnects and then listens on every channel
+
+        def unsubscribe() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return unsubscribe
+
+    async def _listen_on(self, conn: asyncpg.Connection, channel: str) -> None:
+        self._listening.add(channel)
+        try:
+            await conn.add_listener(self.channel_name(channel), self._on_notification)
+        except BaseException:
+            self._listening.discard(channel)
+            raise
+
+    def _on_notification(self, conn: Any, pid: int, name: str, payload: str) -> None:
+        for channel in list(self._subscribers):
+            if self.channel_name(channel) == name:
+                self._dispatch(channel, payload)
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        for callback in list(self._subscribers.get(channel, ())):
+            try:
+                callback(payload)
+            except Exception:  # noqa: BLE001 - one subscriber never breaks the others
+                log.exception("a listener of %r failed", channel)
+
+    async def _listen_task(self, scope: anyio.CancelScope, wanted: anyio.Event) -> None:
+        with scope:
+            await wanted.wait()  # no connection for stores nobody listens on
+            delay = 0.1
+            reconnected = False
+            while True:
+                try:
+                    conn = await asyncpg.connect(
+                        self.target.dsn,
+                        timeout=self.connect_timeout_s,
+                        server_settings=self._server_settings(),
+                    )
+                except (*_DRIVER_ERRORS, ValueError) as exc:
+                    log.warning(
+                        "cannot open the LISTEN connection to %s (%s); retrying in %.1fs",
+                        self.target.where,
+                        self.target.scrub(_reason(exc)),
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                try:
+                    await self._serve_listener(conn, reconnected)
+                    delay = 0.1
+                except (*_DRIVER_ERRORS, _ConnectionLost) as exc:
+                    log.warning(
+                        "the LISTEN connection to %s was lost (%s); reconnecting",
+                        self.target.where,
+                        self.target.scrub(_reason(exc)),
+                    )
+                finally:
+                    self._listen_conn = None
+                    self._listening = set()
+                    conn.terminate()
+                reconnected = True
+
+    async def _serve_listener(self, conn: asyncpg.Connection, reconnected: bool) -> None:
+        """LISTEN on every subscribed channel, then wait until the connection is lost
+        (a closed socket, or a ping that fails or gets no answer)."""
+        lost = anyio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        while missing := [c for c in self._subscribers if c not in self._listening]:
+            for channel in missing:
+                await self._listen_on(conn, channel)
+        self._listen_conn = conn
+        if reconnected:
+            log.info("listening for wake-ups on %s again", self.target.where)
+        # Whatever was notified before LISTEN took effect (or while the connection was
+        # down) is not delivered: every subscriber looks once now.
+        for channel in list(self._subscribers):
+            self._dispatch(channel, "")
+        while not lost.is_set():
+            with anyio.move_on_after(self.listen_ping_s):
+                await lost.wait()
+            if lost.is_set():
+                break
+            with anyio.fail_after(max(1.0, self.listen_ping_s / 2)):
+                await conn.fetchval("SELECT 1")
+        raise _ConnectionLost("the connection closed")

@@ -4,7 +4,9 @@ URL: `postgresql://user[:password]@host[:port]/database[?schema=NAME]` (see
 `aflow.store.postgres.url`); `?schema=NAME` keeps aflow's tables in their own schema,
 created on first open.
 
-- A connection pool (asyncpg.create_pool); each connection starts with aflow's
+- A connection pool (asyncpg.create_pool; connections opened on demand and kept, with
+  `pool_min_size` 0 so that no floor is restored in the background while the server is
+  down); each connection starts with aflow's
   `search_path`, a `lock_timeout` and `application_name=aflow` (unless the URL names one).
 - The high-rate writes are group-committed (aflow.store.group_commit): one transaction
   per batch on one pooled connection. A batch that meets a transient failure (the
@@ -15,8 +17,13 @@ created on first open.
 - Claims (`claim_runs`, `claim_triggers`) lock their rows with `FOR UPDATE SKIP LOCKED`:
   concurrent claimers in any number of processes never take the same row, and never
   wait on each other.
-- Transactions of their own (create_run, claims, renewals) are retried a few times when
-  a transient failure hit them before their COMMIT, never when it hit the COMMIT.
+- Transactions of their own (create_run, claims, renewals) are retried with backoff for
+  up to `write_retry_s` when a transient failure hit them before their COMMIT, never when
+  it hit the COMMIT. Reads are retried the same way.
+- An outage (the server unreachable or restarting) is logged once as a warning when it
+  begins ("PostgreSQL at HOST:PORT/DB is unreachable ...") and once when an operation
+  succeeds again ("reconnected to PostgreSQL at ... after N s"); single retries are
+  logged at debug level.
 - Migrations (migrations/NNNN_name.sql, recorded in `schema_migrations`; see migrate.py)
   run at open in one transaction under a transaction-scoped advisory lock, so processes
   opening an empty database at once migrate it exactly once. An up-to-date database is
@@ -85,6 +92,19 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+# Transient failures that mean the server cannot be reached (an outage, a restart), as
+# opposed to a deadlock or a lock wait: these are logged once per outage, not per retry.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    _ConnectionLost,
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
@@ -162,7 +182,7 @@ class PostgresStore(Store):
         self,
         url: str,
         *,
-        pool_min_size: int = 1,
+        pool_min_size: int = 0,
         pool_max_size: int = 10,
         connect_timeout_s: float = 10.0,
         lock_timeout_s: float = 30.0,
@@ -187,6 +207,7 @@ class PostgresStore(Store):
         self._listen_scope: anyio.CancelScope | None = None
         self._committer: GroupCommitter | None = None
         self._stack: AsyncExitStack | None = None
+        self._outage_since: float | None = None  # while the server cannot be reached
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.where})"
@@ -282,21 +303,46 @@ class PostgresStore(Store):
         delay = 0.05
         while True:
             try:
-                return await self._apply_batch_once(batch)
+                results = await self._apply_batch_once(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is handed to the callers
                 if not _is_transient(exc):
                     return [_write_error(exc)] * len(batch)
                 if anyio.current_time() + delay > deadline:
                     note = f" (still failing after {self.write_retry_s:g}s of retries)"
                     return [_write_error(exc, note)] * len(batch)
-                log.warning(
-                    "PostgreSQL write of %d ops failed (%s); retrying in %.2fs",
-                    len(batch),
-                    self.target.scrub(_reason(exc)),
-                    delay,
-                )
+                self._retrying(exc, f"write of {len(batch)} ops", delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            else:
+                if self._outage_since is not None:
+                    self._recovered()
+                return results
+
+    # -- outages -------------------------------------------------------------------
+    def _retrying(self, exc: BaseException, what: str, delay: float) -> None:
+        """Log a transient failure that is about to be retried: an unreachable server once
+        per outage (a warning), each retry at debug level; a deadlock or lock wait always."""
+        reason = self.target.scrub(_reason(exc))
+        if not isinstance(exc, _CONNECTION_ERRORS):
+            log.warning("PostgreSQL %s failed (%s); retrying in %.2fs", what, reason, delay)
+            return
+        if self._outage_since is None:
+            self._outage_since = anyio.current_time()
+            log.warning(
+                "PostgreSQL at %s is unreachable (%s): retrying with backoff for up to %gs "
+                "per operation; writes wait and are not lost",
+                self.target.where,
+                reason,
+                self.write_retry_s,
+            )
+        log.debug("PostgreSQL %s failed (%s); retrying in %.2fs", what, reason, delay)
+
+    def _recovered(self) -> None:
+        if self._outage_since is None:
+            return
+        down_s = anyio.current_time() - self._outage_since
+        self._outage_since = None
+        log.warning("reconnected to PostgreSQL at %s after %.1fs", self.target.where, down_s)
 
     async def _apply_batch_once(self, batch: list[Op]) -> list[BaseException | None]:
         """One transaction for the whole batch. If it fails through an op's fault, each op
@@ -327,23 +373,29 @@ class PostgresStore(Store):
 
     # -- helpers -------------------------------------------------------------------
     async def _read(self, sql: str, *params: Any) -> list[Any]:
-        """Rows of a query; a lost connection is retried a few times (reads are idempotent)."""
+        """Rows of a query. Reads are idempotent: a lost connection or an unreachable
+        server is retried with backoff for up to `write_retry_s`."""
         assert self._pool is not None, "store is not open"
+        deadline = anyio.current_time() + self.write_retry_s
         delay = 0.05
-        for attempt in range(4):
+        while True:
             try:
                 async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
                     try:
-                        return list(await conn.fetch(sql, *params))
+                        rows = list(await conn.fetch(sql, *params))
                     except _DRIVER_ERRORS as exc:
                         _raise_if_lost(conn, exc)
                         raise
             except (*_DRIVER_ERRORS, _ConnectionLost) as exc:
-                if not _is_transient(exc) or attempt == 3:
+                if not _is_transient(exc) or anyio.current_time() + delay > deadline:
                     raise StoreError(f"PostgreSQL read failed: {_reason(exc)}") from exc
+                self._retrying(exc, "read", delay)
                 await anyio.sleep(delay)
-                delay *= 4
-        raise AssertionError("unreachable")
+                delay = min(delay * 2, 2.0)
+            else:
+                if self._outage_since is not None:
+                    self._recovered()
+                return rows
 
     async def _write(self, op: Op) -> None:
         assert self._committer is not None, "store is not open"
@@ -352,12 +404,14 @@ class PostgresStore(Store):
     async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `fn(connection)` in its own transaction on a pooled connection.
 
-        A transient failure before the COMMIT (a lost connection, a deadlock) rolled the
-        transaction back, so it is retried a few times; one during the COMMIT is raised,
-        since the transaction may have committed (a claim must not be made twice)."""
+        A transient failure before the COMMIT (a lost connection, an unreachable server, a
+        deadlock) rolled the transaction back, so it is retried with backoff for up to
+        `write_retry_s`; one during the COMMIT is raised, since the transaction may have
+        committed (a claim must not be made twice)."""
         assert self._pool is not None, "store is not open"
+        deadline = anyio.current_time() + self.write_retry_s
         delay = 0.05
-        for attempt in range(4):
+        while True:
             committing = False
             try:
                 async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
@@ -365,21 +419,23 @@ class PostgresStore(Store):
                         async with conn.transaction():
                             result = await fn(conn)
                             committing = True
-                        return result
                     except _DRIVER_ERRORS as exc:
                         _raise_if_lost(conn, exc)
                         raise
             except (*_DRIVER_ERRORS, _ConnectionLost) as exc:
-                if committing or not _is_transient(exc) or attempt == 3:
+                if (
+                    committing
+                    or not _is_transient(exc)
+                    or anyio.current_time() + delay > deadline
+                ):
                     raise StoreError(f"PostgreSQL write failed: {_reason(exc)}") from exc
-                log.warning(
-                    "PostgreSQL transaction failed (%s); retrying in %.2fs",
-                    self.target.scrub(_reason(exc)),
-                    delay,
-                )
+                self._retrying(exc, "transaction", delay)
                 await anyio.sleep(delay)
-                delay *= 4
-        raise AssertionError("unreachable")
+                delay = min(delay * 2, 2.0)
+            else:
+                if self._outage_since is not None:
+                    self._recovered()
+                return result
 
     async def _update_count(self, sql: str, *params: Any) -> int:
         async def run(conn: asyncpg.Connection) -> int:

@@ -430,6 +430,10 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         claim=drives_runs,
         triggerer=what in ("triggerer", "standalone"),
         triggerer_capacity=args.capacity,
+        lease_s=args.lease,
+        sweep_s=args.sweep,
+        orphan_grace_s=args.orphan_grace,
+        hostname=args.hostname,
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as watchers:
@@ -556,8 +560,27 @@ def build_parser() -> argparse.ArgumentParser:
                                or DEFAULT_TRIGGERER_CAPACITY),
                        help="most triggers this process parks (env AFLOW_TRIGGERER_CAPACITY; "
                             "default %(default)s)")
+        _add_scale_out_options(p)
         p.set_defaults(handler=lambda a, name=name: _serve(a, name))
     return parser
+
+
+def _add_scale_out_options(p: argparse.ArgumentParser) -> None:
+    """Several processes sharing one PostgreSQL (README: "Running several schedulers")."""
+    p.add_argument("--lease", type=float, default=float(_env("AFLOW_LEASE_SECONDS", "30") or 30),
+                   help="seconds a dead process keeps its runs before others adopt them "
+                        "(env AFLOW_LEASE_SECONDS; default %(default)s)")
+    p.add_argument("--sweep", type=float, default=float(_env("AFLOW_SWEEP_SECONDS", "5") or 5),
+                   help="seconds between safety sweeps for new runs while PostgreSQL "
+                        "notifications wake the scheduler (env AFLOW_SWEEP_SECONDS; "
+                        "default %(default)s)")
+    p.add_argument("--orphan-grace", type=float,
+                   default=float(_env("AFLOW_ORPHAN_GRACE_SECONDS", "600") or 600),
+                   help="seconds a run may wait for a DAG that no scheduler loads before it "
+                        "fails (env AFLOW_ORPHAN_GRACE_SECONDS; default %(default)s)")
+    p.add_argument("--hostname", default=_env("AFLOW_HOSTNAME"),
+                   help="this host's name in process records and task instances "
+                        "(env AFLOW_HOSTNAME; default the system's)")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -32,7 +32,14 @@ from aflow.runtime import logs
 from aflow.runtime.dag_loader import DagBag, bag_from_dags, load_folder
 from aflow.runtime.run_driver import RunDriver
 from aflow.runtime.run_factory import with_unstarted
-from aflow.runtime.scheduler import Scheduler
+from aflow.runtime.scheduler import (
+    DEFAULT_LEASE_S,
+    DEFAULT_ORPHAN_GRACE_S,
+    DEFAULT_POLL_S,
+    DEFAULT_SWEEP_S,
+    Scheduler,
+    dag_records,
+)
 from aflow.runtime.slots import Slots
 from aflow.runtime.triggerer import DEFAULT_CAPACITY as DEFAULT_TRIGGERER_CAPACITY
 from aflow.runtime.triggerer import Triggerer
@@ -40,7 +47,6 @@ from aflow.states import DagRunState, RunType
 from aflow.store.base import Store
 from aflow.store.factory import open_store_url
 from aflow.store.records import (
-    DagRecord,
     DagRunRecord,
     ImportErrorRecord,
     ProcessRecord,
@@ -95,11 +101,20 @@ class Orchestrator:
         claim: bool = True,
         triggerer: bool = True,
         triggerer_capacity: int = DEFAULT_TRIGGERER_CAPACITY,
-        lease_s: float = 30.0,
-        poll_s: float = 1.0,
+        lease_s: float = DEFAULT_LEASE_S,
+        poll_s: float = DEFAULT_POLL_S,
+        sweep_s: float = DEFAULT_SWEEP_S,
+        orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         sqlite_synchronous: str = "NORMAL",
+        hostname: str | None = None,
     ) -> None:
+        """`lease_s`: how long a run stays owned by a process that stopped renewing it
+        (renewed every third of it), so how soon other schedulers adopt a dead one's
+        runs. `poll_s`/`sweep_s`: the claim sweep without / with the store's cross-process
+        notifications. `orphan_grace_s`: how long a run may wait for a DAG no scheduler
+        loads before it fails. `hostname` names this host in process records and TIs
+        (default: the system's); dead processes of the same host are detected by pid."""
         self.home = Path(home).expanduser() if home is not None else DEFAULT_HOME
         self._dags_arg = dags
         self._store_arg = store
@@ -111,9 +126,11 @@ class Orchestrator:
         self.triggerer_capacity = triggerer_capacity
         self.lease_s = lease_s
         self.poll_s = poll_s
+        self.sweep_s = sweep_s
+        self.orphan_grace_s = orphan_grace_s
         self.shutdown_grace_s = shutdown_grace_s
         self.sqlite_synchronous = sqlite_synchronous
-        self.hostname = socket.gethostname()
+        self.hostname = hostname or socket.gethostname()
         self.process_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.dagbag = DagBag()
         self._store: Store | None = None
@@ -166,7 +183,16 @@ class Orchestrator:
         await self._record_dags()
         now = self.clock.now()
         await store.register_process(
-            ProcessRecord(self.process_id, "scheduler", self.hostname, os.getpid(), now, now)
+            # "scheduler" only for processes that claim runs: peers count them when
+            # spreading runs; "orchestrator" for the others (`dags test`, a triggerer)
+            ProcessRecord(
+                self.process_id,
+                "scheduler" if self.claim else "orchestrator",
+                self.hostname,
+                os.getpid(),
+                now,
+                now,
+            )
         )
         stack.push_async_callback(self._unregister)
         logs.install_log_routing()
@@ -192,6 +218,8 @@ class Orchestrator:
             hostname=self.hostname,
             lease_s=self.lease_s,
             poll_s=self.poll_s,
+            sweep_s=self.sweep_s,
+            orphan_grace_s=self.orphan_grace_s,
             create_scheduled_runs=self.schedule,
             claim_runs=self.claim,
         )
@@ -272,16 +300,7 @@ class Orchestrator:
 
     async def _record_dags(self) -> None:
         now = self.clock.now()
-        records = [
-            DagRecord(
-                dag_id=d.dag_id,
-                fileloc=d.fileloc,
-                structure=d.structure(),
-                is_paused=bool(d.is_paused_upon_creation),
-                updated_at=now,
-            )
-            for d in self.dagbag.dags.values()
-        ]
+        records = dag_records(self.dagbag.dags.values(), now)
         if records:
             await self.store.upsert_dags(records)
         await self.store.replace_import_errors(
@@ -319,7 +338,9 @@ class Orchestrator:
             rs = self.driver.runs.get((dag_id, run_id))
             if rs is not None:
                 await rs.done.wait()
-                return rs.run
+                if not rs.lost:
+                    return rs.run
+                continue  # taken over by another process: follow it in the store
             record = await self.store.get_run(dag_id, run_id)
             if record is None:
                 raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")

@@ -108,6 +108,7 @@ class RunState:
         self.unfinished = sum(1 for t in self.tis.values() if t.state not in FINISHED_TASK_STATES)
         self.done = anyio.Event()
         self.finishing = False
+        self.lost = False  # another process took the run over: start and finish nothing
 
     @property
     def key(self) -> tuple[str, str]:
@@ -258,6 +259,15 @@ class RunDriver:
             await self._finish_run(rs)
         return rs
 
+    def abandon(self, key: tuple[str, str]) -> None:
+        """Stop driving a run that another process has taken over (this one missed its
+        lease): nothing more starts or finishes here. Tries already running end as they
+        will; the new owner has recovered them as lost tries, by their retry policy."""
+        rs = self.runs.pop(key, None)
+        if rs is not None:
+            rs.lost = True
+            rs.done.set()
+
     # -- deciding -----------------------------------------------------------------
     def _apply_decision(
         self,
@@ -313,6 +323,8 @@ class RunDriver:
 
     # -- running a try --------------------------------------------------------------
     def _submit(self, rs: RunState, ti: TIState) -> None:
+        if rs.lost:
+            return
         task = rs.dag.task_dict[ti.task_id]
         self.slots.submit(
             rs.run.dag_id,
@@ -487,7 +499,7 @@ class RunDriver:
 
     # -- finishing a run -------------------------------------------------------------
     async def _finish_run(self, rs: RunState) -> None:
-        if rs.finishing:
+        if rs.finishing or rs.lost:
             return
         rs.finishing = True
         leaves = rs.dag.leaves

@@ -3,7 +3,25 @@ live owner, and holds (renews) its leases on the runs it drives.
 
 Ownership: a run is driven by the one process that holds its lease. Leases are renewed
 every `lease_s / 3`; a process that dies stops renewing and its runs are adopted by any
-scheduler once the lease expires — at once on this host when its pid is gone.
+scheduler once the lease expires — at once on this host when its pid is gone. A renewal
+that finds a run owned by someone else (this process stalled past its lease and was
+taken over) stops driving that run here.
+
+Claiming: a pass claims runs when the store announces one (Store.listen: LISTEN/NOTIFY
+on PostgreSQL), when a run ends here, and on a periodic sweep: every `poll_s` (1 s), or
+every `sweep_s` (5 s) while the store's notifications are live. Spreading across
+schedulers: alone, a scheduler claims up to `claim_batch` runs per transaction; while
+other schedulers are alive (a heartbeat younger than a lease), it claims one run at a
+time and first waits `claim_stagger_s` (10 ms) per run it already drives (at most
+0.5 s), so the least loaded scheduler reaches a new run first. The claim itself locks
+rows with SKIP LOCKED, so two schedulers never take the same run.
+
+Orphans: a run whose DAG no scheduler defines any more is claimed by no one (claims are
+limited to the DAGs a scheduler has loaded). Each scheduler re-records its DAGs every
+`orphan_grace_s / 4`; an unfinished run with no live owner whose DAG is not loaded here
+and has not been recorded by any scheduler for `orphan_grace_s` (600 s, as Airflow's
+`dag_stale_not_seen_duration`) is failed with the note "DAG <id> is no longer defined"
+and its unfinished task instances are marked `removed`.
 """
 
 from __future__ import annotations
@@ -11,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,11 +43,35 @@ from aflow.runtime.dag_loader import DagBag
 from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import manual_interval, new_run, run_id_for
 from aflow.runtime.timetable import DagRunInfo, timetable_for
-from aflow.states import DagRunState, RunType
+from aflow.states import FINISHED_TASK_STATES, DagRunState, RunType, TaskState
 from aflow.store.base import Store
-from aflow.store.records import DagRunRecord, TaskInstanceRecord
+from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_S = 30.0
+DEFAULT_POLL_S = 1.0
+DEFAULT_SWEEP_S = 5.0
+DEFAULT_ORPHAN_GRACE_S = 600.0
+DEFAULT_CLAIM_BATCH = 100
+CLAIM_STAGGER_S = 0.01
+MAX_CLAIM_STAGGER_S = 0.5
+
+_UNFINISHED_RUNS = (DagRunState.QUEUED, DagRunState.RUNNING)
+
+
+def dag_records(dags: Iterable[DAG], now: datetime) -> list[DagRecord]:
+    """Rows that record loaded DAGs (and that they were seen loaded at `now`)."""
+    return [
+        DagRecord(
+            dag_id=d.dag_id,
+            fileloc=d.fileloc,
+            structure=d.structure(),
+            is_paused=bool(d.is_paused_upon_creation),
+            updated_at=now,
+        )
+        for d in dags
+    ]
 
 
 def pid_alive(pid: int) -> bool:
@@ -52,11 +94,14 @@ class Scheduler:
         dagbag: Callable[[], DagBag],
         owner: str,
         hostname: str,
-        lease_s: float = 30.0,
-        poll_s: float = 1.0,
+        lease_s: float = DEFAULT_LEASE_S,
+        poll_s: float = DEFAULT_POLL_S,
+        sweep_s: float = DEFAULT_SWEEP_S,
+        orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
         create_scheduled_runs: bool = True,
         claim_runs: bool = True,
-        claim_batch: int = 100,
+        claim_batch: int = DEFAULT_CLAIM_BATCH,
+        claim_stagger_s: float = CLAIM_STAGGER_S,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -66,10 +111,15 @@ class Scheduler:
         self.hostname = hostname
         self.lease_s = lease_s
         self.poll_s = poll_s
+        self.sweep_s = sweep_s
+        self.orphan_grace_s = orphan_grace_s
         self.create_scheduled_runs = create_scheduled_runs
         self.claim_runs = claim_runs
         self.claim_batch = claim_batch
+        self.claim_stagger_s = claim_stagger_s
+        self.claim_passes = 0  # how many claim passes ran (for tests and stats)
         self._claim_now = anyio.Event()
+        self._peers: tuple[float, int] = (float("-inf"), 0)  # (when counted, live peers)
         driver.on_run_finished.append(self._on_run_finished)
 
     @property
@@ -81,37 +131,69 @@ class Scheduler:
 
     # -- main loops -------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.claim_runs:
-            await self._reap_dead_local_owners()
-            await self.claim_once()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._lease_loop)
+        subscriptions: list[Callable[[], None]] = []
+        try:
             if self.claim_runs:
-                tg.start_soon(self._claim_loop)
-            if self.create_scheduled_runs:
-                for dag in self.dagbag.dags.values():
-                    if dag.schedule is not None:
-                        tg.start_soon(self._timetable_loop, dag)
-            task_status.started()
+                # Wake-ups from other processes (a run created by the CLI, a trigger fired
+                # by a triggerer elsewhere); before the first pass, so none falls between.
+                for channel in (Store.RUNS_CHANNEL, Store.TRIGGERS_FIRED_CHANNEL):
+                    subscriptions.append(await self.store.listen(channel, self._notified))
+                await self._reap_dead_local_owners()
+                await self.claim_once()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._lease_loop)
+                if self.claim_runs:
+                    tg.start_soon(self._claim_loop)
+                    tg.start_soon(self._orphan_loop)
+                if self.create_scheduled_runs:
+                    for dag in self.dagbag.dags.values():
+                        if dag.schedule is not None:
+                            tg.start_soon(self._timetable_loop, dag)
+                task_status.started()
+        finally:
+            for unsubscribe in subscriptions:
+                unsubscribe()
+
+    def _notified(self, payload: str) -> None:
+        self.wake()
 
     async def _lease_loop(self) -> None:
         while True:
             await anyio.sleep(self.lease_s / 3)
             try:
-                await self.store.renew_leases(self.owner, self.lease_until())
+                held = await self.store.renew_leases(self.owner, self.lease_until())
                 await self.store.heartbeat(self.owner, self.clock.now())
+                if held < len(self.driver.runs):
+                    await self._drop_lost_runs()
             except StoreError:
                 log.exception("could not renew leases; retrying")
 
+    async def _drop_lost_runs(self) -> None:
+        """Fewer runs renewed than driven here: a run that ended meanwhile, or one another
+        scheduler took over after this process missed its lease. Stop driving the latter."""
+        for key in list(self.driver.runs):
+            record = await self.store.get_run(*key)
+            if record is None or (
+                record.state in _UNFINISHED_RUNS and record.owner != self.owner
+            ):
+                log.error(
+                    "run %s of %s is now driven by %s (this process missed its lease of "
+                    "%gs): no longer driving it here",
+                    key[1], key[0], record.owner if record else "no one", self.lease_s,
+                )
+                self.driver.abandon(key)
+
     async def _claim_loop(self) -> None:
         while True:
-            with anyio.move_on_after(self.poll_s):
+            # Slow safety sweep while other processes' notifications arrive, else a poll.
+            wait = self.sweep_s if self.store.notifications_live else self.poll_s
+            with anyio.move_on_after(wait):
                 await self._claim_now.wait()
             self._claim_now = anyio.Event()
             try:
                 await self._reap_dead_local_owners()
-                await self.claim_once()
                 await self.resume_fired()
+                await self.claim_once()
             except StoreError:
                 log.exception("claiming runs failed; retrying")
 
@@ -120,17 +202,48 @@ class Scheduler:
         self._claim_now.set()
 
     async def claim_once(self) -> int:
+        """One claim pass: claim and start runs until none is left for this scheduler.
+        Returns how many it started."""
+        self.claim_passes += 1
         bag = self.dagbag
-        if not bag.dags:
-            return 0
-        claimed = await self.store.claim_runs(
-            self.owner, self.clock.now(), self.lease_until(), self.claim_batch, dag_ids=bag.dags
-        )
+        dag_ids = set(bag.dags)
         started = 0
-        for run in claimed:
-            if await self._admit(bag.dags[run.dag_id], run):
-                started += 1
+        while dag_ids:
+            batch = self.claim_batch
+            if await self._live_peers():
+                batch = 1
+                await self._let_less_loaded_peers_first()
+            claimed = await self.store.claim_runs(
+                self.owner, self.clock.now(), self.lease_until(), batch, dag_ids=dag_ids
+            )
+            for run in claimed:
+                if await self._admit(bag.dags[run.dag_id], run):
+                    started += 1
+                else:
+                    dag_ids.discard(run.dag_id)  # at max_active_runs: its other runs wait too
+            if len(claimed) < batch:
+                break
         return started
+
+    async def _live_peers(self) -> int:
+        """How many other schedulers have a heartbeat younger than a lease (recounted at
+        most every lease_s / 3)."""
+        counted_at, peers = self._peers
+        if anyio.current_time() - counted_at < self.lease_s / 3:
+            return peers
+        since = self.clock.now() - timedelta(seconds=self.lease_s)
+        peers = sum(
+            1
+            for p in await self.store.list_processes("scheduler")
+            if p.process_id != self.owner and p.heartbeat_at >= since
+        )
+        self._peers = (anyio.current_time(), peers)
+        return peers
+
+    async def _let_less_loaded_peers_first(self) -> None:
+        held = len(self.driver.runs)
+        if held:
+            await anyio.sleep(min(held * self.claim_stagger_s, MAX_CLAIM_STAGGER_S))
 
     async def _admit(
         self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord] | None = None
@@ -159,6 +272,86 @@ class Scheduler:
 
     def _on_run_finished(self, rs: RunState) -> None:
         self.wake()
+
+    # -- orphans ---------------------------------------------------------------------------
+    async def record_dags(self) -> None:
+        """Record this scheduler's DAGs as loaded now (see orphans in the module doc)."""
+        records = dag_records(self.dagbag.dags.values(), self.clock.now())
+        if records:
+            await self.store.upsert_dags(records)
+
+    async def _orphan_loop(self) -> None:
+        period = max(1.0, self.orphan_grace_s / 4)
+        while True:
+            await anyio.sleep(period)
+            try:
+                await self.record_dags()
+                await self.fail_orphans()
+            except StoreError:
+                log.exception("checking for runs of vanished DAGs failed; retrying")
+
+    async def fail_orphans(self) -> int:
+        """Fail unfinished runs whose DAG no scheduler defines any more (see the module
+        doc); returns how many."""
+        now = self.clock.now()
+        stale_before = now - timedelta(seconds=self.orphan_grace_s)
+        loaded = self.dagbag.dags
+        candidates = {
+            r.dag_id
+            for r in await self.store.list_runs(states=_UNFINISHED_RUNS, limit=10_000)
+            if r.dag_id not in loaded
+            and (r.owner is None or r.lease_until is None or r.lease_until < now)
+            and (r.created_at is None or r.created_at < stale_before)
+        }
+        gone = []
+        for dag_id in sorted(candidates):
+            record = await self.store.get_dag(dag_id)
+            if record is None or record.updated_at is None or record.updated_at < stale_before:
+                gone.append(dag_id)
+        if not gone:
+            return 0
+        # Claimed first, so that two schedulers never fail the same run at once.
+        claimed = await self.store.claim_runs(
+            self.owner, now, self.lease_until(), 10_000, dag_ids=gone
+        )
+        orphans = [r for r in claimed if r.created_at is None or r.created_at < stale_before]
+        for run in orphans:
+            await self._fail_orphan(run, now)
+        young = [(r.dag_id, r.run_id) for r in claimed if r not in orphans]
+        if young:  # created within the grace period: their DAG may still come (back)
+            await self.store.release_runs(self.owner, young)
+        return len(orphans)
+
+    async def _fail_orphan(self, run: DagRunRecord, now: datetime) -> None:
+        note = (
+            f"DAG {run.dag_id} is no longer defined: no scheduler has loaded it for "
+            f"{self.orphan_grace_s:g}s (its file was removed or no longer defines it)"
+        )
+        unfinished = [
+            t for t in await self.store.get_tis(run.dag_id, run.run_id)
+            if t.state not in FINISHED_TASK_STATES and t.state is not TaskState.NONE
+        ]
+        for ti in unfinished:
+            if ti.state is TaskState.DEFERRED:
+                await self.store.delete_trigger(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        if unfinished:
+            await self.store.save_tis(
+                [
+                    dataclasses.replace(t, state=TaskState.REMOVED, end_date=now, error=note)
+                    for t in unfinished
+                ]
+            )
+        await self.store.save_run(
+            dataclasses.replace(
+                run,
+                state=DagRunState.FAILED,
+                start_date=run.start_date or now,
+                end_date=now,
+                note=note,
+            )
+        )
+        await self.store.release_runs(self.owner, [(run.dag_id, run.run_id)])
+        log.error("run %s failed: %s", run.run_id, note)
 
     async def _reap_dead_local_owners(self) -> None:
         for proc in await self.store.list_processes():

@@ -18,7 +18,8 @@ rows with SKIP LOCKED, so two schedulers never take the same run.
 
 Orphans: a run whose DAG no scheduler defines any more is claimed by no one (claims are
 limited to the DAGs a scheduler has loaded). Each scheduler re-records its DAGs every
-`orphan_grace_s / 4`; an unfinished run with no live owner whose DAG is not loaded here
+`orphan_grace_s / 4` (at most every 60 s; so keep the grace above a minute and alike on
+every scheduler); an unfinished run with no live owner whose DAG is not loaded here
 and has not been recorded by any scheduler for `orphan_grace_s` (600 s, as Airflow's
 `dag_stale_not_seen_duration`) is failed with the note "DAG <id> is no longer defined"
 and its unfinished task instances are marked `removed`.
@@ -56,6 +57,7 @@ DEFAULT_ORPHAN_GRACE_S = 600.0
 DEFAULT_CLAIM_BATCH = 100
 CLAIM_STAGGER_S = 0.01
 MAX_CLAIM_STAGGER_S = 0.5
+ORPHAN_CHECK_MAX_S = 60.0  # DAGs are re-recorded at least this often
 
 _UNFINISHED_RUNS = (DagRunState.QUEUED, DagRunState.RUNNING)
 
@@ -281,7 +283,7 @@ class Scheduler:
             await self.store.upsert_dags(records)
 
     async def _orphan_loop(self) -> None:
-        period = max(1.0, self.orphan_grace_s / 4)
+        period = min(max(1.0, self.orphan_grace_s / 4), ORPHAN_CHECK_MAX_S)
         while True:
             await anyio.sleep(period)
             try:

@@ -73,7 +73,8 @@ with DAG("scale", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone
 
 with DAG("hold", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc)):
     # `held` blocks until the test creates its release file; retries per the test
-    PythonOperator(task_id="held", python_callable=lambda ti: _hold(ti), retries={hold_retries})
+    PythonOperator(task_id="held", python_callable=lambda ti: _hold(ti), retries={hold_retries},
+                   retry_delay=timedelta(milliseconds=100))
 
 
 def _hold(ti):
@@ -264,3 +265,153 @@ def test_schedulers_share_runs_and_adopt_a_killed_ones_runs(
     for server in servers:
         assert server.wait_exit() == 0, server.describe()
         assert "missed its lease" not in server.stderr(), server.describe()
+
+
+def holds(tmp_path: Path) -> list[tuple[int, int]]:
+    """(try_number, pid) of each start of the `held` task."""
+    path = tmp_path / "hold.log"
+    if not path.exists():
+        return []
+    return [(int(a), int(b)) for a, b in (line.split() for line in path.read_text().splitlines())]
+
+
+@pytest.mark.parametrize("retries", [1, 0], ids=["retried", "failed"])
+def test_a_running_try_of_a_dead_owner_is_retried_or_failed_by_whoever_adopts_the_run(
+    cli: CLI, postgres_dsn: str, pg_schema: str, tmp_path: Path, retries: int
+) -> None:
+    """A zombie: the TI's row says `running`, the process that ran it is gone (on another
+    host, so only its expired lease tells). The scheduler that adopts the run retries the
+    try (retries=1) or fails it (retries=0), as the retry policy says."""
+    cluster = make_cluster(cli, postgres_dsn, pg_schema, tmp_path, width=1, depth=1,
+                           hold_retries=retries)
+    first = cluster.start("--sweep", "1")
+    first.wait_ready()
+    cluster.trigger("hold", "zombie")
+    wait_until(lambda: holds(tmp_path), what="held to start")
+    second = cluster.start("--sweep", "1")  # idle: the run is owned by `first`
+    second.wait_ready()
+    first.kill()
+    rows = cluster.q("SELECT state, try_number, hostname FROM task_instance "
+                     "WHERE run_id = 'zombie'")
+    assert [tuple(r) for r in rows] == [("running", 1, "host-1")]
+
+    if retries:
+        wait_until(lambda: len(holds(tmp_path)) == 2, what="held's second try")
+        assert [t for t, _ in holds(tmp_path)] == [1, 2]
+        assert holds(tmp_path)[1][1] == second.pid
+        (tmp_path / "release_held").touch()
+    states = cluster.wait_runs_end(["zombie"], [second])
+    ti = cluster.q("SELECT state, try_number, hostname, error FROM task_instance "
+                   "WHERE run_id = 'zombie'")[0]
+    if retries:
+        assert states == {"zombie": "success"}
+        assert (ti["state"], ti["try_number"], ti["hostname"]) == ("success", 2, "host-2")
+    else:
+        assert states == {"zombie": "failed"}
+        assert (ti["state"], ti["try_number"]) == ("failed", 1)
+        assert "stopped" in ti["error"] and "try is lost" in ti["error"]
+        assert len(holds(tmp_path)) == 1
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit() == 0, second.describe()
+
+
+def test_a_run_created_elsewhere_wakes_an_idle_scheduler_through_notify(
+    cli: CLI, postgres_dsn: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """The safety sweep is 60 s, beyond this test's waits: only a notification sent with
+    the new run (by `aflow dags trigger`, another process) can start it in time."""
+    cluster = make_cluster(cli, postgres_dsn, pg_schema, tmp_path, width=2, depth=2,
+                           sleep_s=0)
+    scheduler = cluster.start("--sweep", "60")
+    scheduler.wait_ready()
+    # The first run may also be found by the look the scheduler takes once its LISTEN
+    # is in place; once it has ended, that look is behind us.
+    cluster.trigger("scale", "first")
+    assert cluster.wait_runs_end(["first"], [scheduler], timeout=30) == {"first": "success"}
+    for n in range(3):  # and each later one on its own notification
+        cluster.trigger("scale", f"later{n}")
+        assert cluster.wait_runs_end([f"later{n}"], [scheduler], timeout=30) == {
+            f"later{n}": "success"
+        }
+    scheduler.signal(signal.SIGTERM)
+    assert scheduler.wait_exit() == 0, scheduler.describe()
+
+
+ORPHAN_DAGS = '''
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aflow import DAG, PythonOperator
+
+HERE = Path({here!r})
+
+
+def block(ti):
+    (HERE / f"started_{{ti.run_id}}").touch()
+    deadline = time.monotonic() + 120
+    while not (HERE / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+with DAG("{dag_id}", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+         max_active_runs=1):
+    PythonOperator(task_id="block", python_callable=block, retries=3)
+'''
+
+
+def test_runs_of_a_dag_no_scheduler_defines_fail_with_a_note_after_the_grace(
+    cli: CLI, postgres_dsn: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """Scheduler A loads DAG `gone`, scheduler B does not. While A is alive B leaves its
+    runs alone (A drives one; the other waits for max_active_runs=1, unowned). Once A is
+    dead and `gone` has not been recorded for the grace period, B fails both runs with a
+    note, and the running TI is marked removed."""
+    with_gone, without = tmp_path / "dags_a", tmp_path / "dags_b"
+    write_dag(with_gone, "gone.py", ORPHAN_DAGS.format(here=str(tmp_path), dag_id="gone"))
+    write_dag(with_gone, "stay.py", ORPHAN_DAGS.format(here=str(tmp_path), dag_id="stay"))
+    write_dag(without, "stay.py", ORPHAN_DAGS.format(here=str(tmp_path), dag_id="stay"))
+    cluster = make_cluster(cli, postgres_dsn, pg_schema, tmp_path)
+    grace = ["--orphan-grace", "2", "--sweep", "1"]
+    cluster.folder = with_gone
+    a = cluster.start(*grace)
+    a.wait_ready()
+    cluster.trigger("gone", "g1")
+    cluster.trigger("gone", "g2")
+    wait_until(lambda: (tmp_path / "started_g1").exists(), what="g1 to run")
+    cluster.folder = without
+    b = cluster.start(*grace)
+    b.wait_ready()
+
+    def stay_recorded() -> Any:
+        return cluster.q("SELECT updated_at FROM dag WHERE dag_id = 'stay'")[0]["updated_at"]
+
+    # B re-records its DAGs, then checks for orphans, every second: let it check a few
+    # times after the grace of g2 (queued, unowned) has passed while A is alive.
+    created = cluster.q("SELECT MAX(created_at) AS c FROM dag_run")[0]["c"]
+    seen: list[Any] = []
+
+    def checked_thrice() -> bool:
+        at = stay_recorded()
+        if at > created and at not in seen:
+            seen.append(at)
+        return len(seen) >= 4
+
+    wait_until(checked_thrice, what="B's orphan checks")
+    assert cluster.run_states(["g1", "g2"]) == {"g1": "running", "g2": "queued"}
+
+    a.kill()
+    states = cluster.wait_runs_end(["g1", "g2"], [b])
+    assert states == {"g1": "failed", "g2": "failed"}
+    notes = {r["run_id"]: r["note"] for r in cluster.q("SELECT run_id, note FROM dag_run")}
+    for run_id in ("g1", "g2"):
+        assert notes[run_id].startswith("DAG gone is no longer defined"), notes
+    tis = cluster.q("SELECT run_id, state, error FROM task_instance WHERE dag_id = 'gone'")
+    assert [(t["run_id"], t["state"]) for t in tis] == [("g1", "removed")]
+    assert "no longer defined" in tis[0]["error"]
+    assert "DAG gone is no longer defined" in b.stderr()
+    assert not (tmp_path / "started_g2").exists()
+
+    (tmp_path / "release").touch()
+    b.signal(signal.SIGTERM)
+    assert b.wait_exit() == 0, b.describe()

@@ -36,6 +36,18 @@ UPSERT_TI = (
     "next_retry_at=excluded.next_retry_at, next_method=excluded.next_method, "
     "next_kwargs=excluded.next_kwargs, error=excluded.error"
 )
+# The same upsert for many rows in one statement: one array per column, zipped by unnest
+# (one statement to parse, plan and send instead of one per row). A statement cannot
+# update one row twice, so the rows must have distinct keys (`bulk_ti_params`).
+_TI_TYPES = (
+    "text", "text", "text", "int4", "text", "int4", "int4", "timestamptz", "timestamptz",
+    "text", "text", "int4", "text", "timestamptz", "text", "text", "text",
+)
+UPSERT_TI_BULK = (
+    f"INSERT INTO task_instance ({TI_COLS}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TI_TYPES, 1))
+    + UPSERT_TI[UPSERT_TI.index(") ON CONFLICT") :]
+)
 INSERT_RUN = f"INSERT INTO dag_run ({RUN_COLS}) VALUES ({', '.join(f'${i}' for i in range(1, 16))})"
 UPDATE_RUN = (
     "UPDATE dag_run SET state=$1, start_date=$2, end_date=$3, conf=$4, note=$5 "
@@ -98,6 +110,16 @@ def ti_row(ti: TaskInstanceRow) -> tuple[Any, ...]:
         None if ti.next_kwargs is None else json_out(ti.next_kwargs),
         ti.error,
     )
+
+
+def bulk_ti_params(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """UPSERT_TI_BULK's parameters for `ti_row`s applied in order: the last row of each key
+    wins (exactly what upserting them one by one leaves, since the upsert sets every
+    column), transposed into one list per column."""
+    last: dict[tuple[Any, ...], Sequence[Any]] = {}
+    for row in rows:
+        last[(row[0], row[1], row[2], row[3])] = row
+    return [list(column) for column in zip(*last.values(), strict=True)]
 
 
 def ti_from(r: Sequence[Any]) -> TaskInstanceRecord:

@@ -8,8 +8,10 @@ created on first open.
   `pool_min_size` 0 so that no floor is restored in the background while the server is
   down); each connection starts with aflow's
   `search_path`, a `lock_timeout` and `application_name=aflow` (unless the URL names one).
-- The high-rate writes are group-committed (aflow.store.group_commit): one transaction
-  per batch on one pooled connection. A batch that meets a transient failure (the
+- The high-rate writes are group-committed: one transaction per batch, with up to
+  `write_connections` batches in flight at once on their own pooled connections, never
+  two that touch the same row (commit.py). Many rows of the hot task-instance upsert go
+  as one statement over arrays (unnest), not one statement per row. A batch that meets a transient failure (the
   connection lost, the server restarting, a deadlock, a lock wait beyond `lock_timeout`)
   is retried whole with backoff for up to `write_retry_s`; every op is idempotent, so a
   batch whose COMMIT was sent before the connection died may safely be applied again.
@@ -46,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any, TypeVar
@@ -59,8 +61,9 @@ from aflow.exceptions import RunAlreadyExists, StoreError, StoreUnavailable
 from aflow.states import DagRunState
 from aflow.store.base import Store
 from aflow.store.codec import json_in, json_out
-from aflow.store.group_commit import GroupCommitter, Op
+from aflow.store.group_commit import Op
 from aflow.store.postgres import encoding as enc
+from aflow.store.postgres.commit import PipelinedCommitter
 from aflow.store.postgres.migrate import migrate
 from aflow.store.postgres.url import PostgresTarget, parse_postgres_url, quote_ident
 from aflow.store.records import (
@@ -172,9 +175,37 @@ def _merged(ops: Iterable[Op]) -> list[tuple[str, list[Sequence[Any]]]]:
     return merged
 
 
+# The rows each hot statement touches, from its parameters (see commit.py): a task
+# instance's key leads the TI statements' parameters; UPDATE_RUN ends with the run's key.
+_KEYS_OF_ROW: dict[str, Callable[[Sequence[Any]], Hashable]] = {
+    enc.UPSERT_TI: lambda r: ("ti", r[0], r[1], r[2], r[3]),
+    enc.DELETE_TI_XCOMS: lambda r: ("ti", r[0], r[1], r[2], r[3]),
+    enc.INSERT_XCOM: lambda r: ("ti", r[0], r[1], r[2], r[3]),
+    enc.DELETE_TI_TRIGGER: lambda r: ("ti", r[0], r[1], r[2], r[3]),
+    enc.INSERT_TRIGGER: lambda r: ("ti", r[4], r[5], r[6], r[7]),
+    enc.UPDATE_RUN: lambda r: ("run", r[5], r[6]),
+}
+
+
+def _keys_of(op: Op) -> frozenset[Hashable] | None:
+    """The rows `op` touches, or None when any row may be (it then runs alone)."""
+    keys: set[Hashable] = set()
+    for sql, rows in op:
+        key_of = _KEYS_OF_ROW.get(sql)
+        if key_of is None:
+            return None
+        keys.update(key_of(r) for r in rows)
+    return frozenset(keys)
+
+
 async def _execute_ops(conn: asyncpg.Connection, ops: Iterable[Op]) -> None:
     for sql, rows in _merged(ops):
-        await conn.executemany(sql, rows)
+        if len(rows) == 1:
+            await conn.execute(sql, *rows[0])
+        elif sql == enc.UPSERT_TI:  # the hot one: one statement for all its rows
+            await conn.execute(enc.UPSERT_TI_BULK, *enc.bulk_ti_params(rows))
+        else:
+            await conn.executemany(sql, rows)
 
 
 class PostgresStore(Store):
@@ -188,6 +219,7 @@ class PostgresStore(Store):
         lock_timeout_s: float = 30.0,
         write_retry_s: float = 60.0,
         listen_ping_s: float = 10.0,
+        write_connections: int = 2,
     ) -> None:
         self.url = url
         self.target: PostgresTarget = parse_postgres_url(url)
@@ -198,6 +230,7 @@ class PostgresStore(Store):
         self.lock_timeout_s = lock_timeout_s
         self.write_retry_s = write_retry_s
         self.listen_ping_s = listen_ping_s
+        self.write_connections = write_connections
         self._pool: asyncpg.Pool | None = None
         # LISTEN: subscribers by (logical) channel, and the connection while it is up.
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
@@ -205,7 +238,7 @@ class PostgresStore(Store):
         self._listening: set[str] = set()  # channels LISTENed on _listen_conn
         self._want_listener: anyio.Event | None = None  # made in open(): needs a loop
         self._listen_scope: anyio.CancelScope | None = None
-        self._committer: GroupCommitter | None = None
+        self._committer: PipelinedCommitter | None = None
         self._stack: AsyncExitStack | None = None
         self._outage_since: float | None = None  # while the server cannot be reached
 
@@ -236,7 +269,9 @@ class PostgresStore(Store):
             if isinstance(exc, (*_DRIVER_ERRORS, ValueError)):
                 raise StoreUnavailable(self._unavailable_message(exc)) from exc
             raise
-        self._committer = GroupCommitter(self._apply_batch)
+        self._committer = PipelinedCommitter(
+            self._apply_batch, _keys_of, workers=self.write_connections
+        )
         tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._committer.run)
         self._want_listener = anyio.Event()

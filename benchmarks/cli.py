@@ -58,7 +58,18 @@ def _parser() -> argparse.ArgumentParser:
         "--parallelism", type=int, help="Orchestrator parallelism (default: the scenario's, 256)"
     )
     p.add_argument("--repeat", type=int, default=1, help="run the scenario R times (default 1)")
-    p.add_argument("--schedulers", type=int, default=1, help="scheduler processes (only 1 for now)")
+    p.add_argument(
+        "--schedulers",
+        type=int,
+        default=1,
+        help="scheduler processes sharing the store (default 1; more need PostgreSQL): this "
+        "process and S-1 children",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        help="runs started at once, claimed by the schedulers (default: one per scheduler)",
+    )
     p.add_argument(
         "--sqlite-synchronous",
         default="NORMAL",
@@ -146,6 +157,7 @@ def record(
         "python": python_info(),
         "machine": machine_info(),
         "schedulers": ctx.schedulers,
+        "concurrent_runs": ctx.runs,
         # context for reading the figures
         "tis": outcome.tis,
         "cpu_util": round(w.cpu_s / wall, 3) if wall > 0 else None,
@@ -162,7 +174,7 @@ def record(
         if key in out:
             raise ValueError(f"scenario {ctx.scenario!r} has an option named like key {key!r}")
         out[key] = value
-    for key, value in outcome.extra.items():
+    for key, value in {**ctx.extra, **outcome.extra}.items():
         if key in out:
             raise ValueError(f"scenario {ctx.scenario!r} reports reserved key {key!r}")
         out[key] = value
@@ -190,12 +202,16 @@ def run_one(
             timeout_s=args.timeout,
             quiet=args.quiet,
             options=dict(options or {}),
+            runs=args.runs or args.schedulers,
         )
         ctx.progress(
             f"run {repeat}/{args.repeat}: n={ctx.n} parallelism={ctx.parallelism} "
             f"store={redact_url(ctx.store_url)}"
         )
-        outcome = anyio.run(scn.fn, ctx, backend="asyncio", backend_options=LOOP_OPTIONS)
+        try:
+            outcome = anyio.run(scn.fn, ctx, backend="asyncio", backend_options=LOOP_OPTIONS)
+        finally:
+            anyio.run(ctx.drop_schema)
         rec = record(ctx, outcome, repeat=repeat, repeats=args.repeat, commit=commit)
     ctx.progress(
         f"wall {rec['wall_s']:.3f}s  {rec['tis_per_s']} TI/s  hop p50 {rec['hop_ms_p50']} ms "
@@ -222,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} must be at least 1")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+    multi = args.schedulers > 1 or (args.runs or 1) > 1
+    if multi and not (args.store and store_kind(args.store) == "postgresql"):
+        parser.error("--schedulers above 1 and --runs above 1 need --store postgresql://…")
     if not 1 <= args.schedulers <= scn.max_schedulers:
         parser.error(
             f"scenario {scn.name!r} runs with 1..{scn.max_schedulers} scheduler(s), "

@@ -180,3 +180,50 @@ def git_commit(path: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha or None
+
+
+class SharedStamps:
+    """Stamps of several runs that task callables in several processes write: one file of
+    float64 pairs (start, end) per task per run, mapped into every process. A run's
+    stamps are found by its run_id, which the callable gets from the task context.
+    perf_counter() is CLOCK_MONOTONIC on Linux, one clock for every process of the host.
+
+    `for_run(k)` gives run k's stamps with the same `start`/`end`/`missing()` as Stamps."""
+
+    def __init__(self, path: Path, size: int, run_ids: Sequence[str], *, create: bool) -> None:
+        import mmap
+
+        self.path = Path(path)
+        self.size = size
+        self.run_ids = list(run_ids)
+        self._index = {run_id: k for k, run_id in enumerate(self.run_ids)}
+        nbytes = len(self.run_ids) * size * 2 * 8
+        if create:
+            with self.path.open("wb") as f:
+                f.write(b"\xff" * nbytes)  # all NaN
+        self._file = self.path.open("r+b")
+        self._map = mmap.mmap(self._file.fileno(), nbytes)
+        self._values = memoryview(self._map).cast("d")
+
+    def callable(self) -> Callable[..., Awaitable[None]]:
+        values, index, size, perf = self._values, self._index, self.size, time.perf_counter
+
+        async def noop(i: int, run_id: str) -> None:
+            base = 2 * (index[run_id] * size + i)
+            values[base] = perf()
+            values[base + 1] = perf()
+
+        return noop
+
+    def for_run(self, k: int) -> Stamps:
+        stamps = Stamps(self.size)
+        base = 2 * k * self.size
+        chunk = self._values[base : base + 2 * self.size].tolist()
+        stamps.start = chunk[0::2]
+        stamps.end = chunk[1::2]
+        return stamps
+
+    def close(self) -> None:
+        self._values.release()
+        self._map.close()
+        self._file.close()

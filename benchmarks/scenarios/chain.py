@@ -12,11 +12,15 @@ from datetime import UTC, datetime
 
 from aflow import DAG, PythonOperator
 from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome
-from benchmarks.measure import Stamps
+from benchmarks.measure import SharedStamps, Stamps
 from benchmarks.registry import scenario
 
 
-def build(n: int, stamps: Stamps) -> DAG:
+def stamp_size(n: int) -> int:
+    return n
+
+
+def build(n: int, stamps: Stamps | SharedStamps) -> DAG:
     fn = stamps.callable()
     width = len(str(n))
     with DAG(
@@ -39,23 +43,30 @@ def build(n: int, stamps: Stamps) -> DAG:
     description="N no-op async tasks in a line; per-hop latency through the engine",
     default_n=200,
     default_parallelism=256,
+    max_schedulers=8,
 )
 async def chain(ctx: BenchContext) -> Outcome:
     n = ctx.n
-    stamps = Stamps(n)
+    stamps = ctx.stamps(stamp_size(n))
     ctx.progress(f"building DAG: chain of {n} tasks")
     dag = build(n, stamps)
     window, _run, rss_before = await ctx.run_dag(dag)
-    if missing := stamps.missing():
-        raise BenchmarkFailed(f"{missing} task(s) did not record their start and end")
-    hops = [stamps.start[i + 1] - stamps.end[i] for i in range(n - 1)]
+    hops: list[float] = []
+    firsts: list[float] = []
+    lasts: list[float] = []
+    for run_stamps in ctx.stamps_of_runs(stamps):
+        if missing := run_stamps.missing():
+            raise BenchmarkFailed(f"{missing} task(s) did not record their start and end")
+        hops += [run_stamps.start[i + 1] - run_stamps.end[i] for i in range(n - 1)]
+        firsts.append(run_stamps.start[0])
+        lasts.append(run_stamps.end[n - 1])
     return Outcome(
         window=window,
-        tis=n,
+        tis=n * ctx.runs,
         hops_s=hops,
         rss_before_run_mib=rss_before,
         extra={
-            "trigger_to_first_ms": round((stamps.start[0] - window.t0) * 1000, 4),
-            "last_to_end_ms": round((window.t1 - stamps.end[n - 1]) * 1000, 4),
+            "trigger_to_first_ms": round((min(firsts) - window.t0) * 1000, 4),
+            "last_to_end_ms": round((window.t1 - max(lasts)) * 1000, 4),
         },
     )

@@ -49,12 +49,15 @@ def run_bench(*args: str) -> tuple[dict, str]:
     return json.loads(lines[-1]), proc.stderr
 
 
-def check_record(rec: dict, scenario: str, n: int, tis: int, hops: int) -> None:
+def check_record(
+    rec: dict, scenario: str, n: int, tis: int, hops: int, *, store: str = "sqlite",
+    schedulers: int = 1,
+) -> None:
     assert REQUIRED <= rec.keys(), REQUIRED - rec.keys()
     assert rec["scenario"] == scenario
     assert rec["n"] == n
-    assert rec["store"] == "sqlite"
-    assert rec["schedulers"] == 1
+    assert rec["store"] == store
+    assert rec["schedulers"] == schedulers
     assert rec["aflow_version"] == aflow.__version__
     assert rec["tis"] == tis
     assert rec["hop_count"] == hops
@@ -114,3 +117,48 @@ def test_sensors_small() -> None:
         assert isinstance(rec[key], float) and math.isfinite(rec[key]) and rec[key] >= 0, key
     assert rec["fire_to_start_ms_p50"] <= rec["fire_to_start_ms_p99"]
     assert "[bench sensors]" in stderr
+
+
+def _bench_schemas(dsn: str) -> set[str]:
+    import asyncio
+
+    import asyncpg
+
+    async def names() -> set[str]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            rows = await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'aflow_bench_%'"
+            )
+            return {r[0] for r in rows}
+        finally:
+            await conn.close()
+
+    return asyncio.run(names())
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["fanout", "chain"])
+def test_postgresql_with_two_schedulers(postgres_dsn: str, scenario: str) -> None:
+    """Two runs claimed by two scheduler processes; the benchmark's own schema is dropped
+    after. (How the runs spread is reported, not asserted: claims race.)"""
+    before = _bench_schemas(postgres_dsn)
+    rec, _ = run_bench(scenario, "--n", "20", "--store", postgres_dsn, "--schedulers", "2")
+    per_run = 22 if scenario == "fanout" else 20
+    check_record(rec, scenario, 20, tis=2 * per_run, hops=2 * (per_run - 1),
+                 store="postgresql", schedulers=2)
+    assert rec["concurrent_runs"] == 2
+    assert sum(rec["runs_by_scheduler"]) == 2
+    assert "schema=aflow_bench_" in rec["store_url"]
+    schema = rec["store_url"].rpartition("schema=")[2]
+    assert schema not in _bench_schemas(postgres_dsn) | before
+
+
+def test_several_schedulers_need_postgresql() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFLOW_")}
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "chain", "--schedulers", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2 and "need --store postgresql" in bad.stderr and not bad.stdout

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -83,20 +84,33 @@ _PENDING, _FIRED, _CANCELLED = 0, 1, 2
 
 
 class Timer:
-    """One registered deadline. `wait()` returns when the queue fires it."""
+    """One registered deadline. `wait()` returns when the queue fires it; or, made with
+    `on_fire`, the queue calls that (on the loop) instead, and there is nothing to wait on."""
 
-    __slots__ = ("deadline", "state", "_wakeup")
+    __slots__ = ("deadline", "state", "_on_fire", "_wakeup")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, on_fire: Callable[[], None] | None = None) -> None:
         self.deadline = deadline
         self.state = _PENDING
-        self._wakeup = Wakeup()
+        self._on_fire = on_fire
+        self._wakeup = Wakeup() if on_fire is None else None
+
+    def _fire(self) -> None:
+        if self._on_fire is None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            return
+        try:
+            self._on_fire()
+        except Exception:  # the queue serves everyone: one bad callback is only logged
+            logging.getLogger(__name__).exception("timer callback %r failed", self._on_fire)
 
     @property
     def fired(self) -> bool:
         return self.state == _FIRED
 
     async def wait(self) -> None:
+        assert self._wakeup is not None, "a timer with on_fire is not waited on"
         await self._wakeup.wait()
 
 
@@ -148,9 +162,10 @@ class TimerQueue:
 
     # -- registering -----------------------------------------------------------------
 
-    def add(self, deadline: float) -> Timer:
-        """Register a wall-clock deadline; the returned timer fires at (or after) it."""
-        timer = Timer(deadline)
+    def add(self, deadline: float, on_fire: Callable[[], None] | None = None) -> Timer:
+        """Register a wall-clock deadline; the returned timer fires at (or after) it (and
+        then calls `on_fire`, if given)."""
+        timer = Timer(deadline, on_fire)
         heapq.heappush(self._heap, (deadline, next(self._seq), timer))
         self._live += 1
         if deadline < self._armed:
@@ -194,7 +209,7 @@ class TimerQueue:
                 timer.state = _FIRED
                 self._live -= 1
                 self.fired_total += 1
-                timer._wakeup.set()
+                timer._fire()
             else:
                 self._cancelled -= 1
 

@@ -45,18 +45,25 @@ def log_path(
     )
 
 
+_WRITE_LOCK = threading.Lock()
+"""Serializes writes to task logs (thread-run tasks write from worker threads). One lock
+for all: a write is a short buffered call, and a lock per log would cost more memory than
+the log itself while 100,000 deferred tasks each hold an unopened one."""
+
+
 class TaskLog:
     """The log of one try of one task instance."""
+
+    __slots__ = ("_file", "path")
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._file: TextIO | None = None
-        self._lock = threading.Lock()  # thread-run tasks write from worker threads
 
     def write(self, text: str) -> None:
         if not text:
             return
-        with self._lock:
+        with _WRITE_LOCK:
             if self._file is None:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
@@ -74,14 +81,14 @@ class TaskLog:
     def ensure_file(self) -> None:
         """Create the (possibly empty) file now, e.g. for a child process to append to."""
         self.write("")
-        with self._lock:
+        with _WRITE_LOCK:
             if self._file is None:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._file.flush()
 
     def close(self) -> None:
-        with self._lock:
+        with _WRITE_LOCK:
             if self._file is not None:
                 self._file.close()
                 self._file = None

@@ -446,7 +446,7 @@ class RunDriver:
             return
         ti.state = TaskState.DEFERRED
         ti.next_method = deferral.method_name
-        ti.next_kwargs = deferral.kwargs
+        ti.next_kwargs = deferral.kwargs or None  # most defer without any: no dict per TI
         trigger = TriggerRecord(
             classpath=classpath,
             kwargs=kwargs,

@@ -41,6 +41,7 @@ from aflow.store.base import Store
 from aflow.store.records import ProcessRecord, TriggerRecord
 from triggers.base import BaseTrigger, load_trigger
 from triggers.shared import Resources, env_connection, use_resources
+from triggers.temporal import TimerQueue
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class Triggerer:
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
         self._parked: set[asyncio.Task[None]] = set()
+        self._timers: TimerQueue | None = None  # the shared one, once running
         self.watchdog: LoopWatchdog | None = None
 
     @property
@@ -208,6 +210,7 @@ class Triggerer:
         try:
             async with resources:
                 with use_resources(resources):
+                    self._timers = await TimerQueue.shared(resources)
                     try:
                         async with anyio.create_task_group() as tg:
                             self._tg = tg
@@ -290,33 +293,67 @@ class Triggerer:
     def _park(self, record: TriggerRecord) -> None:
         """Start waiting on one claimed trigger.
 
-        A parked trigger is one bare asyncio task (the triggerer runs on asyncio or uvloop): at
-        100,000 parked, anyio's per-task bookkeeping (a task handle with its own cancel
-        scope and event) and a cancel scope per timeout would be most of the memory. The
-        triggerer keeps the structure itself: it cancels and awaits every parked task
-        before it returns, and a timeout is one timer handle that cancels its task."""
+        A parked trigger is one bare asyncio task (the triggerer runs on asyncio or uvloop)
+        and, if it has a timeout, one entry in the shared timer queue. At 100,000 parked,
+        anything more per trigger shows: anyio's per-task bookkeeping (a task handle with
+        its own cancel scope and event), a cancel scope or loop timer per timeout, the
+        kwargs once the trigger is built, a copy of the same run id per row. The triggerer
+        keeps the structure itself: it cancels and awaits every parked task (their
+        cleanups included) before it returns."""
         assert record.id is not None
-        kwargs = record.kwargs
-        record = dataclasses.replace(record, kwargs={})  # the trigger object holds them now
+        trigger: BaseTrigger | None = None
+        problem = None
+        try:
+            trigger = load_trigger(record.classpath, record.kwargs)
+        except (TypeError, ValueError) as exc:
+            problem = f"cannot rebuild the trigger: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a broken trigger fails its task alone
+            problem = _traceback_text(exc)
+        record = dataclasses.replace(
+            record,
+            kwargs={},  # the trigger object holds them now
+            classpath=sys.intern(record.classpath),
+            dag_id=sys.intern(record.dag_id),
+            run_id=sys.intern(record.run_id),
+            task_id=sys.intern(record.task_id),
+        )
         self.running[record.id] = record
+        if trigger is not None:
+            trigger.trigger_id = record.id
+            trigger.task_instance = record
         task = asyncio.get_running_loop().create_task(
-            self._run_one(record, kwargs), name=f"trigger {record.id}"
+            self._run_one(record, trigger, problem), name=f"trigger {record.id}"
         )
         self._parked.add(task)
         task.add_done_callback(self._parked.discard)
 
-    async def _run_one(self, record: TriggerRecord, load_kwargs: dict[str, Any]) -> None:
+    async def _run_one(
+        self, record: TriggerRecord, trigger: BaseTrigger | None, problem: str | None
+    ) -> None:
         assert record.id is not None
-        task_log = logs.TaskLog(
-            logs.log_path(
-                self.log_dir, record.dag_id, record.run_id, record.task_id,
-                record.try_number, record.map_index,
-            )
-        )
+        task_log = _TriggerLog(self.log_dir, record)
         token = logs.set_task_log(task_log)
+        deadline: _Deadline | None = None
         try:
-            event = await self._wait_for_event(record, load_kwargs)
+            if trigger is None:
+                event: dict[str, Any] = {"kind": "error", "error": problem}
+            else:
+                if record.timeout_at is not None:
+                    timeout_s = max(0.0, (record.timeout_at - self.clock.now()).total_seconds())
+                    assert self._timers is not None
+                    deadline = _Deadline(self._timers, timeout_s)
+                try:
+                    event = await self._wait_for_event(record, trigger)
+                except anyio.get_cancelled_exc_class():
+                    # The deadline's cancellation (even one that lands in the trigger's
+                    # cleanup, racing its event) is the timeout; any other is shutdown.
+                    if deadline is None or not deadline.expired():
+                        raise
+                    logging.getLogger("aflow.task").error("the wait timed out")
+                    event = {"kind": "timeout"}
         finally:
+            if deadline is not None:
+                deadline.cancel()
             logs.reset_task_log(token)
             task_log.close()
         try:
@@ -324,16 +361,9 @@ class Triggerer:
         finally:
             self.running.pop(record.id, None)
 
-    async def _wait_for_event(self, record: TriggerRecord, load_kwargs: dict[str, Any]) -> dict[str, Any]:
-        deadline: _Deadline | None = None
-        if record.timeout_at is not None:
-            timeout_s = max(0.0, (record.timeout_at - self.clock.now()).total_seconds())
-            deadline = _Deadline(timeout_s)
-        trigger = None
+    @staticmethod
+    async def _wait_for_event(record: TriggerRecord, trigger: BaseTrigger) -> dict[str, Any]:
         try:
-            trigger = load_trigger(record.classpath, load_kwargs)
-            trigger.trigger_id = record.id
-            trigger.task_instance = record
             events = trigger.run()
             try:
                 async for event in events:
@@ -342,26 +372,14 @@ class Triggerer:
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
             return {"kind": "error", "error": f"{record.classpath}.run() ended without an event"}
-        except (TypeError, ValueError) as exc:
-            if trigger is None:
-                return {"kind": "error", "error": f"cannot rebuild the trigger: {exc}"}
-            return {"kind": "error", "error": _traceback_text(exc)}
-        except anyio.get_cancelled_exc_class():
-            if deadline is None or not deadline.expired():
-                raise  # shutdown, not the timeout
-            logging.getLogger("aflow.task").error("the wait timed out")
-            return {"kind": "timeout"}
         except Exception as exc:  # noqa: BLE001 - one trigger's failure is its task's alone
             return {"kind": "error", "error": _traceback_text(exc)}
         finally:
-            if deadline is not None:
-                deadline.cancel()
-            if trigger is not None:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await trigger.cleanup()
-                    except Exception:  # noqa: BLE001
-                        log.exception("cleanup of trigger %s failed", record.id)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await trigger.cleanup()
+                except Exception:  # noqa: BLE001
+                    log.exception("cleanup of trigger %s failed", record.id)
 
     async def _fire(self, record: TriggerRecord, event: dict[str, Any]) -> None:
         assert record.id is not None
@@ -383,18 +401,37 @@ class Triggerer:
             listener(fired)
 
 
+class _TriggerLog(logs.TaskLog):
+    """The log of the deferred try a trigger wakes, its path worked out only if the
+    trigger writes to it (most never do; 100,000 path strings would be ~15 MiB)."""
+
+    __slots__ = ("_log_dir", "_record")
+
+    def __init__(self, log_dir: Path, record: TriggerRecord) -> None:
+        self._file = None
+        self._log_dir = log_dir
+        self._record = record
+
+    @property  # type: ignore[override]
+    def path(self) -> str:
+        r = self._record
+        return logs.log_path(self._log_dir, r.dag_id, r.run_id, r.task_id, r.try_number, r.map_index)
+
+
 class _Deadline:
-    """A trigger's timeout: one timer handle that cancels the waiting task when it is
-    due (a cancel scope per parked trigger costs several times as much memory)."""
+    """A trigger's timeout: an entry in the shared timer queue that cancels the waiting
+    task when it is due (a cancel scope, or even a loop timer handle, per parked trigger
+    costs several times as much memory)."""
 
-    __slots__ = ("_expired", "_handle", "_task")
+    __slots__ = ("_expired", "_queue", "_task", "_timer")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, queue: TimerQueue, seconds: float) -> None:
         task = asyncio.current_task()
         assert task is not None, "a trigger waits in an asyncio task"
         self._task = task
         self._expired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._expire)
+        self._queue = queue
+        self._timer = queue.add(time.time() + seconds, self._expire)
 
     def _expire(self) -> None:
         self._expired = True
@@ -409,7 +446,7 @@ class _Deadline:
         return True
 
     def cancel(self) -> None:
-        self._handle.cancel()
+        self._queue.cancel(self._timer)
 
 
 def _fields(record: TriggerRecord) -> dict[str, Any]:

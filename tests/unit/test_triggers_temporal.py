@@ -57,10 +57,23 @@ async def test_timers_fire_in_deadline_order() -> None:
 
 async def test_ten_thousand_time_triggers_share_one_queue() -> None:
     async with default_resources() as resources:
-        now = datetime.now(UTC)
-        triggers = [
-            DateTimeTrigger(now + timedelta(seconds=2 + (i % 100) / 200)) for i in range(10_000)
-        ]
+        queue = await TimerQueue.shared(resources)
+        assert queue is await resources.get(TimerQueue, TimerQueue.create)
+
+        # Parked: all of them are entries of the one queue (far moments: none fires).
+        far = datetime.now(UTC) + timedelta(hours=1)
+        async with anyio.create_task_group() as tg:
+            for i in range(10_000):
+                tg.start_soon(first_event, DateTimeTrigger(far + timedelta(seconds=i)))
+            await until(lambda: len(queue) == 10_000, timeout=60)
+            tg.cancel_scope.cancel()
+        assert len(queue) == 0 and queue.heap_size == 0 and queue.fired_total == 0
+
+        # Fired: each once, with its own moment. (A moment that has passed by the time
+        # its trigger runs fires at once without the queue, so on a loaded machine the
+        # queue may fire fewer than all; never more.)
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        triggers = [DateTimeTrigger(soon + timedelta(seconds=(i % 100) / 200)) for i in range(10_000)]
         events: list[TriggerEvent] = []
 
         async def run(trigger: DateTimeTrigger) -> None:
@@ -70,12 +83,9 @@ async def test_ten_thousand_time_triggers_share_one_queue() -> None:
             async with anyio.create_task_group() as tg:
                 for trigger in triggers:
                     tg.start_soon(run, trigger)
-        assert len(events) == 10_000
-        queue = await TimerQueue.shared(resources)
-        assert queue is await resources.get(TimerQueue, TimerQueue.create)
-        assert queue.fired_total == 10_000
-        assert len(queue) == 0 and queue.heap_size == 0
         assert sorted(e.payload for e in events) == sorted(t.moment.isoformat() for t in triggers)
+        assert queue.fired_total <= 10_000
+        assert len(queue) == 0 and queue.heap_size == 0
 
 
 async def test_an_earlier_timer_added_later_rearms_the_sleeper() -> None:

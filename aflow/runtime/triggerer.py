@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -46,6 +47,7 @@ from triggers.temporal import TimerQueue
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 100_000
+PEERS_REREAD_S = 2.0  # how often a triggerer looks again for other live triggerers
 
 
 class StoreWebhookInbox:
@@ -175,6 +177,8 @@ class Triggerer:
         self._tg: TaskGroup | None = None
         self._parked: set[asyncio.Task[None]] = set()
         self._timers: TimerQueue | None = None  # the shared one, once running
+        self._peers = 0
+        self._peers_read_at = -math.inf
         self.watchdog: LoopWatchdog | None = None
 
     @property
@@ -242,7 +246,13 @@ class Triggerer:
     # -- loops ------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while True:
-            room = min(self.capacity_left, self.claim_batch)
+            # Alone, claim batch after batch until nothing is left. With live peers, claim
+            # one share of a batch per wake-up: every triggerer claims at the same bounded
+            # rate, so a burst of deferrals is split evenly instead of going to whichever
+            # polled first (work already claimed is not moved: no stealing).
+            peers = await self._live_peers()
+            batch = self.claim_batch if peers == 0 else max(1, self.claim_batch // (peers + 1))
+            room = min(self.capacity_left, batch)
             claimed: list[TriggerRecord] = []
             if room > 0:
                 try:
@@ -253,11 +263,27 @@ class Triggerer:
                     log.exception("claiming triggers failed; retrying")
             for record in claimed:
                 self._park(record)
-            if claimed and len(claimed) == room:
+            if claimed and len(claimed) == room and peers == 0:
                 continue  # more may be waiting: claim again at once
             with anyio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = anyio.Event()
+
+    async def _live_peers(self) -> int:
+        """Other triggerers with a recent heartbeat (read at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._peers_read_at < PEERS_REREAD_S:
+            return self._peers
+        self._peers_read_at = now
+        try:
+            processes = await self.store.list_processes("triggerer")
+        except StoreError:
+            return self._peers  # keep the last answer; the claim below reports the outage
+        fresh_after = self.clock.now() - timedelta(seconds=self.lease_s)
+        self._peers = sum(
+            1 for p in processes if p.process_id != self.process_id and p.heartbeat_at >= fresh_after
+        )
+        return self._peers
 
     async def _lease_loop(self) -> None:
         while True:

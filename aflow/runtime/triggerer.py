@@ -215,6 +215,10 @@ class Triggerer:
             async with resources:
                 with use_resources(resources):
                     self._timers = await TimerQueue.shared(resources)
+                    # A task deferred by a scheduler in another process: claim at once.
+                    unsubscribe = await self.store.listen(
+                        Store.TRIGGERS_NEW_CHANNEL, lambda _payload: self.wake()
+                    )
                     try:
                         async with anyio.create_task_group() as tg:
                             self._tg = tg
@@ -223,6 +227,7 @@ class Triggerer:
                             tg.start_soon(self._heartbeat_loop)
                             task_status.started()
                     finally:
+                        unsubscribe()
                         await self._unpark_all()  # while the shared resources are still open
         finally:
             self.watchdog.stop()

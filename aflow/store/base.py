@@ -36,6 +36,7 @@ class Store(abc.ABC):
     # announce (see `listen`). Payloads are informative only: a listener re-reads the store.
     RUNS_CHANNEL = "runs"  # a run without a live owner exists: claim it
     TRIGGERS_FIRED_CHANNEL = "triggers_fired"  # a trigger's event is committed: resume its TI
+    TRIGGERS_NEW_CHANNEL = "triggers_new"  # a TI deferred: a trigger row waits to be claimed
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -148,15 +148,20 @@ async def test_explicit_notify_reaches_every_subscriber_of_its_schema_only(
 
 
 @pytest.mark.postgres
-async def test_fired_triggers_and_released_runs_wake_listeners(pg_url: Callable[[], str]) -> None:
+async def test_deferrals_fired_triggers_and_released_runs_wake_listeners(
+    pg_url: Callable[[], str],
+) -> None:
     url = pg_url()
     async with PostgresStore(url) as listener, PostgresStore(url) as writer:
-        fired, runs = Inbox(), Inbox()
+        new, fired, runs = Inbox(), Inbox(), Inbox()
+        await listener.listen(Store.TRIGGERS_NEW_CHANNEL, new)
         await listener.listen(Store.TRIGGERS_FIRED_CHANNEL, fired)
         await listener.listen(Store.RUNS_CHANNEL, runs)
         await wait_live(listener)
+        await new.next()
         await fired.next()
         await runs.next()
+        new.clear()
         fired.clear()
         runs.clear()
 
@@ -166,6 +171,7 @@ async def test_fired_triggers_and_released_runs_wake_listeners(pg_url: Callable[
             classpath="x.Y", kwargs={}, dag_id="d", run_id="r", task_id="t", try_number=1,
             created_at=T0,
         ))
+        await new.next()  # a triggerer elsewhere claims it at once
         (trigger,) = await writer.list_triggers()
         assert trigger.id is not None
         await writer.fire_trigger(trigger.id, {"kind": "event"}, T0)

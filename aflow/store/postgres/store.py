@@ -35,7 +35,8 @@ created on first open.
   and database (never the password) within about `connect_timeout_s`.
 - Wake-ups across processes are LISTEN/NOTIFY (see `Store.listen`): `create_run` of an
   unowned run, `expire_leases_of` and releasing all of an owner's runs notify
-  RUNS_CHANNEL, and `fire_trigger` notifies TRIGGERS_FIRED_CHANNEL, each in the
+  RUNS_CHANNEL, `fire_trigger` notifies TRIGGERS_FIRED_CHANNEL and `defer_ti`
+  TRIGGERS_NEW_CHANNEL, each in the
   transaction of its change (PostgreSQL delivers a notification only at COMMIT, and
   merges equal ones of one transaction). Channel names carry the schema, so stores of
   different schemas in one database never wake each other. Listening uses one dedicated
@@ -745,7 +746,12 @@ class PostgresStore(Store):
             trigger.try_number,
         )
         await self._write(
-            [(enc.UPSERT_TI, [enc.ti_row(ti)]), (enc.DELETE_TI_TRIGGER, [key]), (enc.INSERT_TRIGGER, [row])]
+            [
+                (enc.UPSERT_TI, [enc.ti_row(ti)]),
+                (enc.DELETE_TI_TRIGGER, [key]),
+                (enc.INSERT_TRIGGER, [row]),
+                (_NOTIFY, [(self.channel_name(self.TRIGGERS_NEW_CHANNEL), "")]),
+            ]
         )
 
     async def claim_triggers(

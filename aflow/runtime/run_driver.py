@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from aflow.authoring.baseoperator import is_loop_safe
@@ -32,9 +33,17 @@ from aflow.exceptions import StoreError, TaskDeferred
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.slots import Slots
-from aflow.runtime.task_runner import Resume, TryJob, call_callback, retry_delay_for, run_try
+from aflow.runtime.task_runner import (
+    Resume,
+    TryJob,
+    build_context,
+    call_callback,
+    retry_delay_for,
+    run_try,
+)
+from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
-from aflow.runtime.xcom import XComView
+from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
 from aflow.store.base import Store
 from aflow.store.records import DagRunRecord, TaskInstanceRecord, TriggerRecord, XComRecord
@@ -140,6 +149,18 @@ def _resumes_at_once(task: Any, resume: Resume) -> bool:
     return method is not None and is_loop_safe(method)
 
 
+def _ends_inline(task: Any, ti: TIState) -> bool:
+    """A resumed TI that may end without a try: its resume method is `loop_safe` (a
+    built-in sensor's `execute_complete`, which needs no rendered templates) and nothing
+    else would run around it (no callbacks of any kind, not in a thread or process)."""
+    if ti.next_method is None or ti.next_event is None:
+        return False
+    if (task.on_success_callback or task.on_failure_callback or task.on_retry_callback
+            or task.execution_timeout is not None):
+        return False
+    return _resumes_at_once(task, Resume(ti.next_method, {}, ti.next_event))
+
+
 class RunDriver:
     def __init__(
         self,
@@ -163,6 +184,8 @@ class RunDriver:
         self.on_run_finished: list[Any] = []  # callables(RunState), e.g. the scheduler's
         self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
         self.tries_started = 0
+        self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
+        self._inline_pending = False
 
     # -- adopting a run ------------------------------------------------------------
     async def adopt(self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord]) -> RunState:
@@ -487,8 +510,83 @@ class RunDriver:
             return False
         ti.next_event = trigger.event
         ti.state = TaskState.SCHEDULED
-        self._submit(rs, ti)
+        if _ends_inline(rs.dag.task_dict[ti.task_id], ti):
+            self._inline.append((rs, ti))
+            if not self._inline_pending:
+                self._inline_pending = True
+                self._tg.start_soon(self._end_inline)
+        else:
+            self._submit(rs, ti)
         return True
+
+    async def _end_inline(self) -> None:
+        """End, in one batch, the resumed sensors whose whole remaining work is a quick
+        `execute_complete` that returns their XCom (see `_ends_inline`): no slot, no try
+        machinery, one transaction for all of their ends and trigger rows. Whatever does
+        not end in success here (an error, a timeout, a method that raises) goes on as an
+        ordinary resumed try instead, which logs, retries and calls back as usual."""
+        await anyio.lowlevel.checkpoint()  # triggers firing in this same tick join the batch
+        batch, self._inline = self._inline, []
+        self._inline_pending = False
+        now = self.clock.now()
+        ended: list[tuple[RunState, TIState, dict[str, Any]]] = []
+        for rs, ti in batch:
+            if rs.lost or rs.key not in self.runs:
+                continue
+            xcoms = self._inline_outcome(rs, ti, now)
+            if xcoms is None:
+                self._submit(rs, ti)  # the ordinary way, with its log, retries and callbacks
+            else:
+                ended.append((rs, ti, xcoms))
+        if not ended:
+            return
+        for _, ti, _ in ended:
+            ti.state = TaskState.SUCCESS
+            ti.start_date = ti.start_date or now
+            ti.end_date = now
+            ti.hostname = self.hostname
+            ti.error = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+        ends = [
+            (ti, [XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, k, v, ti.map_index)
+                  for k, v in xcoms.items()])
+            for rs, ti, xcoms in ended
+        ]
+        await self._durably(functools.partial(self.store.finish_tis, end_trigger=True), ends)
+        by_run: dict[tuple[str, str], tuple[RunState, list[TIState]]] = {}
+        for rs, ti, xcoms in ended:
+            if xcoms:
+                rs.xcoms.set_task(ti.task_id, ti.map_index, xcoms)
+            rs.unfinished -= 1
+            by_run.setdefault(rs.key, (rs, []))[1].append(ti)
+        for rs, tis in by_run.values():
+            await self._after_end(rs, tis)
+
+    def _inline_outcome(self, rs: RunState, ti: TIState, now: datetime) -> dict[str, Any] | None:
+        """The XComs of a resumed sensor that ends in success now, or None to run it as an
+        ordinary resumed try."""
+        event = ti.next_event or {}
+        if event.get("kind") != "event":
+            return None
+        task = rs.dag.task_dict[ti.task_id]
+        context = build_context(task, self._runtime_ti(rs, ti, now), rs.run)
+        try:
+            method = task.resume_method(ti.next_method or "")
+            value = method(context, event=event.get("payload"), **(ti.next_kwargs or {}))
+            if value is None or not task.do_xcom_push:
+                return {}
+            return {RETURN_KEY: check_json(value, task_id=task.task_id, key=RETURN_KEY)}
+        except Exception:  # noqa: BLE001 - the ordinary try calls it again and records why
+            return None
+
+    def _runtime_ti(self, rs: RunState, ti: TIState, now: datetime) -> RuntimeTaskInstance:
+        task = rs.dag.task_dict[ti.task_id]
+        return RuntimeTaskInstance(
+            dag_id=rs.run.dag_id, run_id=rs.run.run_id, task_id=ti.task_id,
+            map_index=ti.map_index, try_number=ti.try_number, max_tries=ti.max_tries,
+            start_date=ti.start_date or now, hostname=self.hostname, xcoms=rs.xcoms,
+            upstream_task_ids=task.upstream_task_ids,
+        )
 
     async def _interrupted(self, rs: RunState, ti: TIState) -> None:
         """Shutdown cancelled a running try: leave it to be run again, without using a retry."""

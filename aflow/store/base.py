@@ -4,10 +4,13 @@ pass the shared contract suite (tests/integration/test_store_contract.py)."""
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+
+import anyio
 
 from aflow.states import DagRunState
 from aflow.store.records import (
@@ -156,6 +159,18 @@ class Store(abc.ABC):
         """Group-committed: a TI's terminal row, its XComs (replacing older ones of the TI),
         optionally its run's row and, with `end_trigger`, the deletion of its trigger row
         (a resumed deferral is over), all in one transaction."""
+
+    async def finish_tis(
+        self,
+        ends: Sequence[tuple[TaskInstanceRow, Sequence[XComRecord]]],
+        *,
+        end_trigger: bool = False,
+    ) -> None:
+        """Group-committed: several TIs' terminal rows with their XComs (each as
+        `finish_ti` would write it), in one transaction where the backend can."""
+        async with anyio.create_task_group() as tg:
+            for ti, xcoms in ends:
+                tg.start_soon(functools.partial(self.finish_ti, ti, xcoms, end_trigger=end_trigger))
 
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod

@@ -14,6 +14,7 @@ import pytest
 from aflow import DAG, PythonOperator
 from aflow.authoring.sensors import BaseSensorOperator, PokeReturnValue
 from aflow.states import TaskState
+from aflow.store.factory import open_store_url
 from tests.conftest import run_dag
 from triggers.base import BaseTrigger, TriggerEvent
 
@@ -87,6 +88,29 @@ async def test_modes_give_the_same_result(
     assert result.states() == {"sense": "success", "after": "success", "maker": "success"}
     assert result.tis["sense"].try_number == 1  # reschedules and resumes stay in one try
     assert result.tis["after"].state is TaskState.SUCCESS
+
+
+@pytest.mark.parametrize("with_callback", [False, True], ids=["batched", "with-callback"])
+async def test_a_resumed_sensor_ends_with_its_xcom_and_its_callbacks(
+    home: Path, tmp_path: Path, with_callback: bool
+) -> None:
+    """Resumed sensors whose execute_complete is a built-in one end in a batch without a
+    try of their own; one with a callback ends as an ordinary try, which calls it."""
+    called: list[str] = []
+    kwargs: dict[str, Any] = {"deferrable": True}
+    if with_callback:
+        kwargs["on_success_callback"] = lambda context: called.append(context["ti"].task_id)
+    dag = sensor_dag(f"resumed_{with_callback}", tmp_path, **kwargs)
+    result = await run_dag(dag, home, parallelism=1, timeout=30)
+    assert result.states() == {"sense": "success", "after": "success", "maker": "success"}
+    assert result.tis["sense"].end_date is not None and result.tis["sense"].next_method is None
+    async with open_store_url(f"sqlite:///{home / 'aflow.db'}") as store:
+        assert await store.list_triggers() == []  # the fired trigger row went with the end
+        (xcom,) = await store.get_xcoms(dag.dag_id, result.run.run_id, "sense")
+        after = await store.get_xcoms(dag.dag_id, result.run.run_id, "after")
+    assert xcom.value == {"path": str(tmp_path / "flag"), "via": "trigger"}
+    assert [x.value for x in after] == [xcom.value]  # the downstream read it
+    assert called == (["sense"] if with_callback else [])
 
 
 async def test_reschedule_mode_frees_the_slot_between_pokes(home: Path, tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ created on first open.
 - A connection pool (asyncpg.create_pool; connections opened on demand and kept, with
   `pool_min_size` 0 so that no floor is restored in the background while the server is
   down); each connection starts with aflow's
-  `search_path`, a `lock_timeout` and `application_name=aflow` (unless the URL names one).
-- The high-rate writes are group-committed: one transaction per batch, with up to
+  `search_path`, a `lock_timeout` and `application_name=aflow` (unless the URL names one),
+  and is given back without asyncpg's reset query (see `_keep_session`).
+- The high-rate writes are group-committed: one transaction per batch (a batch that
+  is a single statement goes without BEGIN/COMMIT: it is its own transaction), with up to
   `write_connections` batches in flight at once on their own pooled connections, never
   two that touch the same row (commit.py). Many rows of the hot task-instance upsert go
   as one statement over arrays (unnest), not one statement per row. A batch that meets a transient failure (the
@@ -199,14 +201,46 @@ def _keys_of(op: Op) -> frozenset[Hashable] | None:
     return frozenset(keys)
 
 
-async def _execute_ops(conn: asyncpg.Connection, ops: Iterable[Op]) -> None:
+def _statements(ops: Iterable[Op]) -> list[tuple[str, Sequence[Any], bool]]:
+    """What `ops` send, in order: (sql, args, many) each, where `args` are one
+    statement's parameters, or with `many` the rows of an executemany. A batch's hot
+    task-instance upserts go as one statement over arrays."""
+    out: list[tuple[str, Sequence[Any], bool]] = []
     for sql, rows in _merged(ops):
         if len(rows) == 1:
-            await conn.execute(sql, *rows[0])
-        elif sql == enc.UPSERT_TI:  # the hot one: one statement for all its rows
-            await conn.execute(enc.UPSERT_TI_BULK, *enc.bulk_ti_params(rows))
+            out.append((sql, rows[0], False))
+        elif sql == enc.UPSERT_TI:
+            out.append((enc.UPSERT_TI_BULK, enc.bulk_ti_params(rows), False))
         else:
-            await conn.executemany(sql, rows)
+            out.append((sql, rows, True))
+    return out
+
+
+async def _execute_ops(conn: asyncpg.Connection, ops: Iterable[Op]) -> None:
+    """Apply `ops` atomically. A single statement is its own transaction: the server
+    answers it only once it has committed (and, with `synchronous_commit`, flushed), as
+    it would a COMMIT, so it goes without the BEGIN and COMMIT round trips. Several go in
+    one transaction."""
+    statements = _statements(ops)
+    if len(statements) == 1 and not statements[0][2]:
+        sql, args, _ = statements[0]
+        await conn.execute(sql, *args)
+        return
+    async with conn.transaction():
+        for sql, args, many in statements:
+            if many:
+                await conn.executemany(sql, args)
+            else:
+                await conn.execute(sql, *args)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a connection given back: nothing to undo. asyncpg's default
+    sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` (a round trip per
+    release, i.e. per group-commit batch); aflow never leaves anything behind on a pooled
+    connection (no SET, advisory locks only transaction-scoped, no cursor outside a
+    transaction, LISTEN on a connection of its own), and asyncpg still rolls back an
+    open transaction before calling this."""
 
 
 class PostgresStore(Store):
@@ -314,6 +348,7 @@ class PostgresStore(Store):
                 max_size=self.pool_max_size,
                 timeout=self.connect_timeout_s,
                 server_settings=self._server_settings(),
+                reset=_keep_session,
             )
 
     async def _close_pool(self, pool: asyncpg.Pool) -> None:
@@ -387,8 +422,7 @@ class PostgresStore(Store):
         assert self._pool is not None, "store is not open"
         async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
             try:
-                async with conn.transaction():
-                    await _execute_ops(conn, batch)
+                await _execute_ops(conn, batch)
                 return [None] * len(batch)
             except Exception as exc:
                 _raise_if_lost(conn, exc)
@@ -397,8 +431,7 @@ class PostgresStore(Store):
             results: list[BaseException | None] = []
             for op in batch:
                 try:
-                    async with conn.transaction():
-                        await _execute_ops(conn, [op])
+                    await _execute_ops(conn, [op])
                     results.append(None)
                 except Exception as exc:
                     _raise_if_lost(conn, exc)

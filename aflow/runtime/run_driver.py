@@ -367,8 +367,29 @@ class RunDriver:
             rs.run.dag_id,
             task.priority_weight,
             rs.dag.max_active_tasks,
-            lambda: self._run_ti(rs, ti),
+            lambda: self._run_ti_or_fail(rs, ti),
         )
+
+    async def _run_ti_or_fail(self, rs: RunState, ti: TIState) -> None:
+        """`_run_ti`, and if it breaks on a bug of aflow's own (not the task's: those are
+        outcomes), the TI fails with that error instead of staying `running` in memory
+        with its run never ending."""
+        try:
+            await self._run_ti(rs, ti)
+        except Exception as exc:
+            log.exception("internal error while running %s of %s", ti.task_id, rs.run.run_id)
+            if ti.state in FINISHED_TASK_STATES or rs.lost or rs.key not in self.runs:
+                return  # its end is recorded (the error came after): nothing is left open
+            ti.state = TaskState.FAILED
+            ti.end_date = self.clock.now()
+            ti.error = f"aflow internal error: {type(exc).__name__}: {exc}"
+            self._write_to_log(rs, ti, f"ERROR - {ti.error}")
+            await self._durably(
+                functools.partial(self.store.finish_ti, end_trigger=ti.next_method is not None),
+                ti, [],
+            )
+            rs.unfinished -= 1
+            await self._after_end(rs, [ti])
 
     async def _run_ti(self, rs: RunState, ti: TIState) -> None:
         """Runs in a slot: the try (or a deferred try going on) and its outcome's commit."""

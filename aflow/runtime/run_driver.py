@@ -549,13 +549,25 @@ class RunDriver:
         await anyio.lowlevel.checkpoint()  # triggers firing in this same tick join the batch
         batch, self._inline = self._inline, []
         self._inline_pending = False
+        handed_on: set[int] = set()
+        try:
+            await self._end_batch(batch, handed_on)
+        except Exception:  # noqa: BLE001 - a bug here must not strand the sensors
+            log.exception("ending %d resumed sensors in a batch failed; each goes on alone", len(batch))
+            for rs, ti in batch:
+                if id(ti) not in handed_on and ti.state is TaskState.SCHEDULED:
+                    self._submit(rs, ti)
+
+    async def _end_batch(self, batch: list[tuple[RunState, TIState]], handed_on: set[int]) -> None:
         now = self.clock.now()
         ended: list[tuple[RunState, TIState, dict[str, Any]]] = []
         for rs, ti in batch:
             if rs.lost or rs.key not in self.runs:
+                handed_on.add(id(ti))
                 continue
             xcoms = self._inline_outcome(rs, ti, now)
             if xcoms is None:
+                handed_on.add(id(ti))
                 self._submit(rs, ti)  # the ordinary way, with its log, retries and callbacks
             else:
                 ended.append((rs, ti, xcoms))
@@ -574,6 +586,7 @@ class RunDriver:
             for rs, ti, xcoms in ended
         ]
         await self._durably(functools.partial(self.store.finish_tis, end_trigger=True), ends)
+        handed_on.update(id(ti) for _, ti, _ in ended)  # committed: theirs to finish here
         by_run: dict[tuple[str, str], tuple[RunState, list[TIState]]] = {}
         for rs, ti, xcoms in ended:
             if xcoms:

@@ -1,7 +1,8 @@
 """The `aflow` command line: argument parsing, output formatting and signals, nothing else.
 
 Every command is a thin wrapper over the Orchestrator, the Store or the DAG loader.
-Flags map onto constructor arguments; each has an AFLOW_* environment variable default.
+Flags map onto constructor arguments; a flag not given takes its value from the settings
+(aflow/config.py: AFLOW__SECTION__KEY, older AFLOW_* variables, $AFLOW_HOME/aflow.toml).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,9 @@ from typing import Any
 import anyio
 
 from aflow import __version__
+from aflow.config import SETTINGS, Config, load_config, resolve_home
 from aflow.exceptions import AflowError
-from aflow.orchestrator import (
-    DEFAULT_HOME,
-    DEFAULT_PARALLELISM,
-    DEFAULT_TRIGGERER_CAPACITY,
-    Orchestrator,
-)
+from aflow.orchestrator import DEFAULT_HOME, Orchestrator
 from aflow.runtime import logs
 from aflow.runtime.dag_loader import DagBag, load_folder
 from aflow.runtime.run_factory import with_unstarted
@@ -46,8 +43,31 @@ LOOP_OPTIONS = {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 # -- settings ----------------------------------------------------------------------------------
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+def apply_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """Resolve every setting (flag > AFLOW__SECTION__KEY > older AFLOW_* > file > default)
+    and put the values of this command's flags onto `args`."""
+    home, home_source = resolve_home(args.home, env)
+    flags = {s.name: getattr(args, s.dest, None) for s in SETTINGS if s.dest}
+    config = load_config(home, env=env, flags=flags, home_source=home_source)
+    args.home = str(home)
+    for s in SETTINGS:
+        if s.dest and hasattr(args, s.dest):
+            value = config.get(s.name)
+            setattr(args, s.dest, str(value) if isinstance(value, Path) else value)
+    args.config = config
+    return config
+
+
+def _setting_help(text: str, name: str) -> str:
+    s = next(s for s in SETTINGS if s.name == name)
+    default = s.default_text or s.default
+    alias = f" or {s.legacy_env}" if s.legacy_env else ""
+    return f"{text} (setting {name}: env {s.env}{alias}; default {default})".replace("%", "%%")
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    return open_store_url(store_url_of(args),
+                          sqlite_synchronous=args.config.get("core.sqlite_synchronous"))
 
 
 def home_of(args: argparse.Namespace) -> Path:
@@ -119,7 +139,7 @@ def _jsonable(value: Any) -> Any:
 # -- commands --------------------------------------------------------------------------------------
 async def cmd_db_init(args: argparse.Namespace) -> int:
     home_of(args).mkdir(parents=True, exist_ok=True)
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         version = await store.schema_version()
     print(f"store {store_url_of(args)} is at schema version {version}")
     return 0
@@ -130,7 +150,8 @@ def _load_bag(args: argparse.Namespace, *, report_errors: bool = False) -> DagBa
     so the loader's own warning per broken file is not printed a second time."""
     folder = dags_folder_of(args)
     if not folder.exists():
-        raise AflowError(f"DAG folder {folder} does not exist (set --dags-folder or AFLOW_DAGS_FOLDER)")
+        raise AflowError(f"DAG folder {folder} does not exist (set --dags-folder, "
+                         "AFLOW__CORE__DAGS_FOLDER or [core] dags_folder in aflow.toml)")
     loader_log = logging.getLogger("aflow.runtime.dag_loader")
     level = loader_log.level
     if report_errors and not args.verbose:
@@ -198,6 +219,7 @@ async def cmd_dags_test(args: argparse.Namespace) -> int:
         parallelism=args.parallelism,
         schedule=False,
         claim=False,
+        sqlite_synchronous=args.config.get("core.sqlite_synchronous"),
     ) as o:
         dag = o.dagbag.get_dag(args.dag_id)
         handle = await o.trigger(
@@ -236,7 +258,7 @@ async def cmd_dags_trigger(args: argparse.Namespace) -> int:
         run_id=args.run_id,
         triggered_by="cli",
     )
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         await store.create_run(run, [])  # TI rows are written as they first change
     emit([{"dag_id": run.dag_id, "run_id": run.run_id, "state": run.state.value,
            "logical_date": run.logical_date}], ["dag_id", "run_id", "state", "logical_date"],
@@ -245,7 +267,7 @@ async def cmd_dags_trigger(args: argparse.Namespace) -> int:
 
 
 async def cmd_dags_pause(args: argparse.Namespace, paused: bool) -> int:
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         if await store.get_dag(args.dag_id) is None:
             raise AflowError(f"no DAG {args.dag_id!r} in the store (has a scheduler loaded it?)")
         await store.set_dag_paused(args.dag_id, paused)
@@ -255,7 +277,7 @@ async def cmd_dags_pause(args: argparse.Namespace, paused: bool) -> int:
 
 async def cmd_triggers_list(args: argparse.Namespace) -> int:
     """Parked triggers by type: how many wait, the oldest wait, how many fired."""
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         triggers = await store.list_triggers()
     now = datetime.now(UTC)
     by_type: dict[str, dict[str, Any]] = {}
@@ -275,7 +297,7 @@ async def cmd_triggers_list(args: argparse.Namespace) -> int:
 
 async def cmd_triggers_health(args: argparse.Namespace) -> int:
     """Triggerers whose event loop wrote a heartbeat lately (exit 1 if none)."""
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         procs = await store.list_processes("triggerer")
     now = datetime.now(UTC)
     rows = [
@@ -294,7 +316,7 @@ async def cmd_triggers_health(args: argparse.Namespace) -> int:
 
 async def cmd_runs_list(args: argparse.Namespace) -> int:
     states = [DagRunState(s) for s in args.state] if args.state else None
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         runs = await store.list_runs(args.dag_id, states=states, limit=args.limit)
     rows = [
         {
@@ -356,7 +378,7 @@ async def cmd_tasks_test(args: argparse.Namespace) -> int:
 
 
 async def cmd_tasks_logs(args: argparse.Namespace) -> int:
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         run = await store.get_run(args.dag_id, args.run_id)
         tis = [t for t in await store.get_tis(args.dag_id, args.run_id) if t.task_id == args.task_id]
     if run is None:
@@ -387,7 +409,7 @@ def _first_line(text: str | None, width: int) -> str:
 
 
 async def cmd_tasks_states(args: argparse.Namespace) -> int:
-    async with open_store_url(store_url_of(args)) as store:
+    async with _open_store(args) as store:
         run = await store.get_run(args.dag_id, args.run_id)
         if run is None:
             raise AflowError(f"DAG {args.dag_id!r} has no run {args.run_id!r}")
@@ -415,6 +437,33 @@ async def cmd_tasks_states(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+async def cmd_config_list(args: argparse.Namespace) -> int:
+    config: Config = args.config
+    rows = [{"setting": "home", "value": str(config.home), "source": config.home_source,
+             "env": "AFLOW_HOME"}]
+    rows += [{"setting": name, "value": _config_value(v.value), "source": v.source,
+              "env": v.setting.env} for name, v in config.values.items()]
+    if args.output == "table":  # 30, not the listings' 30.000
+        for row in rows:
+            if isinstance(row["value"], float):
+                row["value"] = f"{row['value']:g}"
+    emit(rows, ["setting", "value", "source", "env"], args.output)
+    if args.output == "table":
+        exists = "" if config.file.exists() else " (not present)"
+        print(f"\nconfig file: {config.file}{exists}")
+    return 0
+
+
+async def cmd_config_get(args: argparse.Namespace) -> int:
+    value = _config_value(args.config.get(args.name))
+    print("" if value is None else value)
+    return 0
+
+
 async def _serve(args: argparse.Namespace, what: str) -> int:
     folder = dags_folder_of(args)
     # scheduler: schedules and drives runs; triggerer: only parks deferred waits;
@@ -431,9 +480,11 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         triggerer=what in ("triggerer", "standalone"),
         triggerer_capacity=args.capacity,
         lease_s=args.lease,
+        poll_s=args.config.get("scheduler.poll_seconds"),
         sweep_s=args.sweep,
         orphan_grace_s=args.orphan_grace,
         hostname=args.hostname,
+        sqlite_synchronous=args.config.get("core.sqlite_synchronous"),
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as watchers:
@@ -470,19 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aflow", description="aflow: async-native workflow orchestration")
     parser.add_argument("--version", action="version", version=f"aflow {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", default=_env("AFLOW_HOME", str(DEFAULT_HOME)),
-                        help="state folder: store, logs (env AFLOW_HOME; default %(default)s)")
-    common.add_argument("--store", default=_env("AFLOW_STORE"),
-                        help="store URL, e.g. sqlite:///path.db (env AFLOW_STORE; default $AFLOW_HOME/aflow.db)")
-    common.add_argument("--dags-folder", default=_env("AFLOW_DAGS_FOLDER"),
-                        help="folder of DAG files (env AFLOW_DAGS_FOLDER; default $AFLOW_HOME/dags)")
+    common.add_argument("--home",
+                        help="state folder: store, logs, aflow.toml (env AFLOW_HOME; "
+                             f"default {DEFAULT_HOME})")
+    common.add_argument("--store", help=_setting_help("store URL, e.g. sqlite:///path.db", "core.store"))
+    common.add_argument("--dags-folder", help=_setting_help("folder of DAG files", "core.dags_folder"))
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--parallelism", type=int,
-                         default=int(_env("AFLOW_PARALLELISM", str(DEFAULT_PARALLELISM)) or DEFAULT_PARALLELISM),
-                         help="most tries running at once (env AFLOW_PARALLELISM; default %(default)s)")
+                         help=_setting_help("most tries running at once", "core.parallelism"))
 
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
@@ -553,51 +602,64 @@ def build_parser() -> argparse.ArgumentParser:
                        ("triggerer", "park deferred waits (triggers) until SIGTERM/Ctrl-C"),
                        ("standalone", "run every part of aflow in one process")):
         p = groups.add_parser(name, parents=[common, running], help=text)
-        p.add_argument("--grace", type=float, default=float(_env("AFLOW_SHUTDOWN_GRACE", "30") or 30),
-                       help="seconds running tasks get to finish on shutdown (env AFLOW_SHUTDOWN_GRACE)")
+        p.add_argument("--grace", type=float,
+                       help=_setting_help("seconds running tasks get to finish on shutdown",
+                                          "core.shutdown_grace_seconds"))
         p.add_argument("--capacity", type=int,
-                       default=int(_env("AFLOW_TRIGGERER_CAPACITY", str(DEFAULT_TRIGGERER_CAPACITY))
-                               or DEFAULT_TRIGGERER_CAPACITY),
-                       help="most triggers this process parks (env AFLOW_TRIGGERER_CAPACITY; "
-                            "default %(default)s)")
+                       help=_setting_help("most triggers this process parks", "triggerer.capacity"))
         _add_scale_out_options(p)
         p.set_defaults(handler=lambda a, name=name: _serve(a, name))
+
+    conf = groups.add_parser("config", help="settings: $AFLOW_HOME/aflow.toml, AFLOW__SECTION__KEY")
+    conf_cmds = conf.add_subparsers(dest="cmd", required=True)
+    p = conf_cmds.add_parser("list", parents=[common, output],
+                             help="every setting's effective value and where it came from")
+    p.set_defaults(handler=cmd_config_list)
+    p = conf_cmds.add_parser("get", parents=[common], help="one setting's effective value")
+    p.add_argument("name", metavar="SECTION.KEY", help="e.g. core.parallelism")
+    p.set_defaults(handler=cmd_config_get)
     return parser
 
 
 def _add_scale_out_options(p: argparse.ArgumentParser) -> None:
     """Several processes sharing one PostgreSQL (README: "Running several schedulers")."""
-    p.add_argument("--lease", type=float, default=float(_env("AFLOW_LEASE_SECONDS", "30") or 30),
-                   help="seconds a dead process keeps its runs before others adopt them "
-                        "(env AFLOW_LEASE_SECONDS; default %(default)s)")
-    p.add_argument("--sweep", type=float, default=float(_env("AFLOW_SWEEP_SECONDS", "5") or 5),
-                   help="seconds between safety sweeps for new runs while PostgreSQL "
-                        "notifications wake the scheduler (env AFLOW_SWEEP_SECONDS; "
-                        "default %(default)s)")
+    p.add_argument("--lease", type=float,
+                   help=_setting_help("seconds a dead process keeps its runs before others adopt "
+                                      "them", "scheduler.lease_seconds"))
+    p.add_argument("--sweep", type=float,
+                   help=_setting_help("seconds between safety sweeps for new runs while "
+                                      "PostgreSQL notifications wake the scheduler",
+                                      "scheduler.sweep_seconds"))
     p.add_argument("--orphan-grace", type=float,
-                   default=float(_env("AFLOW_ORPHAN_GRACE_SECONDS", "600") or 600),
-                   help="seconds a run may wait for a DAG that no scheduler loads before it "
-                        "fails (env AFLOW_ORPHAN_GRACE_SECONDS; default %(default)s)")
-    p.add_argument("--hostname", default=_env("AFLOW_HOSTNAME"),
-                   help="this host's name in process records and task instances "
-                        "(env AFLOW_HOSTNAME; default the system's)")
+                   help=_setting_help("seconds a run may wait for a DAG that no scheduler loads "
+                                      "before it fails", "scheduler.orphan_grace_seconds"))
+    p.add_argument("--hostname",
+                   help=_setting_help("this host's name in process records and task instances",
+                                      "scheduler.hostname"))
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(level_name: str) -> None:
+    """`level_name` is what reaches stderr; task logs are routed to their files as before."""
+    level = logging.getLevelNamesMapping()[level_name]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(logs.OutsideTaskFilter())
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("aflow").setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(min(level, logging.INFO))
+    handler.setLevel(level)
+    logging.getLogger("aflow").setLevel(min(level, logging.INFO))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    try:  # bad settings: one line, non-zero exit, nothing done
+        config = apply_config(args, os.environ)
+    except AflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _setup_logging("DEBUG" if args.verbose else config.get("logging.level"))
     handler: Handler = args.handler
     try:
         code = anyio.run(handler, args, backend_options=LOOP_OPTIONS)

@@ -5,6 +5,7 @@
     │   ├── CycleError
     │   ├── DuplicateTaskIdError
     │   └── TaskAlreadyInDagError
+    ├── ConfigError               a setting (file, environment, flag) is invalid
     ├── InvalidConfError          `conf` or params do not validate
     ├── DagNotFound / RunNotFound / TaskNotFound
     ├── RunAlreadyExists
@@ -42,6 +43,10 @@ class DuplicateTaskIdError(DagDefinitionError):
 
 class TaskAlreadyInDagError(DagDefinitionError):
     """A task object was added to a second DAG."""
+
+
+class ConfigError(AflowError):
+    """A setting in the config file, the environment or a flag is invalid."""
 
 
 class InvalidConfError(AflowError):

@@ -207,10 +207,10 @@ def _statements(ops: Iterable[Op]) -> list[tuple[str, Sequence[Any], bool]]:
     task-instance upserts go as one statement over arrays."""
     out: list[tuple[str, Sequence[Any], bool]] = []
     for sql, rows in _merged(ops):
-        if len(rows) == 1:
-            out.append((sql, rows[0], False))
-        elif sql == enc.UPSERT_TI:
+        if sql == enc.UPSERT_TI:
             out.append((enc.UPSERT_TI_BULK, enc.bulk_ti_params(rows), False))
+        elif len(rows) == 1:
+            out.append((sql, rows[0], False))
         else:
             out.append((sql, rows, True))
     return out
@@ -571,7 +571,7 @@ class PostgresStore(Store):
         async def run_tx(conn: asyncpg.Connection) -> None:
             await conn.execute(enc.INSERT_RUN, *run_row)
             if ti_rows:
-                await conn.executemany(enc.UPSERT_TI, ti_rows)
+                await conn.execute(enc.UPSERT_TI_BULK, *enc.bulk_ti_params(ti_rows))
             if run.owner is None:  # a run for any scheduler: wake them at COMMIT
                 await conn.execute(_NOTIFY, self.channel_name(self.RUNS_CHANNEL), "")
 

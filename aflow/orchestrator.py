@@ -4,8 +4,9 @@
         run = await o.trigger("weather_dashboard", conf={"city": "Oslo"})
         final = await run.wait()
 
-Start order (left in reverse): store (migrations) → log routing → task group →
-slots and run driver → scheduler (claims runs, creates scheduled ones). Leaving is
+Start order (left in reverse): DAG processor (parses a DAG folder in parser processes)
+→ store (migrations) → log routing → task group → slots and run driver → scheduler
+(claims runs, creates scheduled ones) → triggerer → the DAG folder watcher. Leaving is
 graceful: start nothing new, let running tries finish for `shutdown_grace_s`, then
 cancel them (they are recorded to run again), release leases, flush the store.
 """
@@ -16,7 +17,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -27,9 +28,15 @@ import anyio
 
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock, SystemClock
-from aflow.exceptions import AflowError, RunNotFound
+from aflow.exceptions import AflowError, RunNotFound, StoreError
 from aflow.runtime import logs
-from aflow.runtime.dag_loader import DagBag, bag_from_dags, load_folder
+from aflow.runtime.dag_loader import DagBag, bag_from_dags
+from aflow.runtime.dag_processor import (
+    DEFAULT_PARSE_PROCESSES,
+    DEFAULT_PARSE_TIMEOUT_S,
+    BagChange,
+    DagProcessor,
+)
 from aflow.runtime.run_driver import RunDriver
 from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import (
@@ -108,13 +115,18 @@ class Orchestrator:
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         sqlite_synchronous: str = "NORMAL",
         hostname: str | None = None,
+        watch_dags: bool = True,
+        parse_processes: int = DEFAULT_PARSE_PROCESSES,
+        parse_timeout_s: float = DEFAULT_PARSE_TIMEOUT_S,
     ) -> None:
         """`lease_s`: how long a run stays owned by a process that stopped renewing it
         (renewed every third of it), so how soon other schedulers adopt a dead one's
         runs. `poll_s`/`sweep_s`: the claim sweep without / with the store's cross-process
         notifications. `orphan_grace_s`: how long a run may wait for a DAG no scheduler
         loads before it fails. `hostname` names this host in process records and TIs
-        (default: the system's); dead processes of the same host are detected by pid."""
+        (default: the system's); dead processes of the same host are detected by pid.
+        A DAG folder is parsed by `parse_processes` parser processes, `parse_timeout_s` per
+        file, and with `watch_dags` followed live (see aflow.runtime.dag_processor)."""
         self.home = Path(home).expanduser() if home is not None else DEFAULT_HOME
         self._dags_arg = dags
         self._store_arg = store
@@ -131,6 +143,12 @@ class Orchestrator:
         self.shutdown_grace_s = shutdown_grace_s
         self.sqlite_synchronous = sqlite_synchronous
         self.hostname = hostname or socket.gethostname()
+        self.watch_dags = watch_dags
+        self.parse_processes = parse_processes
+        self.parse_timeout_s = parse_timeout_s
+        self.dag_processor: DagProcessor | None = None
+        # Called after each change of a watched DAG folder (tests and tools wait on it).
+        self.on_dags_changed: list[Callable[[BagChange], None]] = []
         self.process_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.dagbag = DagBag()
         self._store: Store | None = None
@@ -170,7 +188,7 @@ class Orchestrator:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.dagbag = self._load_dags()
+        self.dagbag = await self._load_dags(stack)
         if isinstance(self._store_arg, Store):
             store = self._store_arg
             await stack.enter_async_context(store)
@@ -237,6 +255,8 @@ class Orchestrator:
             self.driver.on_deferred.append(self.triggerer.wake)
             self.triggerer.on_fired.append(self.driver.resume)
             await tg.start(self.triggerer.run)
+        if self.dag_processor is not None and self.watch_dags:
+            await tg.start(self.dag_processor.watch, self.dagbag, self._dags_changed)
 
     async def __aexit__(
         self,
@@ -285,7 +305,7 @@ class Orchestrator:
             except Exception:  # noqa: BLE001 - leases expire anyway
                 log.exception("could not release leases at shutdown")
 
-    def _load_dags(self) -> DagBag:
+    async def _load_dags(self, stack: AsyncExitStack) -> DagBag:
         arg = self._dags_arg
         if arg is None:
             return DagBag()
@@ -293,9 +313,16 @@ class Orchestrator:
             return bag_from_dags([arg])
         if isinstance(arg, str | os.PathLike):
             folder = Path(arg)
-            if not folder.exists():
+            if not await anyio.Path(folder).exists():
                 raise AflowError(f"DAG folder {folder} does not exist")
-            return load_folder(folder)
+            processor = DagProcessor(
+                folder, processes=self.parse_processes, timeout_s=self.parse_timeout_s
+            )
+            await stack.enter_async_context(processor)
+            bag = DagBag()
+            await processor.load(bag)
+            self.dag_processor = processor
+            return bag
         return bag_from_dags(list(arg))
 
     async def _record_dags(self) -> None:
@@ -303,9 +330,49 @@ class Orchestrator:
         records = dag_records(self.dagbag.dags.values(), now)
         if records:
             await self.store.upsert_dags(records)
+        if self.dag_processor is not None:
+            # DAGs recorded from this folder before whose file is gone now
+            folder = str(self.dag_processor.folder)
+            gone = {
+                d.dag_id
+                for d in await self.store.list_dags()
+                if d.is_active
+                and d.dag_id not in self.dagbag.dags
+                and d.fileloc is not None
+                and (d.fileloc == folder or d.fileloc.startswith(folder + os.sep))
+            }
+            await self._deactivate(gone)
+        await self._record_import_errors()
+
+    async def _record_import_errors(self) -> None:
+        now = self.clock.now()
         await self.store.replace_import_errors(
-            [ImportErrorRecord(f, m, now) for f, m in self.dagbag.import_errors.items()]
+            [ImportErrorRecord(f, m, now) for f, m in sorted(self.dagbag.import_errors.items())]
         )
+
+    async def _deactivate(self, dag_ids: set[str]) -> None:
+        if dag_ids:
+            keep = [d.dag_id for d in await self.store.list_dags() if d.is_active]
+            await self.store.deactivate_dags([k for k in keep if k not in dag_ids])
+            log.info("DAGs no longer defined, now inactive: %s", ", ".join(sorted(dag_ids)))
+
+    async def _dags_changed(self, change: BagChange) -> None:
+        """The DAG folder changed (the DagBag is already updated): record it in the store
+        and let the scheduler follow (timetables, claims of the new DAGs' runs)."""
+        try:
+            bag = self.dagbag
+            records = dag_records([bag.dags[d] for d in sorted(change.loaded)], self.clock.now())
+            if records:
+                await self.store.upsert_dags(records)
+            await self._deactivate(change.removed)
+            await self._record_import_errors()
+        except StoreError:
+            log.exception("could not record the DAG folder's change; the next one will")
+        if self.scheduler is not None:
+            self.scheduler.sync_timetables()
+            self.scheduler.wake()
+        for listener in list(self.on_dags_changed):
+            listener(change)
 
     # -- API ---------------------------------------------------------------------------------------
     async def trigger(

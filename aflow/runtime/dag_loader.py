@@ -64,16 +64,22 @@ def module_name_for(path: Path) -> str:
 
 def load_file(path: Path) -> list[DAG]:
     """Import one DAG file and return the DAGs it defines; raises what the file raised."""
+    return load_source(path, path.read_bytes())
+
+
+def load_source(path: Path, source: bytes) -> list[DAG]:
+    """Import `source` as the DAG file `path` (the bytes a parser process checked) and
+    return the DAGs it defines; raises what the file raised."""
     name = module_name_for(path)
     spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise DagDefinitionError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     found: list[DAG] = []
     token = collect_dags_into(found)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - a DAG file
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -101,8 +107,11 @@ def describe_import_error(path: Path, exc: BaseException) -> str:
     head = f"{where}: {type(exc).__name__}: {exc}"
     if isinstance(exc, AflowError):
         return head
-    tb = "".join(traceback.format_exception(exc)).rstrip()
-    return f"{head}\n{tb}"
+    tb = exc.__traceback__  # from the DAG file's own frame on: the loader's are noise
+    while tb is not None and tb.tb_frame.f_code.co_filename != str(path):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    return f"{head}\n{text.rstrip()}"
 
 
 def load_folder(folder: Path) -> DagBag:

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
@@ -122,6 +122,8 @@ class Scheduler:
         self.claim_passes = 0  # how many claim passes ran (for tests and stats)
         self._claim_now = anyio.Event()
         self._peers: tuple[float, int] = (float("-inf"), 0)  # (when counted, live peers)
+        self._tg: TaskGroup | None = None
+        self._timetables: dict[str, tuple[DAG, anyio.CancelScope]] = {}
         driver.on_run_finished.append(self._on_run_finished)
 
     @property
@@ -147,12 +149,11 @@ class Scheduler:
                 if self.claim_runs:
                     tg.start_soon(self._claim_loop)
                     tg.start_soon(self._orphan_loop)
-                if self.create_scheduled_runs:
-                    for dag in self.dagbag.dags.values():
-                        if dag.schedule is not None:
-                            tg.start_soon(self._timetable_loop, dag)
+                self._tg = tg
+                self.sync_timetables()
                 task_status.started()
         finally:
+            self._tg = None
             for unsubscribe in subscriptions:
                 unsubscribe()
 
@@ -374,6 +375,27 @@ class Scheduler:
                     )
 
     # -- timetables ------------------------------------------------------------------------
+    def sync_timetables(self) -> None:
+        """One timetable loop per scheduled DAG of the DagBag as it is now: start loops for
+        new DAGs, stop those of DAGs gone, restart those of DAGs replaced by a new version
+        (a restarted loop resumes after the DAG's latest scheduled run)."""
+        if self._tg is None or not self.create_scheduled_runs:
+            return
+        dags = self.dagbag.dags
+        for dag_id, (dag, scope) in list(self._timetables.items()):
+            if dags.get(dag_id) is not dag:
+                scope.cancel()
+                del self._timetables[dag_id]
+        for dag_id, dag in dags.items():
+            if dag.schedule is not None and dag_id not in self._timetables:
+                scope = anyio.CancelScope()
+                self._timetables[dag_id] = (dag, scope)
+                self._tg.start_soon(self._timetable_scope, dag, scope)
+
+    async def _timetable_scope(self, dag: DAG, scope: anyio.CancelScope) -> None:
+        with scope:  # a loop that ends (no next run) keeps its entry: nothing to restart
+            await self._timetable_loop(dag)
+
     async def _timetable_loop(self, dag: DAG) -> None:
         timetable = timetable_for(dag)
         assert timetable is not None

@@ -86,10 +86,10 @@ class PipelinedCommitter(GroupCommitter):
             for _ in range(self._workers):
                 tg.start_soon(self._worker)
 
-    def _take(self) -> list[_Pending]:
-        """The next batch that may start now (empty if none)."""
+    def _take(self) -> tuple[list[_Pending], set[Hashable]]:
+        """The next batch that may start now (empty if none), and the keys it touches."""
         if not self._pending or self._barrier:
-            return []
+            return [], set()
         share = max(MIN_SPLIT, -(-len(self._pending) // (self._idle + 1)))
         limit = min(self._max_batch_ops, share)
         batch: list[_Pending] = []
@@ -111,11 +111,11 @@ class PipelinedCommitter(GroupCommitter):
             del self._pending[: len(batch)]
             self._in_flight |= keys
             self._batches_in_flight += 1
-        return batch
+        return batch, keys
 
     async def _worker(self) -> None:
         while True:
-            batch = self._take()
+            batch, keys = self._take()
             if not batch:
                 if self._closed and not self._pending and not self._batches_in_flight:
                     self._wake.set()  # let the other workers see it too
@@ -131,10 +131,6 @@ class PipelinedCommitter(GroupCommitter):
             self._taken += 1
             if self._pending:
                 self._wake.set()  # another worker may take the rest
-            keys: set[Hashable] = set()
-            for pending in batch:
-                if pending.keys:
-                    keys |= pending.keys
             with anyio.CancelScope(shield=True):
                 try:
                     results: list[Any] = await self._apply([p.op for p in batch])

@@ -150,10 +150,11 @@ def _quoted(value: str) -> str:
 
 def text_array(values: Sequence[str | None]) -> str:
     """A text[] literal (PostgreSQL's array input syntax) of `values`."""
-    if None not in values:
+    if values and None not in values:
         body = '","'.join(values)  # type: ignore[arg-type]
-        if '"' not in body and "\\" not in body:
-            return '{"' + body + '"}' if values else "{}"
+        # No value holds a quote (only the separators do) nor a backslash: none to escape.
+        if body.count('"') == 2 * len(values) - 2 and "\\" not in body:
+            return '{"' + body + '"}'
     return "{" + ",".join(["NULL" if v is None else _quoted(v) for v in values]) + "}"
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -180,24 +181,30 @@ def _merged(ops: Iterable[Op]) -> list[tuple[str, list[Sequence[Any]]]]:
 
 # The rows each hot statement touches, from its parameters (see commit.py): a task
 # instance's key leads the TI statements' parameters; UPDATE_RUN ends with the run's key.
+# A TI's key is a 4-tuple and a run's a 2-tuple, so the two never compare equal.
+_TI_KEY = operator.itemgetter(0, 1, 2, 3)
 _KEYS_OF_ROW: dict[str, Callable[[Sequence[Any]], Hashable]] = {
-    enc.UPSERT_TI: lambda r: ("ti", r[0], r[1], r[2], r[3]),
-    enc.DELETE_TI_XCOMS: lambda r: ("ti", r[0], r[1], r[2], r[3]),
-    enc.INSERT_XCOM: lambda r: ("ti", r[0], r[1], r[2], r[3]),
-    enc.DELETE_TI_TRIGGER: lambda r: ("ti", r[0], r[1], r[2], r[3]),
-    enc.INSERT_TRIGGER: lambda r: ("ti", r[4], r[5], r[6], r[7]),
-    enc.UPDATE_RUN: lambda r: ("run", r[5], r[6]),
+    enc.UPSERT_TI: _TI_KEY,
+    enc.DELETE_TI_XCOMS: _TI_KEY,
+    enc.INSERT_XCOM: _TI_KEY,
+    enc.DELETE_TI_TRIGGER: _TI_KEY,
+    enc.INSERT_TRIGGER: operator.itemgetter(4, 5, 6, 7),
+    enc.UPDATE_RUN: operator.itemgetter(5, 6),
 }
 
 
 def _keys_of(op: Op) -> frozenset[Hashable] | None:
     """The rows `op` touches, or None when any row may be (it then runs alone)."""
+    if len(op) == 1:  # most ops: one statement
+        sql, rows = op[0]
+        key_of = _KEYS_OF_ROW.get(sql)
+        return None if key_of is None else frozenset(map(key_of, rows))
     keys: set[Hashable] = set()
     for sql, rows in op:
         key_of = _KEYS_OF_ROW.get(sql)
         if key_of is None:
             return None
-        keys.update(key_of(r) for r in rows)
+        keys.update(map(key_of, rows))
     return frozenset(keys)
 
 

@@ -361,7 +361,9 @@ class Orchestrator:
         and let the scheduler follow (timetables, claims of the new DAGs' runs)."""
         try:
             bag = self.dagbag
-            records = dag_records([bag.dags[d] for d in sorted(change.loaded)], self.clock.now())
+            dags = [bag.dags[d] for d in sorted(change.loaded) if d in bag.dags]
+            # off the loop: describing a thousand re-parsed DAGs takes a while
+            records = await anyio.to_thread.run_sync(dag_records, dags, self.clock.now())
             if records:
                 await self.store.upsert_dags(records)
             await self._deactivate(change.removed)

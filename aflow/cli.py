@@ -220,6 +220,8 @@ async def cmd_dags_test(args: argparse.Namespace) -> int:
         schedule=False,
         claim=False,
         sqlite_synchronous=args.config.get("core.sqlite_synchronous"),
+        parse_processes=args.config.get("dag_processor.parse_processes"),
+        parse_timeout_s=args.config.get("dag_processor.parse_timeout_seconds"),
     ) as o:
         dag = o.dagbag.get_dag(args.dag_id)
         handle = await o.trigger(
@@ -485,6 +487,9 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         orphan_grace_s=args.orphan_grace,
         hostname=args.hostname,
         sqlite_synchronous=args.config.get("core.sqlite_synchronous"),
+        watch_dags=args.config.get("dag_processor.watch"),
+        parse_processes=args.config.get("dag_processor.parse_processes"),
+        parse_timeout_s=args.config.get("dag_processor.parse_timeout_seconds"),
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as watchers:
@@ -492,6 +497,8 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
                 print(f"aflow {what} {__version__} running (pid {os.getpid()})", flush=True)
                 print(f"  home:        {o.home}", flush=True)
                 print(f"  store:       {store_url_of(args)}", flush=True)
+                exists = "" if args.config.file.exists() else " (not present; defaults apply)"
+                print(f"  config:      {args.config.file}{exists}", flush=True)
                 print(f"  DAG folder:  {folder} ({len(o.dagbag.dags)} DAGs, {len(o.dagbag.import_errors)} import errors)", flush=True)
                 print(f"  task logs:   {o.log_dir}", flush=True)
                 for message in o.dagbag.import_errors.values():

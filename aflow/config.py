@@ -31,6 +31,7 @@ from aflow.orchestrator import (
     DEFAULT_SHUTDOWN_GRACE_S,
     DEFAULT_TRIGGERER_CAPACITY,
 )
+from aflow.runtime.dag_processor import DEFAULT_PARSE_PROCESSES, DEFAULT_PARSE_TIMEOUT_S
 from aflow.runtime.scheduler import (
     DEFAULT_LEASE_S,
     DEFAULT_ORPHAN_GRACE_S,
@@ -53,11 +54,13 @@ ENV_PREFIX = "AFLOW__"
 HOME_ENV = "AFLOW_HOME"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SQLITE_SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One known setting. `kind` is int, float, str or path; `default` None means
+    """One known setting. `kind` is int, float, bool, str or path; `default` None means
     "derived" (`default_text` says from what)."""
 
     section: str
@@ -118,6 +121,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("triggerer", "capacity", "int", DEFAULT_TRIGGERER_CAPACITY,
             "most triggers one process parks", flag="--capacity",
             legacy_env="AFLOW_TRIGGERER_CAPACITY", minimum=1),
+    Setting("dag_processor", "parse_timeout_seconds", "float", DEFAULT_PARSE_TIMEOUT_S,
+            "seconds one DAG file may take to parse before it becomes an import error",
+            minimum=0.001),
+    Setting("dag_processor", "parse_processes", "int", DEFAULT_PARSE_PROCESSES,
+            "parser processes for the DAG folder", minimum=1,
+            default_text="the CPUs less one, from 1 to 4"),
+    Setting("dag_processor", "watch", "bool", True,
+            "re-parse the DAG folder live when a file changes (false: load once at start)"),
     Setting("logging", "level", "str", "WARNING",
             "what aflow's own log prints on stderr (-v means DEBUG)", choices=LOG_LEVELS),
 )
@@ -265,9 +276,14 @@ def _unknown_name(name: str) -> str:
 
 def _parse_text(s: Setting, text: str, where: str) -> Any:
     """A value given as text (an environment variable)."""
-    if s.kind == "int":
+    if s.kind == "bool":
+        lowered = text.strip().lower()
+        if lowered not in _TRUE + _FALSE:
+            raise ConfigError(f"{where}={text}: not a boolean (true or false)")
+        value: Any = lowered in _TRUE
+    elif s.kind == "int":
         try:
-            value: Any = int(text)
+            value = int(text)
         except ValueError:
             raise ConfigError(f"{where}={text}: not an integer") from None
     elif s.kind == "float":
@@ -282,7 +298,10 @@ def _parse_text(s: Setting, text: str, where: str) -> Any:
 
 def _check(s: Setting, value: Any, where: str) -> Any:
     """Type, range and choices of a value (from the file, a flag or parsed text)."""
-    if s.kind == "int":
+    if s.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r}: not a boolean (true or false)")
+    elif s.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} = {value!r}: not an integer")
     elif s.kind == "float":

@@ -3,6 +3,7 @@ shows where each value came from, and refuses bad settings with one line."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from tests.acceptance.conftest import CLI, write_dag
 OVERLAP_DAG = '''
 import os, time
 from datetime import datetime, timezone
+import signal
 from pathlib import Path
 
 from aflow import DAG, PythonOperator
@@ -139,3 +141,31 @@ def test_file_parallelism_reaches_a_running_command(cli: CLI, tmp_path: Path) ->
     # the flag beats the file, and the probe does see overlap when it is allowed
     cli.ok("dags", "test", "two_probes", "--parallelism", "2")
     assert (marks / "overlap").exists()
+
+
+def test_file_parse_timeout_reaches_a_running_scheduler(cli: CLI, tmp_path: Path) -> None:
+    """[dag_processor] parse_timeout_seconds = 1 turns a hanging file into an import error
+    in about a second (the default would wait 30 s)."""
+    folder = tmp_path / "dags"
+    write_dag(folder, "hang.py", "import time\ntime.sleep(120)\n")
+    write_dag(folder, "good.py", GOOD_DAG)
+    file = write_config(cli, f'[core]\ndags_folder = "{folder}"\n'
+                             "[dag_processor]\nparse_timeout_seconds = 1\nwatch = false\n")
+    server = cli.spawn("scheduler", name="scheduler")
+    server.wait_for_output("task logs:", timeout=15)
+    out = server.stdout()
+    assert f"config:      {file}\n" in out
+    assert "(1 DAGs, 1 import errors)" in out, out
+    assert "hang.py" in out
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+
+
+GOOD_DAG = '''
+from datetime import datetime, timezone
+
+from aflow import DAG, EmptyOperator
+
+with DAG("good", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc)):
+    EmptyOperator(task_id="only")
+'''

@@ -72,6 +72,10 @@ orphan_grace_seconds = 60
 hostname = "box-a"
 [triggerer]
 capacity = 10
+[dag_processor]
+parse_timeout_seconds = 3
+parse_processes = 2
+watch = false
 [logging]
 level = "info"
 """)
@@ -85,6 +89,9 @@ level = "info"
     assert config.get("scheduler.hostname") == "box-a"
     assert config.get("triggerer.capacity") == 10
     assert config.get("logging.level") == "INFO"
+    assert config.get("dag_processor.parse_timeout_seconds") == 3.0
+    assert config.get("dag_processor.parse_processes") == 2
+    assert config.get("dag_processor.watch") is False
     assert config.source("core.parallelism") == "default"
     assert config.source("triggerer.capacity") == str(file)
 
@@ -93,6 +100,12 @@ def test_empty_environment_variables_count_as_unset(home: Path) -> None:
     write_file(home, "[core]\nparallelism = 2\n")
     config = load_config(home, env={"AFLOW__CORE__PARALLELISM": "", "AFLOW_PARALLELISM": ""})
     assert config.get("core.parallelism") == 2
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("0", False), ("Off", False)])
+def test_booleans_from_the_environment(home: Path, text: str, value: bool) -> None:
+    config = load_config(home, env={"AFLOW__DAG_PROCESSOR__WATCH": text})
+    assert config.get("dag_processor.watch") is value
 
 
 def test_home_from_flag_env_or_default() -> None:
@@ -108,8 +121,10 @@ def test_home_from_flag_env_or_default() -> None:
         ({"AFLOW_LEASE_SECONDS": "soon"}, "AFLOW_LEASE_SECONDS=soon: not a number"),
         ({"AFLOW__CORE__PARALLELISM": "0"}, "AFLOW__CORE__PARALLELISM = 0: must be at least 1"),
         ({"AFLOW__LOGGING__LEVEL": "loud"}, "must be one of DEBUG, INFO, WARNING, ERROR"),
+        ({"AFLOW__DAG_PROCESSOR__WATCH": "maybe"},
+         "AFLOW__DAG_PROCESSOR__WATCH=maybe: not a boolean"),
         ({"AFLOW__CORE__PARALELISM": "4"}, "AFLOW__CORE__PARALELISM: unknown setting"),
-        ({"AFLOW__NOPE__X": "4"}, "known sections: core, scheduler, triggerer, logging"),
+        ({"AFLOW__NOPE__X": "4"}, "known sections: core, scheduler, triggerer, dag_processor, logging"),
     ],
 )
 def test_bad_environment_values(home: Path, env: dict[str, str], message: str) -> None:

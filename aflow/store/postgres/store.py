@@ -756,6 +756,40 @@ class PostgresStore(Store):
             op.append((enc.DELETE_TI_TRIGGER, [key]))
         await self._write(op)
 
+    async def finish_tis(
+        self,
+        ends: Sequence[tuple[TaskInstanceRow, Sequence[XComRecord]]],
+        *,
+        end_trigger: bool = False,
+    ) -> None:
+        # One op, so one transaction (and one upsert statement for all the TI rows), not
+        # one op per TI as the base class's would be.
+        if not ends:
+            return
+        keys = [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti, _ in ends]
+        op: Op = [(enc.UPSERT_TI, [enc.ti_row(ti) for ti, _ in ends])]
+        with_xcoms = [(ti, xcoms) for ti, xcoms in ends if xcoms]
+        if with_xcoms:
+            op.append(
+                (
+                    enc.DELETE_TI_XCOMS,
+                    [(t.dag_id, t.run_id, t.task_id, t.map_index) for t, _ in with_xcoms],
+                )
+            )
+            op.append(
+                (
+                    enc.INSERT_XCOM,
+                    [
+                        (x.dag_id, x.run_id, x.task_id, x.map_index, x.key, json_out(x.value))
+                        for _, xcoms in with_xcoms
+                        for x in xcoms
+                    ],
+                )
+            )
+        if end_trigger:
+            op.append((enc.DELETE_TI_TRIGGER, keys))
+        await self._write(op)
+
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(
         self, dag_id: str, run_id: str, task_id: str | None = None

@@ -29,7 +29,8 @@ from aflow.config import SETTINGS, Config, load_config, resolve_home
 from aflow.exceptions import AflowError
 from aflow.orchestrator import DEFAULT_HOME, Orchestrator
 from aflow.runtime import logs
-from aflow.runtime.dag_loader import DagBag, load_folder
+from aflow.runtime.dag_loader import DagBag
+from aflow.runtime.dag_processor import DagProcessor
 from aflow.runtime.run_factory import with_unstarted
 from aflow.states import DagRunState, TaskState
 from aflow.store.factory import open_store_url
@@ -145,25 +146,37 @@ async def cmd_db_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_bag(args: argparse.Namespace, *, report_errors: bool = False) -> DagBag:
-    """Load the DAG folder. With `report_errors` the command reports import errors itself,
-    so the loader's own warning per broken file is not printed a second time."""
+async def _load_bag(args: argparse.Namespace, *, report_errors: bool = False) -> DagBag:
+    """Load the DAG folder through the DagProcessor's parser processes, so a file that
+    hangs or crashes at import becomes an import error instead of hanging the command.
+    With `report_errors` the command reports import errors itself, so the loader's own
+    warning per broken file is not printed a second time."""
     folder = dags_folder_of(args)
-    if not folder.exists():
+    if not await anyio.Path(folder).exists():
         raise AflowError(f"DAG folder {folder} does not exist (set --dags-folder, "
                          "AFLOW__CORE__DAGS_FOLDER or [core] dags_folder in aflow.toml)")
-    loader_log = logging.getLogger("aflow.runtime.dag_loader")
-    level = loader_log.level
+    quiet = [logging.getLogger(name) for name in
+             ("aflow.runtime.dag_loader", "aflow.runtime.dag_processor")]
+    levels = [lg.level for lg in quiet]
     if report_errors and not args.verbose:
-        loader_log.setLevel(logging.ERROR)
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
     try:
-        return load_folder(folder)
+        bag = DagBag()
+        async with DagProcessor(
+            folder,
+            processes=args.config.get("dag_processor.parse_processes"),
+            timeout_s=args.config.get("dag_processor.parse_timeout_seconds"),
+        ) as processor:
+            await processor.load(bag)
+        return bag
     finally:
-        loader_log.setLevel(level)
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
 
 
 async def cmd_dags_list(args: argparse.Namespace) -> int:
-    bag = _load_bag(args, report_errors=True)
+    bag = await _load_bag(args, report_errors=True)
     rows = [
         {
             "dag_id": d.dag_id,
@@ -184,7 +197,7 @@ async def cmd_dags_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_dags_import_errors(args: argparse.Namespace) -> int:
-    bag = _load_bag(args, report_errors=True)
+    bag = await _load_bag(args, report_errors=True)
     rows = [{"filename": f, "error": m} for f, m in sorted(bag.import_errors.items())]
     if args.output == "table":
         if not rows:
@@ -246,7 +259,7 @@ async def cmd_dags_trigger(args: argparse.Namespace) -> int:
     from aflow.states import RunType
 
     conf = parse_conf(args.conf)
-    bag = _load_bag(args)
+    bag = await _load_bag(args)
     dag = bag.get_dag(args.dag_id)
     now = datetime.now(UTC)
     logical_date = parse_date(args.logical_date) or now
@@ -337,7 +350,7 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_tasks_list(args: argparse.Namespace) -> int:
-    dag = _load_bag(args).get_dag(args.dag_id)
+    dag = (await _load_bag(args)).get_dag(args.dag_id)
     rows = [
         {"task_id": t.task_id, "operator": type(t).__name__, "trigger_rule": t.trigger_rule.value,
          "upstream": ",".join(sorted(t.upstream_task_ids))}
@@ -354,7 +367,7 @@ async def cmd_tasks_test(args: argparse.Namespace) -> int:
     from aflow.runtime.xcom import XComView
     from aflow.states import RunType
 
-    dag = _load_bag(args).get_dag(args.dag_id)
+    dag = (await _load_bag(args)).get_dag(args.dag_id)
     task = dag.get_task(args.task_id)
     now = datetime.now(UTC)
     logical_date = parse_date(args.logical_date) or now

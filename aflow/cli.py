@@ -8,6 +8,7 @@ Flags map onto constructor arguments; a flag not given takes its value from the 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import logging
@@ -41,6 +42,19 @@ EXIT_USAGE = 2
 # The CLI owns its event loop, so it runs on uvloop (about 10% more task instances per
 # second here); embedded use runs on whatever loop the host service has.
 LOOP_OPTIONS = {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """For a process the CLI owns: what is loaded by now (aflow, its dependencies) is
+    frozen out of the cyclic collector, and the young generation is collected every
+    50,000 allocations instead of 700. A task instance allocates a few hundred objects
+    that reference counting frees; at the default threshold the collector ran every few
+    tasks and took about a tenth of the engine's CPU. Embedded use keeps the host's
+    settings."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -681,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     _setup_logging("DEBUG" if args.verbose else config.get("logging.level"))
     handler: Handler = args.handler
+    tune_gc()
     try:
         code = anyio.run(handler, args, backend_options=LOOP_OPTIONS)
         if args.group in ("scheduler", "standalone"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from typing import Any
 import anyio
 
 import aflow
-from aflow.cli import LOOP_OPTIONS
+from aflow.cli import LOOP_OPTIONS, tune_gc
 from aflow.exceptions import AflowError
 from benchmarks import registry
 from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome, redact_url, store_kind
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         scn = registry.get(args.scenario)
     except KeyError as exc:
         parser.error(str(exc.args[0]))
+    if os.environ.get("AFLOW_BENCH_DEFAULT_GC") != "1":  # set it to compare with Python's defaults
+        tune_gc()  # as the aflow CLI does: the benchmarks measure what it runs
     for flag, value in (("--n", args.n), ("--parallelism", args.parallelism)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1")

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 
 from aflow import Orchestrator
-from aflow.cli import LOOP_OPTIONS
+from aflow.cli import LOOP_OPTIONS, tune_gc
 from benchmarks.measure import SharedStamps
 
 
@@ -44,6 +44,7 @@ def main() -> int:
     p.add_argument("--stamps", required=True)
     p.add_argument("--lease", type=float, required=True)
     p.add_argument("--runs", required=True, help="the benchmark's run ids, comma-separated")
+    tune_gc()
     anyio.run(serve, p.parse_args(), backend="asyncio", backend_options=LOOP_OPTIONS)
     return 0
 

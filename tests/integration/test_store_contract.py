@@ -828,6 +828,50 @@ async def test_save_tis_upserts_full_rows(store: Store) -> None:
     assert len(await store.get_tis("d1", "r1")) == 5
 
 
+AWKWARD_TEXTS = [
+    "", "NULL", "null", "a,b", "{x}", "{", "}", '"quoted"', "it's", "back\\slash", "\\",
+    "tab\there", "line\nbreak", "  spaces  ", "ünïcode ✓ 日本", "(1,2)", "[1]", "$1", "?", "%s",
+]
+
+
+async def test_awkward_texts_and_extreme_datetimes_round_trip_through_batched_writes(
+    store: Store,
+) -> None:
+    """Many rows in one call (the batched encodings of both stores) with texts that trip
+    array and CSV-like literals, and datetimes at the ends of the range."""
+    run = a_run()
+    await store.create_run(run, [])
+    far_past = datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    far_future = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    odd_offset = timezone(timedelta(hours=-3, minutes=-30))
+    tis = [
+        a_ti(
+            run,
+            f"t{i}:{text}",
+            state=TaskState.FAILED,
+            try_number=i,
+            max_tries=i + 1,
+            start_date=far_past if i % 2 else datetime(2024, 2, 29, 12, 0, tzinfo=odd_offset),
+            end_date=far_future if i % 3 else None,
+            hostname=text,
+            operator=text,
+            pool=text,
+            next_retry_at=far_future if i % 2 else None,
+            next_method=text or None,
+            next_kwargs={"text": text, text: [text]},
+            error=text,
+        )
+        for i, text in enumerate(AWKWARD_TEXTS)
+    ]
+    await store.save_tis(tis)
+    assert sorted(await store.get_tis("d1", "r1"), key=lambda t: t.try_number) == tis
+    done = [dataclasses.replace(t, state=TaskState.SUCCESS, error=t.error + "!") for t in tis]
+    await store.finish_tis([(t, [an_xcom(t, value={"v": t.hostname})]) for t in done])
+    assert sorted(await store.get_tis("d1", "r1"), key=lambda t: t.try_number) == done
+    xcoms = {x.task_id: x.value for x in await store.get_xcoms("d1", "r1")}
+    assert xcoms == {t.task_id: {"v": t.hostname} for t in done}
+
+
 async def test_save_tis_of_a_missing_run_fails_with_store_error(store: Store) -> None:
     with pytest.raises(StoreError) as info:
         await store.save_tis([a_ti(a_run("nope"), "a")])

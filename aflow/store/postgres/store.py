@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import logging
 import operator
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
@@ -251,14 +250,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     open transaction before calling this."""
 
 
-# `reset=` is asyncpg >= 0.30's; older ones keep their reset query (one round trip more).
-_POOL_RESET: dict[str, Any] = (
-    {"reset": _keep_session}
-    if "reset" in inspect.signature(asyncpg.create_pool).parameters
-    else {}
-)
-
-
 class PostgresStore(Store):
     def __init__(
         self,
@@ -364,7 +355,7 @@ class PostgresStore(Store):
                 max_size=self.pool_max_size,
                 timeout=self.connect_timeout_s,
                 server_settings=self._server_settings(),
-                **_POOL_RESET,
+                reset=_keep_session,
             )
 
     async def _close_pool(self, pool: asyncpg.Pool) -> None:

@@ -41,6 +41,7 @@ from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import RunAlreadyExists, StoreError
 from aflow.runtime.dag_loader import DagBag
+from aflow.runtime.peers import LivePeers
 from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import manual_interval, new_run, run_id_for
 from aflow.runtime.timetable import DagRunInfo, timetable_for
@@ -121,7 +122,9 @@ class Scheduler:
         self.claim_stagger_s = claim_stagger_s
         self.claim_passes = 0  # how many claim passes ran (for tests and stats)
         self._claim_now = anyio.Event()
-        self._peers: tuple[float, int] = (float("-inf"), 0)  # (when counted, live peers)
+        self._peers = LivePeers(
+            store, clock, kind="scheduler", me=owner, fresh_s=lease_s, reread_s=lease_s / 3
+        )
         self._tg: TaskGroup | None = None
         self._timetables: dict[str, tuple[DAG, anyio.CancelScope]] = {}
         driver.on_run_finished.append(self._on_run_finished)
@@ -213,7 +216,7 @@ class Scheduler:
         started = 0
         while dag_ids:
             batch = self.claim_batch
-            if await self._live_peers():
+            if await self._peers.count():
                 batch = 1
                 await self._let_less_loaded_peers_first()
             claimed = await self.store.claim_runs(
@@ -227,21 +230,6 @@ class Scheduler:
             if len(claimed) < batch:
                 break
         return started
-
-    async def _live_peers(self) -> int:
-        """How many other schedulers have a heartbeat younger than a lease (recounted at
-        most every lease_s / 3)."""
-        counted_at, peers = self._peers
-        if anyio.current_time() - counted_at < self.lease_s / 3:
-            return peers
-        since = self.clock.now() - timedelta(seconds=self.lease_s)
-        peers = sum(
-            1
-            for p in await self.store.list_processes("scheduler")
-            if p.process_id != self.owner and p.heartbeat_at >= since
-        )
-        self._peers = (anyio.current_time(), peers)
-        return peers
 
     async def _let_less_loaded_peers_first(self) -> None:
         held = len(self.driver.runs)

@@ -19,7 +19,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -37,6 +36,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from aflow.clock import Clock
 from aflow.exceptions import StoreError
 from aflow.runtime import logs
+from aflow.runtime.peers import LivePeers
 from aflow.runtime.services import STORE_CONNECTION_ID
 from aflow.store.base import Store
 from aflow.store.records import ProcessRecord, TriggerRecord
@@ -177,8 +177,10 @@ class Triggerer:
         self._tg: TaskGroup | None = None
         self._parked: set[asyncio.Task[None]] = set()
         self._timers: TimerQueue | None = None  # the shared one, once running
-        self._peers = 0
-        self._peers_read_at = -math.inf
+        self.peers = LivePeers(  # other live triggerers: claims are shared with them
+            store, clock, kind="triggerer", me=self.process_id, fresh_s=lease_s,
+            reread_s=PEERS_REREAD_S,
+        )
         self.watchdog: LoopWatchdog | None = None
 
     @property
@@ -255,7 +257,7 @@ class Triggerer:
             # one share of a batch per wake-up: every triggerer claims at the same bounded
             # rate, so a burst of deferrals is split evenly instead of going to whichever
             # polled first (work already claimed is not moved: no stealing).
-            peers = await self._live_peers()
+            peers = await self.peers.count()
             batch = self.claim_batch if peers == 0 else max(1, self.claim_batch // (peers + 1))
             room = min(self.capacity_left, batch)
             claimed: list[TriggerRecord] = []
@@ -273,22 +275,6 @@ class Triggerer:
             with anyio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = anyio.Event()
-
-    async def _live_peers(self) -> int:
-        """Other triggerers with a recent heartbeat (read at most every few seconds)."""
-        now = time.monotonic()
-        if now - self._peers_read_at < PEERS_REREAD_S:
-            return self._peers
-        self._peers_read_at = now
-        try:
-            processes = await self.store.list_processes("triggerer")
-        except StoreError:
-            return self._peers  # keep the last answer; the claim below reports the outage
-        fresh_after = self.clock.now() - timedelta(seconds=self.lease_s)
-        self._peers = sum(
-            1 for p in processes if p.process_id != self.process_id and p.heartbeat_at >= fresh_after
-        )
-        return self._peers
 
     async def _lease_loop(self) -> None:
         while True:

@@ -189,6 +189,29 @@ def _run_update_row(run: DagRunRecord) -> tuple[Any, ...]:
     )
 
 
+def _finish_op(
+    ends: Sequence[tuple[TaskInstanceRow, Sequence[XComRecord]]], end_trigger: bool
+) -> Op:
+    """TIs' terminal rows, their XComs replacing older ones of each TI, and with
+    `end_trigger` the deletion of their trigger rows: one op, a statement per kind."""
+    op: Op = [(_UPSERT_TI, [_ti_row(ti) for ti, _ in ends])]
+    with_xcoms = [(ti, xcoms) for ti, xcoms in ends if xcoms]
+    if with_xcoms:
+        op.append((_DELETE_TI_XCOMS, [_ti_key(ti) for ti, _ in with_xcoms]))
+        op.append((
+            _INSERT_XCOM,
+            [(x.dag_id, x.run_id, x.task_id, x.map_index, x.key, json_out(x.value))
+             for _, xcoms in with_xcoms for x in xcoms],
+        ))
+    if end_trigger:
+        op.append((_DELETE_TI_TRIGGER, [_ti_key(ti) for ti, _ in ends]))
+    return op
+
+
+def _ti_key(ti: TaskInstanceRow) -> tuple[str, str, str, int]:
+    return (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+
+
 def _write_error(exc: sqlite3.Error) -> StoreError:
     """A failed write's StoreError, chained to the driver's error by hand: it is handed to
     the waiting callers, not raised here, so `raise ... from` cannot chain it."""
@@ -631,22 +654,9 @@ class SqliteStore(Store):
         *,
         end_trigger: bool = False,
     ) -> None:
-        op: Op = [(_UPSERT_TI, [_ti_row(ti)])]
-        if xcoms:
-            op.append((_DELETE_TI_XCOMS, [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)]))
-            op.append(
-                (
-                    _INSERT_XCOM,
-                    [
-                        (x.dag_id, x.run_id, x.task_id, x.map_index, x.key, json_out(x.value))
-                        for x in xcoms
-                    ],
-                )
-            )
+        op = _finish_op([(ti, xcoms)], end_trigger)
         if run is not None:
             op.append((_UPDATE_RUN, [_run_update_row(run)]))
-        if end_trigger:
-            op.append((_DELETE_TI_TRIGGER, [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)]))
         await self._write(op)
 
     async def finish_tis(
@@ -655,28 +665,8 @@ class SqliteStore(Store):
         *,
         end_trigger: bool = False,
     ) -> None:
-        if not ends:
-            return
-        keys = [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti, _ in ends]
-        op: Op = [(_UPSERT_TI, [_ti_row(ti) for ti, _ in ends])]
-        with_xcoms = [(ti, xcoms) for ti, xcoms in ends if xcoms]
-        if with_xcoms:
-            op.append(
-                (_DELETE_TI_XCOMS, [(t.dag_id, t.run_id, t.task_id, t.map_index) for t, _ in with_xcoms])
-            )
-            op.append(
-                (
-                    _INSERT_XCOM,
-                    [
-                        (x.dag_id, x.run_id, x.task_id, x.map_index, x.key, json_out(x.value))
-                        for _, xcoms in with_xcoms
-                        for x in xcoms
-                    ],
-                )
-            )
-        if end_trigger:
-            op.append((_DELETE_TI_TRIGGER, keys))
-        await self._write(op)
+        if ends:
+            await self._write(_finish_op(ends, end_trigger))
 
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(

@@ -83,6 +83,7 @@ class ExternalTaskSensor(BaseSensorOperator):
     @loop_safe
     def trigger_for(self, context: dict[str, Any]) -> Any:
         from aflow.store.codec import dt_out
+        from aflow.store.factory import is_postgres_url
         from triggers.sql import SqlTrigger
 
         states = self.allowed_states + self.failed_states
@@ -92,7 +93,7 @@ class ExternalTaskSensor(BaseSensorOperator):
         params["logical_date"] = dt_out(self.external_logical_date(context))
         # Named parameters bind on both stores; PostgreSQL keeps logical_date as
         # timestamptz, so the JSON-safe text is cast there (SQLite stores the same text).
-        on_postgres = current_store().url.startswith(("postgresql:", "postgres:"))
+        on_postgres = is_postgres_url(current_store().url)
         logical_date = (
             "CAST(CAST(:logical_date AS text) AS timestamptz)" if on_postgres else ":logical_date"
         )

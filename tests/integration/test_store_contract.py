@@ -1334,7 +1334,7 @@ async def test_finish_ti_can_end_its_trigger_in_the_same_transaction(store: Stor
 async def test_finish_tis_ends_several_tis_and_their_triggers_at_once(store: Store) -> None:
     run_a, ti_a = await _deferred(store, "a")
     run_b, ti_b = await _deferred(store, "b")
-    run_c, _ = await _deferred(store, "c")
+    await _deferred(store, "c")
     done_a = dataclasses.replace(ti_a, state=TaskState.SUCCESS, next_method=None, next_kwargs=None)
     done_b = dataclasses.replace(ti_b, state=TaskState.SUCCESS, next_method=None, next_kwargs=None)
     await store.finish_tis([(done_a, [an_xcom(done_a, value={"x": 1})]), (done_b, [])],
@@ -1346,7 +1346,6 @@ async def test_finish_tis_ends_several_tis_and_their_triggers_at_once(store: Sto
     assert await store.get_xcoms(run_b.dag_id, run_b.run_id) == []
     await store.finish_tis([])  # nothing to do
     assert [t.task_id for t in await store.list_triggers()] == ["c"]
-    assert run_c.run_id == "run-c"
 
 
 async def test_webhook_events_are_kept_by_key(store: Store) -> None:

@@ -9,6 +9,9 @@ process, validates the DAGs it defines and answers one JSON line:
 
 It first writes `{"ready": true}` once it has imported aflow. A file that hangs or kills
 this process is the parent's to time out or notice (it kills and replaces the process).
+With `--stack-file PATH`, SIGUSR1 makes the process write its Python stack to PATH
+(faulthandler: it works even while the import is stuck in C code), which the parent asks
+for before killing a file that hangs, to say where it hung.
 
 The protocol has the process's original stdout to itself: file descriptor 1 (and
 `sys.stdout`) point at stderr while user code runs, so a DAG file's prints cannot
@@ -17,9 +20,11 @@ corrupt an answer.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -70,7 +75,11 @@ def parse_one(path: Path) -> dict[str, Any]:
         sys.modules.pop(module_name_for(path), None)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "--stack-file":
+        stack_file = open(args[1], "w", encoding="utf-8")  # noqa: SIM115 - open for life
+        faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
     out = _protocol_stream()
     import aflow.runtime.dag_loader  # noqa: F401 - imported before "ready", not per file
 

@@ -4,7 +4,8 @@ folder.
 Isolation. Every file is first parsed by a parser process (`python -m
 aflow.runtime.dag_parse_worker`; `processes` of them, started on first use and replaced
 when one is killed or dies) with a per-file timeout. A file that raises, defines a cycle,
-hangs past `timeout_s` ("timed out after Ns") or kills its interpreter (`os._exit`, a
+hangs past `timeout_s` ("file:line: timed out after Ns", the line where it hung, with
+the stack of that moment) or kills its interpreter (`os._exit`, a
 segfault: "the parser process died") becomes an import error; the others still load.
 Plain subprocesses rather than a `multiprocessing`/`concurrent.futures` pool: one that
 hangs can be killed alone and replaced, a crash does not break a shared pool, nothing is
@@ -29,12 +30,15 @@ loaded (as Airflow keeps the last serialized DAG) while its import error is show
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PARSE_TIMEOUT_S = 30.0
 DEFAULT_PARSE_PROCESSES = max(1, min(4, (os.cpu_count() or 2) - 1))
 WORKER_START_TIMEOUT_S = 60.0
+STACK_DUMP_WAIT_S = 1.0  # how long a hung parser gets to write where it is
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 WATCH_DEBOUNCE_MS = 50
 WATCH_STEP_MS = 10
@@ -88,12 +93,16 @@ class _ParserProcess:
     def __init__(self) -> None:
         self._proc: Process | None = None
         self._out: BufferedByteReceiveStream | None = None
+        self._stack_file: str | None = None
 
     async def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        fd, self._stack_file = tempfile.mkstemp(prefix="aflow-parser-", suffix=".stack")
+        os.close(fd)
         proc = await anyio.open_process(
-            [sys.executable, "-m", "aflow.runtime.dag_parse_worker"],
+            [sys.executable, "-m", "aflow.runtime.dag_parse_worker",
+             "--stack-file", self._stack_file],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the files' prints and warnings go where this process's go
@@ -118,9 +127,9 @@ class _ParserProcess:
             with anyio.fail_after(timeout_s):
                 line = await self._out.receive_until(b"\n", MAX_ANSWER_BYTES)
         except TimeoutError:
+            stack = await self._stack_of_hung_parser()
             await self.kill()
-            return ParseResult(path, None, error=f"{path}: timed out after {timeout_s:g}s "
-                               "while importing (the parser process was killed)")
+            return ParseResult(path, None, error=hang_error(path, timeout_s, stack))
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
                 anyio.ClosedResourceError):
             code = await self.kill()
@@ -134,8 +143,25 @@ class _ParserProcess:
             error=data["error"],
         )
 
+    async def _stack_of_hung_parser(self) -> str:
+        """Ask the hung parser for its Python stack (SIGUSR1, see dag_parse_worker)."""
+        proc, stack_file = self._proc, self._stack_file
+        if proc is None or stack_file is None or proc.returncode is not None:
+            return ""
+        proc.send_signal(signal.SIGUSR1)
+        text = ""
+        with anyio.move_on_after(STACK_DUMP_WAIT_S):
+            while "most recent call first" not in text or not text.endswith("\n"):  # noqa: ASYNC110 - the child writes a file
+                await anyio.sleep(0.02)
+                text = await anyio.Path(stack_file).read_text(errors="replace")
+        return text
+
     async def kill(self) -> int | None:
         proc, self._proc, self._out = self._proc, None, None
+        stack_file, self._stack_file = self._stack_file, None
+        if stack_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(stack_file)
         if proc is None:
             return None
         with anyio.CancelScope(shield=True):
@@ -335,6 +361,26 @@ class DagProcessor:
         changed = [p for p in sorted(now) if self._seen.get(p) != _stat(p)]
         deleted = [p for p in self._seen if p not in now]
         return changed, deleted
+
+
+def hang_error(path: str, timeout_s: float, stack: str) -> str:
+    """The import error of a file that hung: 'file:line: timed out ...' (the line of the
+    file where it hung, when the parser's stack dump names it) and the dump's frames."""
+    frames = [ln.strip() for ln in stack.splitlines() if ln.strip().startswith("File ")]
+    line = None
+    for frame in frames:  # most recent call first: the innermost frame of the file
+        if frame.startswith(f'File "{path}", line '):
+            line = frame.split(", line ", 1)[1].split()[0]
+            break
+    where = f"{path}:{line}" if line else path
+    head = f"{where}: timed out after {timeout_s:g}s while importing (the parser process was killed)"
+    own = f'File "{Path(__file__).parent}{os.sep}'  # the loader's frames are noise
+    shown = [f for f in frames if "<frozen " not in f and not f.startswith(own)]
+    if not shown:
+        return head
+    return head + "\nStack when it was stopped (most recent call first):\n" + "\n".join(
+        f"  {f}" for f in shown
+    )
 
 
 def _stats(paths: list[str]) -> list[tuple[int, int]]:

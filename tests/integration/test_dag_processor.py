@@ -77,7 +77,9 @@ async def test_hanging_and_crashing_files_become_import_errors_while_good_ones_r
         assert sorted(o.dagbag.dags) == ["good"]
         errors = {Path(r.filename).name: r.message for r in await o.store.list_import_errors()}
         assert sorted(errors) == ["exits.py", "hangs.py", "raises.py", "segfaults.py"]
-        assert "timed out after 1s" in errors["hangs.py"]
+        # where it hung: file and line, and the stack of that moment
+        assert errors["hangs.py"].startswith(f"{folder / 'hangs.py'}:2: timed out after 1s")
+        assert f'File "{folder / "hangs.py"}", line 2 in <module>' in errors["hangs.py"]
         assert "the parser process died" in errors["exits.py"]
         assert "exit code 3" in errors["exits.py"]
         assert "the parser process died" in errors["segfaults.py"]

@@ -190,18 +190,41 @@ async def _load_bag(args: argparse.Namespace, *, report_errors: bool = False) ->
 
 
 async def cmd_dags_list(args: argparse.Namespace) -> int:
+    """The DAGs of the folder, with their paused flag from the store, then the DAGs the
+    store records from this folder whose file is gone or no longer defines them
+    (inactive: no longer scheduled; their runs stay visible)."""
     bag = await _load_bag(args, report_errors=True)
-    rows = [
-        {
+    folder = dags_folder_of(args).resolve()
+    async with _open_store(args) as store:
+        recorded = {d.dag_id: d for d in await store.list_dags()}
+    rows = []
+    for d in sorted(bag.dags.values(), key=lambda d: d.dag_id):
+        record = recorded.get(d.dag_id)
+        paused = record.is_paused if record is not None else bool(d.is_paused_upon_creation)
+        rows.append({
             "dag_id": d.dag_id,
             "fileloc": d.fileloc,
             "schedule": d.structure()["schedule"],
             "tasks": len(d.task_dict),
             "tags": ",".join(d.tags),
-        }
-        for d in sorted(bag.dags.values(), key=lambda d: d.dag_id)
-    ]
-    emit(rows, ["dag_id", "fileloc", "schedule", "tasks", "tags"], args.output)
+            "is_paused": paused,
+            "is_active": True,
+        })
+    for dag_id in sorted(set(recorded) - set(bag.dags)):
+        record = recorded[dag_id]
+        if record.fileloc is None or not Path(record.fileloc).is_relative_to(folder):
+            continue  # recorded from another DAG folder than this one
+        rows.append({
+            "dag_id": dag_id,
+            "fileloc": record.fileloc,
+            "schedule": record.structure.get("schedule"),
+            "tasks": len(record.structure.get("tasks", [])),
+            "tags": ",".join(record.structure.get("tags", [])),
+            "is_paused": record.is_paused,
+            "is_active": False,
+        })
+    emit(rows, ["dag_id", "fileloc", "schedule", "tasks", "tags", "is_paused", "is_active"],
+         args.output)
     if bag.import_errors:  # on stderr, so that stdout stays parseable with --output json
         print(f"\n{len(bag.import_errors)} DAG file(s) failed to import"
               " (details: aflow dags list-import-errors):", file=sys.stderr)

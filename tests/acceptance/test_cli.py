@@ -220,6 +220,30 @@ def test_dags_list_reports_broken_files_and_lists_the_good(cli: CLI, mixed_folde
     assert_reports_every_broken_file(result.stderr, mixed_folder)
 
 
+def test_dags_list_shows_paused_flags_and_dags_whose_file_is_gone(
+    cli: CLI, good_folder: Path
+) -> None:
+    write_dag(good_folder, "other_good.py", OTHER_GOOD)
+    folder = ["--dags-folder", str(good_folder)]
+    # `dags test` starts an Orchestrator on the folder, which records its DAGs in the store
+    cli.run("dags", "test", "another_good", *folder)
+    cli.ok("dags", "pause", "with_params")
+    listed = {d["dag_id"]: d for d in cli.json("dags", "list", *folder)}
+    assert listed["with_params"]["is_paused"] is True
+    assert listed["another_good"]["is_paused"] is False
+    assert all(d["is_active"] for d in listed.values())
+
+    (good_folder / "other_good.py").unlink()
+    cli.run("dags", "test", "with_params", *folder)  # the store learns the file is gone
+    listed = {d["dag_id"]: d for d in cli.json("dags", "list", *folder)}
+    gone = listed["another_good"]
+    assert gone["is_active"] is False and gone["fileloc"] == str(good_folder / "other_good.py")
+    assert gone["schedule"] == "@daily" and gone["tasks"] == 1
+    assert listed["with_params"]["is_active"] is True
+    table = {r["dag_id"]: r for r in parse_table(cli.ok("dags", "list", *folder).stdout)}
+    assert table["another_good"]["is_active"] == "False"
+
+
 def assert_reports_every_broken_file(text: str, folder: Path) -> None:
     for name, (_, line, words) in BROKEN.items():
         lines = [ln for ln in text.splitlines() if str(folder / name) in ln]

@@ -132,7 +132,7 @@ class _ParserProcess:
             return ParseResult(path, None, error=hang_error(path, timeout_s, stack))
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
                 anyio.ClosedResourceError):
-            code = await self.kill()
+            code = await self.kill(exiting=True)
             return ParseResult(path, None, error=f"{path}: the parser process died while "
                                f"importing this file (exit code {code})")
         data = json.loads(line)
@@ -156,7 +156,11 @@ class _ParserProcess:
                 text = await anyio.Path(stack_file).read_text(errors="replace")
         return text
 
-    async def kill(self) -> int | None:
+    async def kill(self, *, exiting: bool = False) -> int | None:
+        """Stop the process (SIGKILL) and return its exit code. `exiting`: it closed its
+        output because it is dying; let it finish first, so its own exit code is kept
+        (signalling makes Popen reap it behind asyncio's child watcher, which then only
+        knows 255)."""
         proc, self._proc, self._out = self._proc, None, None
         stack_file, self._stack_file = self._stack_file, None
         if stack_file is not None:
@@ -165,6 +169,9 @@ class _ParserProcess:
         if proc is None:
             return None
         with anyio.CancelScope(shield=True):
+            if exiting:
+                with anyio.move_on_after(2):
+                    await proc.wait()
             if proc.returncode is None:
                 proc.kill()
             with anyio.move_on_after(5):

@@ -346,8 +346,11 @@ class Orchestrator:
 
     async def _record_import_errors(self) -> None:
         now = self.clock.now()
+        # only this folder's: other schedulers may load other folders into the same store
+        folder = str(self.dag_processor.folder) if self.dag_processor is not None else None
         await self.store.replace_import_errors(
-            [ImportErrorRecord(f, m, now) for f, m in sorted(self.dagbag.import_errors.items())]
+            [ImportErrorRecord(f, m, now) for f, m in sorted(self.dagbag.import_errors.items())],
+            under=folder,
         )
 
     async def _deactivate(self, dag_ids: set[str]) -> None:

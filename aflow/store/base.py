@@ -83,7 +83,12 @@ class Store(abc.ABC):
         """Mark DAGs not in `keep` as inactive (their file is gone or no longer defines them)."""
 
     @abc.abstractmethod
-    async def replace_import_errors(self, errors: Sequence[ImportErrorRecord]) -> None: ...
+    async def replace_import_errors(
+        self, errors: Sequence[ImportErrorRecord], *, under: str | None = None
+    ) -> None:
+        """Replace the recorded import errors by `errors`: all of them, or with `under` (a
+        DAG folder, or one file) only those of files under it, so schedulers with different
+        DAG folders on one store keep each other's."""
 
     @abc.abstractmethod
     async def list_import_errors(self) -> list[ImportErrorRecord]: ...

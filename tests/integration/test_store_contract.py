@@ -456,6 +456,19 @@ async def test_import_errors_are_replaced_as_a_whole(store: Store) -> None:
     assert await store.list_import_errors() == []
 
 
+async def test_import_errors_can_be_replaced_under_one_folder(store: Store) -> None:
+    """Schedulers loading different DAG folders into one store keep each other's errors."""
+    mine = ImportErrorRecord("/srv/dags/x.py", "E1", T0)
+    sub = ImportErrorRecord("/srv/dags/team/y.py", "E2", T0)
+    sibling = ImportErrorRecord("/srv/dags_other/z.py", "E3", T0)  # a prefix, not a parent
+    await store.replace_import_errors([mine, sub, sibling])
+    fixed = ImportErrorRecord("/srv/dags/x.py", "E4", T0)
+    await store.replace_import_errors([fixed], under="/srv/dags")
+    assert set(await store.list_import_errors()) == {fixed, sibling}
+    await store.replace_import_errors([], under="/srv/dags_other/z.py")  # one file
+    assert await store.list_import_errors() == [fixed]
+
+
 # -- runs --------------------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ import dataclasses
 import hashlib
 import logging
 import operator
+import os
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -551,11 +552,19 @@ class PostgresStore(Store):
             [("UPDATE dag SET is_active = (dag_id = ANY($1::text[]))", [(list(keep),)])]
         )
 
-    async def replace_import_errors(self, errors: Sequence[ImportErrorRecord]) -> None:
+    async def replace_import_errors(
+        self, errors: Sequence[ImportErrorRecord], *, under: str | None = None
+    ) -> None:
         rows = [(e.filename, e.message, enc.aware(e.created_at)) for e in errors]
 
         async def run(conn: asyncpg.Connection) -> None:
-            await conn.execute("DELETE FROM import_error")
+            if under is None:
+                await conn.execute("DELETE FROM import_error")
+            else:
+                await conn.execute(
+                    "DELETE FROM import_error WHERE filename = $1 OR starts_with(filename, $2)",
+                    under, under.rstrip(os.sep) + os.sep,
+                )
             if rows:
                 await conn.executemany(
                     "INSERT INTO import_error (filename, message, created_at) VALUES ($1, $2, $3)",

@@ -482,11 +482,20 @@ class SqliteStore(Store):
             ]
         )
 
-    async def replace_import_errors(self, errors: Sequence[ImportErrorRecord]) -> None:
+    async def replace_import_errors(
+        self, errors: Sequence[ImportErrorRecord], *, under: str | None = None
+    ) -> None:
         rows = [(e.filename, e.message, dt_out(e.created_at)) for e in errors]
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM import_error")
+            if under is None:
+                conn.execute("DELETE FROM import_error")
+            else:
+                prefix = under.rstrip(os.sep) + os.sep
+                conn.execute(
+                    "DELETE FROM import_error WHERE filename = ? OR substr(filename, 1, ?) = ?",
+                    (under, len(prefix), prefix),
+                )
             conn.executemany(
                 "INSERT INTO import_error (filename, message, created_at) VALUES (?, ?, ?)", rows
             )

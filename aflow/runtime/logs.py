@@ -220,15 +220,33 @@ def uninstall_log_routing() -> None:
     _routing.uninstall()
 
 
-def read_log(path: str | os.PathLike[str], offset: int = 0) -> tuple[str, int]:
-    """The log text from byte `offset`, and the offset to continue from."""
+def read_log(
+    path: str | os.PathLike[str], offset: int = 0, limit: int | None = None
+) -> tuple[str, int]:
+    """The log text from byte `offset` (at most `limit` bytes), and the offset to go on
+    from. A character cut in two at the end (a line being written, or the limit) is left
+    for the next read, whole."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            data = f.read()
+            data = f.read() if limit is None else f.read(limit)
     except FileNotFoundError:
         return "", offset
-    return data.decode("utf-8", errors="replace"), offset + len(data)
+    end = _complete_prefix(data) or len(data)  # (a limit under 4 bytes must still advance)
+    return data[:end].decode("utf-8", errors="replace"), offset + end
+
+
+def _complete_prefix(data: bytes) -> int:
+    """The length of the longest prefix of `data` that does not end inside a UTF-8
+    character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:  # the lead byte of the last character: is it whole?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
 
 
 def redirect_fds_to(path: str) -> None:

@@ -1,0 +1,42 @@
+"""The web application: the REST API (and, later, the UI) on one aiohttp app, served
+from an Orchestrator's event loop.
+
+    async with Orchestrator("dags/") as o, serve_api(o, port=8080) as url:
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from aflow.api import v1
+from aflow.api.errors import error_middleware
+from aflow.api.registry import MAX_BODY_BYTES
+from aflow.orchestrator import Orchestrator
+
+
+def create_app(orchestrator: Orchestrator) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[v1.ORCHESTRATOR] = orchestrator
+    v1.api.add_to(app)
+    return app
+
+
+@asynccontextmanager
+async def serve_api(
+    orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve the app on `host:port` (0: any free port) until left; yields its base URL."""
+    runner = web.AppRunner(create_app(orchestrator), access_log=None, handle_signals=False,
+                           shutdown_timeout=5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,359 @@
+"""The REST API, version 1: DAGs, runs, task instances, logs, XComs, import errors,
+triggers and health, under /api/v1 (see aflow.api.registry for how a route is served
+and documented)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from aflow import __version__
+from aflow.api import models as m
+from aflow.api.errors import ApiError, not_found
+from aflow.api.registry import Registry
+from aflow.exceptions import RunAlreadyExists, StoreError
+from aflow.orchestrator import Orchestrator
+from aflow.runtime.logs import log_path, read_log
+from aflow.runtime.run_factory import with_unstarted
+from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
+
+api = Registry("/api/v1", title="aflow REST API", version=__version__)
+ORCHESTRATOR = web.AppKey("aflow_orchestrator", Orchestrator)
+
+ALL_DAGS = "~"  # as in Airflow: /dags/~/runs lists the runs of every DAG
+LOG_CHUNK_BYTES = 1024 * 1024
+HEALTH_TIMEOUT_S = 5.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def orchestrator(request: web.Request) -> Orchestrator:
+    return request.app[ORCHESTRATOR]
+
+
+# -- conversions ------------------------------------------------------------------------------
+def dag_out(d: DagRecord) -> m.Dag:
+    s = d.structure
+    return m.Dag(
+        dag_id=d.dag_id,
+        description=s.get("description"),
+        fileloc=d.fileloc,
+        schedule=s.get("schedule"),
+        tags=list(s.get("tags") or []),
+        is_paused=d.is_paused,
+        is_active=d.is_active,
+        max_active_runs=s.get("max_active_runs"),
+        max_active_tasks=s.get("max_active_tasks"),
+        last_parsed=d.updated_at,
+    )
+
+
+def run_out(r: DagRunRecord) -> m.DagRun:
+    return m.DagRun(
+        dag_id=r.dag_id,
+        dag_run_id=r.run_id,
+        run_type=r.run_type,
+        state=r.state,
+        logical_date=r.logical_date,
+        data_interval_start=r.data_interval_start,
+        data_interval_end=r.data_interval_end,
+        conf=r.conf,
+        queued_at=r.created_at,
+        start_date=r.start_date,
+        end_date=r.end_date,
+        triggered_by=r.triggered_by,
+        note=r.note,
+    )
+
+
+def ti_out(t: TaskInstanceRecord) -> m.TaskInstance:
+    return m.TaskInstance(
+        dag_id=t.dag_id,
+        dag_run_id=t.run_id,
+        task_id=t.task_id,
+        map_index=t.map_index,
+        state=t.state,
+        try_number=t.try_number,
+        max_tries=t.max_tries,
+        start_date=t.start_date,
+        end_date=t.end_date,
+        duration=t.duration_s,
+        hostname=t.hostname,
+        operator=t.operator,
+        pool=t.pool,
+        priority_weight=t.priority_weight,
+        error=t.error,
+    )
+
+
+# -- lookups that answer 404 -----------------------------------------------------------------
+async def dag_record(request: web.Request, dag_id: str) -> DagRecord:
+    record = await orchestrator(request).store.get_dag(dag_id)
+    if record is None:
+        raise not_found(f"no DAG {dag_id!r}")
+    return record
+
+
+async def run_record(request: web.Request, dag_id: str, run_id: str) -> DagRunRecord:
+    record = await orchestrator(request).store.get_run(dag_id, run_id)
+    if record is None:
+        raise not_found(f"DAG {dag_id!r} has no run {run_id!r}")
+    return record
+
+
+async def run_tis(request: web.Request, dag_id: str, run_id: str) -> list[TaskInstanceRecord]:
+    """Every task's instance in the run, those not yet decided in state `none`."""
+    o = orchestrator(request)
+    rows = await o.store.get_tis(dag_id, run_id)
+    loaded = o.dagbag.dags.get(dag_id)
+    if loaded is not None:
+        task_ids = loaded.task_ids
+    else:
+        record = await o.store.get_dag(dag_id)
+        task_ids = [t["task_id"] for t in record.structure.get("tasks", [])] if record else []
+    order = {t: i for i, t in enumerate(task_ids)}
+    tis = with_unstarted(dag_id, run_id, task_ids, rows)
+    return sorted(tis, key=lambda t: (order.get(t.task_id, len(order)), t.task_id, t.map_index))
+
+
+async def task_instance(
+    request: web.Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+) -> TaskInstanceRecord:
+    await run_record(request, dag_id, run_id)
+    for t in await run_tis(request, dag_id, run_id):
+        if t.task_id == task_id and t.map_index == map_index:
+            return t
+    raise not_found(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+
+
+def int_param(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(422, "validation_error", f"{name} must be an integer",
+                       [{"loc": f"path.{name}", "message": f"not an integer: {text!r}"}]) from None
+
+
+# -- health ---------------------------------------------------------------------------------
+@api.route("GET", "/health", summary="Whether the store is reachable and the scheduler and "
+           "triggerer heartbeat (503 when the store is not reachable)", tag="health",
+           response=m.Health)
+async def get_health(request: web.Request) -> web.StreamResponse:
+    o = orchestrator(request)
+    now = o.clock.now()
+    store = m.ComponentHealth(status="healthy")
+    processes: list[Any] = []
+    try:
+        with anyio.fail_after(HEALTH_TIMEOUT_S):
+            await o.store.schema_version()
+            processes = await o.store.list_processes()
+    except (StoreError, TimeoutError) as exc:
+        store = m.ComponentHealth(status="unhealthy", detail=str(exc) or "timed out")
+
+    def component(kind: str) -> m.ComponentHealth:
+        beats = [p.heartbeat_at for p in processes if p.kind == kind]
+        if store.status != "healthy":
+            return m.ComponentHealth(status="unknown", detail="the store is not reachable")
+        if not beats:
+            return m.ComponentHealth(status="unhealthy", detail=f"no {kind} is running")
+        latest = max(beats)
+        fresh = (now - latest).total_seconds() <= o.lease_s
+        return m.ComponentHealth(status="healthy" if fresh else "unhealthy", latest_heartbeat=latest,
+                                 detail=None if fresh else f"no heartbeat for over {o.lease_s:g}s")
+
+    health = m.Health(
+        status=store.status,
+        store=store,
+        scheduler=component("scheduler"),
+        triggerer=component("triggerer"),
+    )
+    return web.Response(text=health.model_dump_json(), content_type="application/json",
+                        status=200 if store.status == "healthy" else 503)
+
+
+@api.route("GET", "/openapi.json", summary="This API's OpenAPI document", tag="meta")
+async def get_openapi(request: web.Request) -> dict[str, Any]:
+    return api.openapi()
+
+
+# -- DAGs -------------------------------------------------------------------------------------
+@api.route("GET", "/dags", summary="List DAGs", tag="dags", query=m.DagQuery,
+           response=m.DagCollection)
+async def list_dags(request: web.Request, query: m.DagQuery) -> m.DagCollection:
+    dags = await orchestrator(request).store.list_dags()
+    picked = [
+        d for d in dags
+        if (d.is_active or not query.only_active)
+        and (query.paused is None or d.is_paused == query.paused)
+        and (query.dag_id_pattern is None or query.dag_id_pattern in d.dag_id)
+        and (not query.tags or set(query.tags) & set(d.structure.get("tags") or []))
+    ]
+    page = picked[query.offset: query.offset + query.limit]
+    return m.DagCollection(dags=[dag_out(d) for d in page], total_entries=len(picked))
+
+
+@api.route("GET", "/dags/{dag_id}", summary="One DAG, with its params and task structure",
+           tag="dags", response=m.DagDetail)
+async def get_dag(request: web.Request, dag_id: str) -> m.DagDetail:
+    d = await dag_record(request, dag_id)
+    s = d.structure
+    return m.DagDetail(
+        **dag_out(d).model_dump(),
+        params=s.get("params") or {},
+        tasks=[m.TaskNode.model_validate(t) for t in s.get("tasks", [])],
+    )
+
+
+@api.route("PATCH", "/dags/{dag_id}", summary="Pause or unpause a DAG", tag="dags",
+           body=m.DagPatch, response=m.Dag)
+async def patch_dag(request: web.Request, dag_id: str, body: m.DagPatch) -> m.Dag:
+    o = orchestrator(request)
+    await dag_record(request, dag_id)
+    await o.store.set_dag_paused(dag_id, body.is_paused)
+    return dag_out(await dag_record(request, dag_id))
+
+
+# -- runs -------------------------------------------------------------------------------------
+@api.route("GET", "/dags/{dag_id}/runs", summary="List a DAG's runs, newest logical date "
+           "first (`~` as the DAG id: every DAG's)", tag="runs", query=m.RunQuery,
+           response=m.DagRunCollection)
+async def list_runs(request: web.Request, dag_id: str, query: m.RunQuery) -> m.DagRunCollection:
+    if dag_id != ALL_DAGS:
+        await dag_record(request, dag_id)
+    runs = await orchestrator(request).store.list_runs(
+        None if dag_id == ALL_DAGS else dag_id,
+        states=query.state,
+        limit=query.limit,
+        offset=query.offset,
+        logical_date=query.logical_date,
+    )
+    return m.DagRunCollection(dag_runs=[run_out(r) for r in runs])
+
+
+@api.route("POST", "/dags/{dag_id}/runs", summary="Trigger a run (committed before the "
+           "answer). With an Idempotency-Key, a retried request answers the run the first "
+           "one created (200) instead of creating another", tag="runs", body=m.DagRunCreate,
+           response=m.DagRun, status=201,
+           headers=((IDEMPOTENCY_HEADER, "makes retries safe: one run per key and DAG"),))
+async def create_run(request: web.Request, dag_id: str, body: m.DagRunCreate) -> web.StreamResponse:
+    o = orchestrator(request)
+    if dag_id not in o.dagbag.dags:
+        await dag_record(request, dag_id)  # 404 when no one knows it
+        raise ApiError(409, "dag_not_loaded",
+                       f"DAG {dag_id!r} is not loaded by this server (is its file failing to import?)")
+    if body.logical_date is not None and body.logical_date.tzinfo is None:
+        raise ApiError(422, "validation_error", "logical_date needs a time zone",
+                       [{"loc": "body.logical_date", "message": "naive datetime; add an offset or Z"}])
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    run_id = body.dag_run_id
+    if key is not None and run_id is None:
+        digest = hashlib.sha256(f"{dag_id}\0{key}".encode()).hexdigest()[:32]
+        run_id = f"manual__key_{digest}"
+    try:
+        handle = await o.trigger(dag_id, body.conf, run_id=run_id,
+                                 logical_date=body.logical_date, triggered_by="api")
+    except RunAlreadyExists:
+        if key is None or body.dag_run_id is not None:
+            raise
+        assert run_id is not None
+        existing = await run_record(request, dag_id, run_id)
+        if existing.conf != body.conf:
+            raise ApiError(422, "idempotency_key_reused",
+                           f"{IDEMPOTENCY_HEADER} {key!r} was used for a run with another conf") from None
+        return _json(run_out(existing), 200)
+    return _json(run_out(handle.record), 201)
+
+
+def _json(model: m.BaseModel, status: int) -> web.Response:
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+
+
+@api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}", summary="One run", tag="runs",
+           response=m.DagRun)
+async def get_run(request: web.Request, dag_id: str, dag_run_id: str) -> m.DagRun:
+    return run_out(await run_record(request, dag_id, dag_run_id))
+
+
+# -- task instances ---------------------------------------------------------------------------
+@api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances",
+           summary="Every task instance of a run (not yet decided ones in state none)",
+           tag="task instances", response=m.TaskInstanceCollection)
+async def list_task_instances(
+    request: web.Request, dag_id: str, dag_run_id: str
+) -> m.TaskInstanceCollection:
+    await run_record(request, dag_id, dag_run_id)
+    tis = await run_tis(request, dag_id, dag_run_id)
+    return m.TaskInstanceCollection(task_instances=[ti_out(t) for t in tis],
+                                    total_entries=len(tis))
+
+
+@api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}",
+           summary="One task instance", tag="task instances", response=m.TaskInstance)
+async def get_task_instance(
+    request: web.Request, dag_id: str, dag_run_id: str, task_id: str
+) -> m.TaskInstance:
+    return ti_out(await task_instance(request, dag_id, dag_run_id, task_id))
+
+
+@api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
+           summary="A try's log from a byte offset (tail a running try by asking again "
+           "from next_offset)", tag="task instances", query=m.LogQuery, response=m.LogChunk)
+async def get_log(
+    request: web.Request, dag_id: str, dag_run_id: str, task_id: str, try_number: str,
+    query: m.LogQuery,
+) -> m.LogChunk:
+    number = int_param("try_number", try_number)
+    ti = await task_instance(request, dag_id, dag_run_id, task_id, query.map_index)
+    if not 1 <= number <= ti.try_number:
+        raise not_found(f"task {task_id!r} of run {dag_run_id!r} has no try {number} "
+                        f"(tries so far: {ti.try_number})")
+    path = log_path(orchestrator(request).log_dir, dag_id, dag_run_id, task_id, number,
+                    query.map_index)
+    text, next_offset = await anyio.to_thread.run_sync(read_log, path, query.offset,
+                                                        LOG_CHUNK_BYTES)
+    return m.LogChunk(try_number=number, content=text, offset=query.offset,
+                      next_offset=next_offset)
+
+
+@api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}/xcomEntries",
+           summary="A task instance's XComs", tag="task instances", response=m.XComCollection)
+async def list_xcoms(
+    request: web.Request, dag_id: str, dag_run_id: str, task_id: str
+) -> m.XComCollection:
+    await task_instance(request, dag_id, dag_run_id, task_id)
+    xcoms = await orchestrator(request).store.get_xcoms(dag_id, dag_run_id, task_id)
+    return m.XComCollection(xcom_entries=[
+        m.XComEntry(task_id=x.task_id, map_index=x.map_index, key=x.key, value=x.value)
+        for x in xcoms
+    ])
+
+
+# -- import errors, triggers ---------------------------------------------------------------------
+@api.route("GET", "/importErrors", summary="DAG files that failed to import, and why",
+           tag="dags", response=m.ImportErrorCollection)
+async def list_import_errors(request: web.Request) -> m.ImportErrorCollection:
+    errors = await orchestrator(request).store.list_import_errors()
+    return m.ImportErrorCollection(import_errors=[
+        m.ImportErrorEntry(filename=e.filename, stack_trace=e.message, timestamp=e.created_at)
+        for e in errors
+    ])
+
+
+@api.route("GET", "/triggers", summary="Parked triggers by type: how many wait, how many "
+           "fired, the oldest wait", tag="triggers", response=m.TriggerCollection)
+async def list_triggers(request: web.Request) -> m.TriggerCollection:
+    o = orchestrator(request)
+    now = o.clock.now()
+    by_type: dict[str, m.TriggerCount] = {}
+    for t in await o.store.list_triggers():
+        row = by_type.setdefault(t.classpath, m.TriggerCount(
+            classpath=t.classpath, waiting=0, fired=0, oldest_wait_s=0.0))
+        if t.event is None:
+            row.waiting += 1
+            row.oldest_wait_s = max(row.oldest_wait_s, (now - t.created_at).total_seconds())
+        else:
+            row.fired += 1
+    rows = sorted(by_type.values(), key=lambda r: r.classpath)
+    return m.TriggerCollection(triggers=rows, total_waiting=sum(r.waiting for r in rows))

@@ -19,9 +19,13 @@ from aflow.orchestrator import Orchestrator
 
 
 def create_app(orchestrator: Orchestrator) -> web.Application:
+    """The REST API under /api/v1 and the web UI's pages, on one application."""
+    from aflow.web.pages import add_pages
+
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[v1.ORCHESTRATOR] = orchestrator
     v1.api.add_to(app)
+    add_pages(app)
     return app
 
 

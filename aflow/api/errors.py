@@ -81,6 +81,9 @@ def translate(exc: BaseException) -> ApiError | None:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON errors for the API's paths (the UI's pages have their own, in HTML)."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
     try:
         return await handler(request)
     except ApiError as exc:

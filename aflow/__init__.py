@@ -18,6 +18,7 @@ from aflow.authoring.sensors import (
     WebhookSensor,
 )
 from aflow.authoring.taskflow import task
+from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
@@ -52,6 +53,7 @@ __all__ = [
     "TaskState",
     "TimeDeltaSensor",
     "TriggerRule",
+    "Webhook",
     "WebhookSensor",
     "chain",
     "dag",

@@ -184,3 +184,12 @@ class Health(BaseModel):
     store: ComponentHealth
     scheduler: ComponentHealth
     triggerer: ComponentHealth
+
+
+# -- webhooks -------------------------------------------------------------------------------
+class WebhookResult(BaseModel):
+    action: str  # "triggered" (a run) | "delivered" (an event for WebhookSensors)
+    dag_id: str
+    dag_run_id: str | None = None
+    key: str | None = None
+    event_id: int | None = None

@@ -42,6 +42,8 @@ class Route:
     status: int
     content_type: str  # of a successful answer
     headers: tuple[tuple[str, str], ...]  # request headers it reads: (name, description)
+    raw_body: bool  # the handler reads the body itself (a signed webhook's raw bytes)
+    also: tuple[tuple[int, str], ...]  # other answers it gives: (status, description)
 
 
 class ErrorBody(BaseModel):
@@ -83,6 +85,8 @@ class Registry:
         status: int = 200,
         content_type: str = "application/json",
         headers: tuple[tuple[str, str], ...] = (),
+        raw_body: bool = False,
+        also: tuple[tuple[int, str], ...] = (),
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Declare a route. The handler is called as `handler(request, **path_params,
         query=..., body=...)` (the last two only when declared) and returns a model of
@@ -91,7 +95,7 @@ class Registry:
         def add(handler: HandlerFn) -> HandlerFn:
             self.routes.append(
                 Route(method.upper(), path, handler, handler.__name__, summary, tag, query,
-                      body, response, status, content_type, headers)
+                      body, response, status, content_type, headers, raw_body, also)
             )
             return handler
 
@@ -108,7 +112,7 @@ class Registry:
             if route.query is not None:
                 kwargs["query"] = _validate(route.query, _query_data(route.query, request), "query")
             if route.body is not None:
-                kwargs["body"] = _validate(route.body, await _json_body(request), "body")
+                kwargs["body"] = _validate(route.body, parse_json(await read_body(request)), "body")
             result = await route.handler(request, **kwargs)
             if isinstance(result, web.StreamResponse):
                 return result
@@ -151,6 +155,8 @@ class Registry:
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": ref}}},
                 }
+            elif r.raw_body:
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {}}}}
             paths.setdefault(self.prefix + r.path, {})[r.method.lower()] = op
         return {
             "openapi": "3.1.0",
@@ -188,7 +194,10 @@ class Registry:
         responses: dict[str, Any] = {str(r.status): ok}
         if r.status == 201:  # a replayed Idempotency-Key answers the existing resource
             responses["200"] = ok
-        if r.body is not None or r.query is not None:
+        for status, description in r.also:
+            answer = ok if status < 400 else error
+            responses[str(status)] = {**answer, "description": description}
+        if r.body is not None or r.query is not None or r.raw_body:
             responses["400"] = {"description": "malformed request", **error}
             responses["422"] = {"description": "the request does not validate", **error}
         if _PATH_PARAM.search(r.path):
@@ -227,12 +236,17 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
                        problems_of(exc, where)) from None
 
 
-async def _json_body(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, at most MAX_BODY_BYTES (413 beyond)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
     raw = await request.content.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise ApiError(400, "malformed_body", "the request needs a JSON body")
     try:

@@ -13,11 +13,13 @@ from aiohttp import web
 from aflow import __version__
 from aflow.api import models as m
 from aflow.api.errors import ApiError, not_found
-from aflow.api.registry import Registry
+from aflow.api.registry import Registry, parse_json, read_body
+from aflow.authoring.webhooks import WebhookSecretMissing
 from aflow.exceptions import RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
 from aflow.runtime.logs import log_path, read_log
 from aflow.runtime.run_factory import with_unstarted
+from aflow.states import RunType
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 
 api = Registry("/api/v1", title="aflow REST API", version=__version__)
@@ -357,3 +359,73 @@ async def list_triggers(request: web.Request) -> m.TriggerCollection:
             row.fired += 1
     rows = sorted(by_type.values(), key=lambda r: r.classpath)
     return m.TriggerCollection(triggers=rows, total_waiting=sum(r.waiting for r in rows))
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+@api.route("POST", "/webhooks/{name}", summary="A DAG's named webhook: the raw body must be "
+           "signed with its secret (X-Hub-Signature-256: sha256=<HMAC-SHA256 hex>). Creates a "
+           "run (201; a redelivery of the same delivery id answers that run, 200) or delivers "
+           "the payload to WebhookSensors (202). Needs no other credentials.", tag="webhooks",
+           response=m.WebhookResult, status=201, raw_body=True,
+           headers=(("X-Hub-Signature-256", "sha256=<hex HMAC-SHA256 of the raw body>"),
+                    ("X-GitHub-Delivery", "a delivery id: redeliveries create no second run")),
+           also=((202, "delivered to the WebhookSensors waiting on its key"),
+                 (401, "missing or wrong signature; nothing changed"),
+                 (409, "several loaded DAGs define this webhook name")))
+async def post_webhook(request: web.Request, name: str) -> web.StreamResponse:
+    o = orchestrator(request)
+    found = [(d, w) for d in o.dagbag.dags.values() for w in d.webhooks if w.name == name]
+    if not found:
+        raise not_found(f"no webhook {name!r} (no loaded DAG defines it)")
+    if len(found) > 1:
+        owners = ", ".join(sorted(d.dag_id for d, _ in found))
+        raise ApiError(409, "webhook_ambiguous", f"webhook {name!r} is defined by several DAGs: {owners}")
+    dag, hook = found[0]
+    raw = await read_body(request)
+    try:
+        signed = hook.signature_ok(raw, request.headers.get(hook.signature_header))
+    except WebhookSecretMissing as exc:
+        raise ApiError(503, "webhook_not_configured", str(exc)) from None
+    if not signed:
+        raise ApiError(401, "bad_signature", f"the {hook.signature_header} header does not sign "
+                       f"this body with webhook {name!r}'s secret; nothing was done")
+    payload = parse_json(raw)
+    if hook.deliver_to is not None:
+        key = _mapped(name, "deliver_to", hook.deliver_to, payload, request)
+        if not isinstance(key, str) or not key:
+            raise ApiError(422, "webhook_mapping_failed",
+                           f"webhook {name!r}: deliver_to gave {key!r}, not a non-empty key")
+        event_id = await o.deliver_webhook(key, payload)
+        return _json(m.WebhookResult(action="delivered", dag_id=dag.dag_id, key=key,
+                                     event_id=event_id), 202)
+    conf = _mapped(name, "conf", hook.conf, payload, request) if hook.conf else {"payload": payload}
+    if not isinstance(conf, dict):
+        raise ApiError(422, "webhook_mapping_failed",
+                       f"webhook {name!r}: conf gave a {type(conf).__name__}, not a dict")
+    delivery = request.headers.get(hook.delivery_id_header) if hook.delivery_id_header else None
+    run_id = None
+    if delivery:
+        run_id = "webhook__" + hashlib.sha256(f"{name}\0{delivery}".encode()).hexdigest()[:32]
+    try:
+        handle = await o.trigger(dag.dag_id, conf, run_id=run_id, run_type=RunType.WEBHOOK,
+                                 triggered_by=f"webhook {name}")
+    except RunAlreadyExists:
+        if run_id is None:
+            raise
+        existing = await run_record(request, dag.dag_id, run_id)
+        return _json(m.WebhookResult(action="triggered", dag_id=dag.dag_id,
+                                     dag_run_id=existing.run_id), 200)
+    return _json(m.WebhookResult(action="triggered", dag_id=dag.dag_id,
+                                 dag_run_id=handle.run_id), 201)
+
+
+def _mapped(name: str, what: str, mapper: Any, payload: Any, request: web.Request) -> Any:
+    """Call a webhook's mapping (a plain value is returned as it is); its error is a 422."""
+    if not callable(mapper):
+        return mapper
+    try:
+        return mapper(payload, request.headers)
+    except Exception as exc:  # noqa: BLE001 - user code, reported to the sender
+        raise ApiError(422, "webhook_mapping_failed",
+                       f"webhook {name!r}: its {what} mapping failed on this payload: "
+                       f"{type(exc).__name__}: {exc}") from None

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aflow.authoring.params import ParamsDict
+from aflow.authoring.webhooks import Webhook
 from aflow.exceptions import (
     CycleError,
     DagDefinitionError,
@@ -80,6 +81,7 @@ class DAG:
         template_searchpath: str | list[str] | None = None,
         render_template_as_native_obj: bool = False,
         is_paused_upon_creation: bool | None = None,
+        webhooks: Iterable[Webhook] | None = None,
     ) -> None:
         self.dag_id = validate_id("dag_id", dag_id)
         if start_date is not None and start_date.tzinfo is None:
@@ -108,6 +110,11 @@ class DAG:
         self.template_searchpath = list(template_searchpath or [])
         self.render_template_as_native_obj = render_template_as_native_obj
         self.is_paused_upon_creation = is_paused_upon_creation
+        self.webhooks: list[Webhook] = list(webhooks or [])
+        names = [w.name for w in self.webhooks]
+        for name in names:
+            if names.count(name) > 1:
+                raise DagDefinitionError(f"DAG {dag_id!r}: webhook {name!r} is defined twice")
         self.fileloc: str | None = _caller_file()
         self.task_dict: dict[str, BaseOperator] = {}
         self._topo_cache: list[BaseOperator] | None = None
@@ -229,6 +236,7 @@ class DAG:
             "max_active_runs": self.max_active_runs,
             "max_active_tasks": self.max_active_tasks,
             "params": self.params.describe(),
+            "webhooks": [w.describe() for w in self.webhooks],
             "tasks": [
                 {
                     "task_id": t.task_id,

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from aiohttp import web
 
 from aflow.api import v1
 from aflow.api.errors import error_middleware
+from aflow.api.metrics import METRICS, Metrics, metrics_page
 from aflow.api.registry import MAX_BODY_BYTES
 from aflow.orchestrator import Orchestrator
 
@@ -24,6 +26,8 @@ def create_app(orchestrator: Orchestrator) -> web.Application:
 
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[v1.ORCHESTRATOR] = orchestrator
+    app[METRICS] = Metrics(orchestrator)
+    app.router.add_get("/metrics", metrics_page)
     v1.api.add_to(app)
     add_pages(app)
     return app
@@ -34,13 +38,16 @@ async def serve_api(
     orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve the app on `host:port` (0: any free port) until left; yields its base URL."""
-    runner = web.AppRunner(create_app(orchestrator), access_log=None, handle_signals=False,
-                           shutdown_timeout=5)
+    app = create_app(orchestrator)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield f"http://{host}:{bound}"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app[METRICS].watch_loop_lag)
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = runner.addresses[0][1]
+            yield f"http://{host}:{bound}"
+            tg.cancel_scope.cancel()
     finally:
         await runner.cleanup()

@@ -1,0 +1,96 @@
+"""`/metrics`: Prometheus text, with the names Airflow users already graph (Airflow's
+statsd names with `_` for `.`, prefixed `aflow_`), made by prometheus_client.
+
+Gauges are read from the orchestrator when scraped (no bookkeeping on the hot path);
+histograms are fed as things happen. Each application has its own registry, so several
+orchestrators in one process (tests, embedding) never mix their figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from aflow.orchestrator import Orchestrator
+
+LAG_PERIOD_S = 0.25
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class OrchestratorCollector(Collector):
+    """Figures of one orchestrator, read at scrape time."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.o = orchestrator
+
+    def collect(self) -> Iterator[Any]:
+        o = self.o
+        running = o.slots_in_use
+        queued = o._slots.waiting if o._slots is not None else 0  # noqa: SLF001 - same package
+        yield _gauge("aflow_executor_running_tasks", "tries holding an execution slot", running)
+        yield _gauge("aflow_executor_queued_tasks", "ready tries waiting for a slot", queued)
+        yield _gauge("aflow_executor_open_slots", "free execution slots (parallelism)",
+                     max(o.parallelism - running, 0))
+        driver = o.driver
+        deferred = 0
+        if driver is not None:
+            deferred = sum(
+                1 for rs in driver.runs.values() for ti in rs.tis.values()
+                if ti.state.value == "deferred"
+            )
+        yield _gauge("aflow_scheduler_tasks_deferred", "deferred task instances of the runs "
+                     "this process drives (they hold no slot)", deferred)
+        yield _gauge("aflow_scheduler_dagruns_running", "runs this process drives",
+                     len(driver.runs) if driver is not None else 0)
+        triggerer = o.triggerer
+        if triggerer is not None:
+            yield _gauge("aflow_triggers_running", "triggers parked in this triggerer",
+                         len(triggerer.running))
+            yield _gauge("aflow_triggerer_capacity_left", "more triggers it can park",
+                         triggerer.capacity_left)
+        yield _gauge("aflow_dag_processing_import_errors", "DAG files that failed to import",
+                     len(o.dagbag.import_errors))
+        yield _gauge("aflow_dagbag_size", "DAGs loaded", len(o.dagbag.dags))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """The registry of one application and the histograms it feeds."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(OrchestratorCollector(orchestrator))
+        self.loop_lag = Histogram(
+            "aflow_event_loop_lag_seconds",
+            f"how late a {LAG_PERIOD_S}s sleep of the event loop wakes up",
+            buckets=LAG_BUCKETS, registry=self.registry,
+        )
+
+    async def watch_loop_lag(self) -> None:
+        """Until cancelled: sample the event loop's lag."""
+        while True:
+            start = time.monotonic()
+            await anyio.sleep(LAG_PERIOD_S)
+            self.loop_lag.observe(max(time.monotonic() - start - LAG_PERIOD_S, 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("aflow_metrics", Metrics)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -20,6 +20,9 @@ from aflow.api.registry import MAX_BODY_BYTES
 from aflow.orchestrator import Orchestrator
 
 
+LISTEN_BACKLOG = 4096  # a burst of webhooks connects at once; 128 would drop SYNs
+
+
 def create_app(orchestrator: Orchestrator) -> web.Application:
     """The REST API under /api/v1 and the web UI's pages, on one application."""
     from aflow.web.pages import add_pages
@@ -44,7 +47,7 @@ async def serve_api(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(app[METRICS].watch_loop_lag)
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
             await site.start()
             bound = runner.addresses[0][1]
             yield f"http://{host}:{bound}"

@@ -162,3 +162,12 @@ def test_several_schedulers_need_postgresql() -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "need --store postgresql" in bad.stderr and not bad.stdout
+
+
+def test_webhook_small() -> None:
+    rec, stderr = run_bench("webhook", "--n", "20")
+    check_record(rec, "webhook", 20, tis=20, hops=20)
+    assert rec["lost"] == 0 and rec["duplicated"] == 0
+    assert rec["client_statuses"] == {"201": 20} and rec["client_failed"] == 0
+    assert 0 <= rec["webhook_to_start_ms_p50"] <= rec["webhook_to_start_ms_p99"]
+    assert "[bench webhook]" in stderr

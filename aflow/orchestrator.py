@@ -499,6 +499,8 @@ class Orchestrator:
             by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
             assert self.driver is not None
             await self.driver.clear(rs, chosen)
+            if chosen:
+                log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
             return chosen
         run, tis = await self._stored_run(dag_id, run_id)
         states = {t: tis[t].state for t in selected}
@@ -513,6 +515,31 @@ class Orchestrator:
         self._woken()
         log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
         return chosen
+
+    async def tasks_to_clear(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_ids: Iterable[str] | None = None,
+        *,
+        downstream: bool = False,
+        upstream: bool = False,
+        only_failed: bool = False,
+    ) -> list[TaskInstanceRecord]:
+        """What `clear_tasks` with the same arguments would clear now, as the TIs' current
+        records in topological order; changes nothing. Raises as `clear_tasks` would."""
+        dag = self.dagbag.get_dag(dag_id)
+        selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
+        rs = await self._driven_here(dag_id, run_id)
+        if rs is not None:
+            states = {t: rs.tis[t].state for t in selected}
+            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+            by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+            assert self.driver is not None
+            return [self.driver.record_of(rs.tis[t]) for t in chosen]
+        _, tis = await self._stored_run(dag_id, run_id)
+        states = {t: tis[t].state for t in selected}
+        return [tis[t] for t in by_hand.to_clear(states, selected, only_failed=only_failed)]
 
     async def mark_task(
         self,

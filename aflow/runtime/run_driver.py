@@ -306,7 +306,8 @@ class RunDriver:
             rs.done.set()
 
     # -- changes by hand (clear, mark) ------------------------------------------------
-    def _record(self, ti: TIState) -> TaskInstanceRecord:
+    def record_of(self, ti: TIState) -> TaskInstanceRecord:
+        """A snapshot of a TI held in memory."""
         return TaskInstanceRecord(
             dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index,
             state=ti.state, try_number=ti.try_number, max_tries=ti.max_tries,
@@ -346,7 +347,7 @@ class RunDriver:
             held.append(ti)
         if not held:
             return
-        rows = [self._record(ti) for ti in held]
+        rows = [self.record_of(ti) for ti in held]
         # Until the reset is committed nothing decides them (they are not `none` in
         # memory), so no start of theirs can be committed before it.
         for ti in held:
@@ -416,7 +417,7 @@ class RunDriver:
             ti.next_retry_at = None
             ti.next_method = ti.next_kwargs = ti.next_event = None
             ti.error = None if new is not TaskState.FAILED else "its run was marked failed by hand"
-            rows.append(self._record(ti))
+            rows.append(self.record_of(ti))
         delay = 0.1
         while True:  # as `_durably`: the run is no longer driven here, its end must commit
             try:

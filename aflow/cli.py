@@ -567,13 +567,18 @@ async def cmd_tasks_clear(args: argparse.Namespace) -> int:
 async def cmd_tasks_mark(args: argparse.Namespace) -> int:
     async with _by_hand_orchestrator(args) as o:
         changed = await o.mark_task(args.dag_id, args.run_id, args.task_id, args.state)
+        run = await o.store.get_run(args.dag_id, args.run_id)
+    run_state = run.state.value if run is not None else None
     if args.output == "json":
         print(json.dumps({"dag_id": args.dag_id, "run_id": args.run_id, "task_id": args.task_id,
-                          "state": args.state, "cleared_downstream": changed[1:]}, indent=2))
+                          "state": args.state, "cleared_downstream": changed[1:],
+                          "run_state": run_state}, indent=2))
     else:
         print(f"task {args.task_id} of run {args.run_id} marked {args.state}")
         if len(changed) > 1:
             print(f"cleared downstream to run again: {', '.join(changed[1:])}")
+        if run_state == DagRunState.QUEUED.value:
+            print("the run is queued again: a scheduler decides what follows and ends it")
     return 0
 
 

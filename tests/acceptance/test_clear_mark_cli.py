@@ -175,6 +175,7 @@ def test_runs_mark_and_tasks_mark(setup: tuple[CLI, Path, Path]) -> None:
                  "--dags-folder", str(folder)).stdout
     assert "task transform of run r1 marked success" in out
     assert "cleared downstream to run again: load" in out
+    assert "the run is queued again" in out
     cli.wait_run_state("pipe", "r1", ("success",))
     assert tries(cli, "r1") == {"extract": ("success", 1), "transform": ("success", 1),
                                 "load": ("success", 1), "side": ("success", 1)}

@@ -569,16 +569,20 @@ class Orchestrator:
         records in topological order; changes nothing. Raises as `clear_tasks` would."""
         dag = self.dagbag.get_dag(dag_id)
         selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
-        rs = await self._driven_here(dag_id, run_id)
-        if rs is not None:
-            states = {t: rs.tis[t].state for t in selected}
-            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
-            by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
-            assert self.driver is not None
-            return [self.driver.record_of(rs.tis[t]) for t in chosen]
-        _, tis = await self._stored_run(dag_id, run_id)
-        states = {t: tis[t].state for t in selected}
-        return [tis[t] for t in by_hand.to_clear(states, selected, only_failed=only_failed)]
+
+        async def look() -> list[TaskInstanceRecord]:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                states = {t: rs.tis[t].state for t in selected}
+                chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                assert self.driver is not None
+                return [self.driver.record_of(rs.tis[t]) for t in chosen]
+            _, tis = await self._stored_run(dag_id, run_id)
+            states = {t: tis[t].state for t in selected}
+            return [tis[t] for t in by_hand.to_clear(states, selected, only_failed=only_failed)]
+
+        return await self._by_hand(look)
 
     async def mark_task(
         self,

@@ -30,6 +30,7 @@ from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
+from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.slots import Slots
@@ -401,8 +402,6 @@ class RunDriver:
         `by_hand.run_mark_state` says, in one transaction with the run's row, and the run
         is no longer driven here. Tries running now run on to their end, but their
         outcome is not recorded (the TI is already marked)."""
-        from aflow.runtime.by_hand import run_mark_state
-
         now = self.clock.now()
         rs.lost = rs.ended_by_hand = True  # nothing more starts or is recorded here
         self.runs.pop(rs.key, None)

@@ -436,3 +436,37 @@ async def test_clear_and_mark_on_postgresql(home: Path, pg_schema_url: str) -> N
         record = await o.mark_run("diamond", run.run_id, "failed")
         assert record.state is DagRunState.FAILED
         assert (await o.store.get_run("diamond", run.run_id)).state is DagRunState.FAILED
+
+
+async def test_clear_in_a_run_left_by_a_dead_scheduler_is_adopted_with_the_new_states(
+    home: Path, orchestrator_factory: Any
+) -> None:
+    """A running run whose owner's lease has expired is no one's: it is changed in the
+    store (its state stays `running`) and the next claim drives it on from there."""
+    from aflow.store.records import TaskInstanceRecord
+
+    calls: list[str] = []
+    now = datetime.now(UTC)
+    async with SqliteStore(f"sqlite:///{home / 'aflow.db'}") as other:
+        await other.create_run(DagRunRecord(
+            dag_id="diamond", run_id="orphan", run_type=RunType.MANUAL,
+            state=DagRunState.RUNNING, logical_date=now, data_interval_start=now,
+            data_interval_end=now, created_at=now, start_date=now,
+            owner="host:1:dead", lease_until=now.replace(year=now.year - 1)), [])
+        await other.save_tis([
+            TaskInstanceRecord(dag_id="diamond", run_id="orphan", task_id=task_id,
+                               try_number=tries, max_tries=1, state=state, start_date=now,
+                               end_date=now)
+            for task_id, state, tries in (("a", TaskState.SUCCESS, 1), ("b", TaskState.FAILED, 2))
+        ])
+    o = await orchestrator_factory(diamond(calls, failing=set()), claim=False)
+    assert await o.clear_tasks("diamond", "orphan", ["b"]) == ["b"]
+    record = await o.store.get_run("diamond", "orphan")
+    assert record.state is DagRunState.RUNNING  # not ended: it stays as it is, still claimable
+    assert (await tries(o, "diamond", "orphan"))["b"] == ("none", 2)
+    # a scheduler adopts it: b runs again, then c; d too (it never ran)
+    driver = await orchestrator_factory(diamond(calls, failing=set()))
+    final = await (await driver.get_run("diamond", "orphan")).wait(timeout=WAIT_S)
+    assert final.state is DagRunState.SUCCESS
+    assert sorted(calls) == ["b", "c", "d"]
+    assert (await tries(driver, "diamond", "orphan"))["b"] == ("success", 3)

@@ -51,7 +51,7 @@ from aflow.runtime.slots import Slots
 from aflow.runtime.triggerer import DEFAULT_CAPACITY as DEFAULT_TRIGGERER_CAPACITY
 from aflow.runtime.triggerer import Triggerer
 from aflow.states import DagRunState, RunType, TaskState
-from aflow.store.base import Store, busy_message, held_elsewhere
+from aflow.store.base import Store, busy_message, held_by_live_owner, held_elsewhere
 from aflow.store.factory import open_store_url
 from aflow.store.records import (
     DagRunRecord,
@@ -67,7 +67,8 @@ _NOBODY = ""  # as the owner in Store.rewrite_run: every live lease counts, this
 
 
 class _ClaimedHere(Exception):  # noqa: N818 - a signal between two methods, never raised out
-    """This process's scheduler claimed the run while it was being changed by hand."""
+    """The run changed hands while it was being changed by hand (this process's
+    scheduler claimed it, or it ended): look again."""
 
 DEFAULT_HOME = Path("~/aflow").expanduser()
 DEFAULT_PARALLELISM = 32
@@ -453,16 +454,19 @@ class Orchestrator:
             with anyio.fail_after(60):
                 await rs.done.wait()
 
-    async def _stored_run(self, dag_id: str, run_id: str) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord]]:
+    async def _stored_run(
+        self, dag_id: str, run_id: str, *, held_ok: bool = False
+    ) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord]]:
         """A run not driven here, with a record per task of its DAG (`none` for tasks with
-        no row). RunBusy if another live process drives it."""
+        no row). RunBusy if another live process drives it, unless `held_ok`."""
         run = await self.store.get_run(dag_id, run_id)
         if run is None:
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
         if held_elsewhere(run, _NOBODY, self.clock.now()):
             if run.owner == self.process_id:
                 raise _ClaimedHere
-            raise RunBusy(busy_message(run))
+            if not held_ok:
+                raise RunBusy(busy_message(run))
         dag = self.dagbag.get_dag(dag_id)
         rows = with_unstarted(dag_id, run_id, dag.task_ids, await self.store.get_tis(dag_id, run_id))
         return run, {r.task_id: r for r in rows if r.map_index == -1}
@@ -540,12 +544,24 @@ class Orchestrator:
                 if chosen:
                     log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
                 return chosen
-            run, tis = await self._stored_run(dag_id, run_id)
+            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
             states = {t: tis[t].state for t in selected}
             chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
             if not chosen:
                 return []
             rows = [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
+            now = self.clock.now()
+            if held_elsewhere(run, _NOBODY, now):
+                # driven by another live process: cleared in the store, and that process's
+                # driver is told to clear them in its memory too (Store.clear_for_owner)
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                by_hand.refuse_open_downstream(dag, {t: r.state for t, r in tis.items()}, chosen)
+                after = await self.store.clear_for_owner(dag_id, run_id, rows, now=now)
+                if not held_by_live_owner(after, now):
+                    raise _ClaimedHere  # it ended or was released meanwhile: again
+                log.info("cleared %s in run %s of %s, driven by %s", ", ".join(chosen),
+                         run_id, dag_id, after.owner)
+                return chosen
             await self._rewrite(
                 dag_id, run_id, rows, DagRunState.QUEUED if run.state.finished else None
             )
@@ -578,9 +594,13 @@ class Orchestrator:
                 by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
                 assert self.driver is not None
                 return [self.driver.record_of(rs.tis[t]) for t in chosen]
-            _, tis = await self._stored_run(dag_id, run_id)
+            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
             states = {t: tis[t].state for t in selected}
-            return [tis[t] for t in by_hand.to_clear(states, selected, only_failed=only_failed)]
+            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+            if chosen and held_elsewhere(run, _NOBODY, self.clock.now()):
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                by_hand.refuse_open_downstream(dag, {t: r.state for t, r in tis.items()}, chosen)
+            return [tis[t] for t in chosen]
 
         return await self._by_hand(look)
 

@@ -91,6 +91,23 @@ def refuse_busy(dag_id: str, run_id: str, states: dict[str, TaskState], task_ids
         )
 
 
+def refuse_open_downstream(dag: DAG, states: dict[str, TaskState], task_ids: Sequence[str]) -> None:
+    """For a clear in a run another process drives (it learns of the clear a moment
+    later): RunBusy unless every task right after a cleared one has ended or is cleared
+    too, since until then that process could decide such a task on the old state."""
+    chosen = set(task_ids)
+    open_ = sorted(
+        {d for t in task_ids for d in dag.task_dict[t].downstream_task_ids
+         if d not in chosen and states.get(d, TaskState.NONE) not in FINISHED_TASK_STATES}
+    )
+    if open_:
+        raise RunBusy(
+            f"cannot clear {', '.join(task_ids)} now: the run is driven by another process "
+            f"and {', '.join(open_)}, right after them, has not ended yet; clear again once "
+            "it has (with --downstream to clear it too), or once the run has ended"
+        )
+
+
 def cleared(ti: TaskInstanceRecord, retries: int) -> TaskInstanceRecord:
     """A TI made to run again: state `none`, its try number kept (the next try is the
     following one, with its own log), and a fresh set of retries."""

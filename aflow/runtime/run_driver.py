@@ -46,7 +46,7 @@ from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
-from aflow.store.base import Store
+from aflow.store.base import CLEARED_CLASSPATH, Store
 from aflow.store.records import DagRunRecord, TaskInstanceRecord, TriggerRecord, XComRecord
 from triggers.base import check_kwargs
 
@@ -119,6 +119,7 @@ class RunState:
         self.finishing = False
         self.lost = False  # another process took the run over: start and finish nothing
         self.ended_by_hand = False  # marked success/failed: its tries' outcomes are not recorded
+        self.clears_pending = False  # TIs cleared in the store by another process wait to be applied
 
     def counts_for(self, task_id: str) -> UpstreamCounts:
         """The counts of `task_id`'s upstream end states, kept from now on."""
@@ -262,7 +263,10 @@ class RunDriver:
         # outcome and removing the row) is left over: remove it.
         for trigger in await self.store.fired_triggers([(run.dag_id, run.run_id)]):
             owner_ti = rs.tis.get(trigger.task_id)
-            if owner_ti is None or owner_ti.state in FINISHED_TASK_STATES:
+            # (a clear made in the store while another process drove the run: its TI
+            # rows, just read, already say so)
+            if (owner_ti is None or owner_ti.state in FINISHED_TASK_STATES
+                    or trigger.classpath == CLEARED_CLASSPATH):
                 await self._durably(
                     self.store.delete_trigger, run.dag_id, run.run_id, trigger.task_id,
                     trigger.map_index,
@@ -357,6 +361,58 @@ class RunDriver:
         await self._durably(self.store.reset_tis, rows)
         if rs.lost or rs.key not in self.runs:
             return
+        for ti in held:
+            ti.state = TaskState.NONE
+        now = self.clock.now()
+        ready: list[TIState] = []
+        decided: list[TIState] = []
+        for ti in held:
+            decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule, rs.peek_counts(ti.task_id))
+            self._apply_decision(rs, ti, decision, now, ready, decided)
+        for ti in ready:
+            self._submit(rs, ti)
+        if decided:
+            await self._commit_decided(rs, decided)
+
+    async def _apply_clears(self, rs: RunState) -> None:
+        """Another process cleared ended TIs of this driven run in the store
+        (Store.clear_for_owner): clear them in memory too, remove the rows that said so,
+        then decide them afresh. Until now nothing here could have decided on them: their
+        downstream tasks had all ended, and their own end states do not change here."""
+        await anyio.lowlevel.checkpoint()  # events of one clear arrive together
+        rs.clears_pending = False
+        if rs.lost or rs.finishing or rs.key not in self.runs:
+            return  # `_finish_run` requeues the run if its clear came too late
+        events = [t for t in await self.store.fired_triggers([rs.key])
+                  if t.classpath == CLEARED_CLASSPATH]
+        rows = {r.task_id: r for r in await self.store.get_tis(*rs.key)}
+        if rs.lost or rs.finishing or rs.key not in self.runs:
+            return
+        held: list[TIState] = []
+        for event in events:
+            ti, row = rs.tis.get(event.task_id), rows.get(event.task_id)
+            if ti is None or row is None or row.state is not TaskState.NONE:
+                continue
+            if ti.state not in FINISHED_TASK_STATES:
+                continue
+            self._forget_end(rs, ti)
+            ti.state = TaskState.QUEUED  # held until its event row is gone
+            ti.max_tries = row.max_tries
+            ti.start_date = ti.end_date = ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None
+            rs.xcoms.set_task(ti.task_id, ti.map_index, {})
+            rs.unfinished += 1
+            held.append(ti)
+        for event in events:
+            await self._durably(self.store.delete_trigger, event.dag_id, event.run_id,
+                                event.task_id, event.map_index)
+        if not held or rs.lost or rs.key not in self.runs:
+            return
+        log.info("cleared by another process in run %s of %s: %s", rs.run.run_id,
+                 rs.run.dag_id, ", ".join(t.task_id for t in held))
+        order = {t.task_id: i for i, t in enumerate(rs.dag.topological_order())}
+        held.sort(key=lambda t: order[t.task_id])
         for ti in held:
             ti.state = TaskState.NONE
         now = self.clock.now()
@@ -661,6 +717,11 @@ class RunDriver:
         rs = self.runs.get((trigger.dag_id, trigger.run_id))
         if rs is None or trigger.event is None:
             return False
+        if trigger.classpath == CLEARED_CLASSPATH:
+            if not rs.clears_pending:
+                rs.clears_pending = True
+                self._tg.start_soon(self._apply_clears, rs)
+            return True
         ti = rs.tis.get(trigger.task_id)
         if ti is None or ti.state is not TaskState.DEFERRED or ti.try_number != trigger.try_number:
             return False
@@ -791,6 +852,8 @@ class RunDriver:
         rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
         await self._durably(self.store.save_run, rs.run)
         self.runs.pop(rs.key, None)
+        if await self._cleared_meanwhile(rs):
+            return
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
         if callbacks is not None:
@@ -798,6 +861,32 @@ class RunDriver:
         for listener in self.on_run_finished:
             listener(rs)
         rs.done.set()
+
+    async def _cleared_meanwhile(self, rs: RunState) -> bool:
+        """Another process cleared TIs of this run in the store while it was ending here
+        (before its events were applied): the run goes back to `queued`, released, so a
+        scheduler adopts it afresh with the cleared TIs. True if it did."""
+        try:
+            events = [t for t in await self.store.fired_triggers([rs.key])
+                      if t.classpath == CLEARED_CLASSPATH]
+            if not events:
+                return False
+            cleared = {e.task_id for e in events}
+            rows = [r for r in await self.store.get_tis(*rs.key) if r.task_id in cleared]
+            rs.run = await self.store.rewrite_run(
+                rs.run.dag_id, rs.run.run_id, rows, owner=rs.run.owner or "",
+                now=self.clock.now(), run_state=DagRunState.QUEUED,
+            )
+        except StoreError:
+            log.exception("could not check run %s for clears made meanwhile", rs.run.run_id)
+            return False
+        log.info("run %s of %s: TIs cleared as it ended (%s); queued again", rs.run.run_id,
+                 rs.run.dag_id, ", ".join(sorted(cleared)))
+        rs.lost = True  # waiters follow it in the store
+        for listener in self.on_run_finished:
+            listener(rs)
+        rs.done.set()
+        return True
 
     async def _dag_callback(self, rs: RunState, cb: Any) -> None:
         context = {

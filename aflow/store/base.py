@@ -199,6 +199,19 @@ class Store(abc.ABC):
         (its driver would not see the change); RunNotFound if there is no such run.
         Returns the run's row as it is afterwards."""
 
+    @abc.abstractmethod
+    async def clear_for_owner(
+        self, dag_id: str, run_id: str, tis: Sequence[TaskInstanceRow], *, now: datetime
+    ) -> DagRunRecord:
+        """One transaction, for an unfinished run another live process drives: the given
+        TIs, ended now in the store, are reset as `reset_tis` resets them, and each gets a
+        fired trigger row whose event is CLEARED_EVENT. The run's driver picks those up as
+        it picks up fired triggers (Scheduler.resume_fired; TRIGGERS_FIRED_CHANNEL is
+        notified) and clears the TIs in its memory too. Refused with RunBusy, writing
+        nothing, if any of the TIs is not ended in the store. Writes nothing either when
+        the run has ended or no live lease holds it any more (the caller then changes it
+        as any other run). RunNotFound if there is no such run. Returns the run's row."""
+
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod
     async def get_xcoms(
@@ -293,6 +306,21 @@ class Store(abc.ABC):
 
 def _no_subscription() -> None:
     return None
+
+
+# The classpath and event of the fired trigger rows `clear_for_owner` leaves: "this TI was
+# cleared by hand in the store; clear it in memory too". No triggerer ever runs them.
+CLEARED_CLASSPATH = "aflow.cleared"
+CLEARED_EVENT: dict[str, Any] = {"kind": "cleared"}
+
+
+def held_by_live_owner(run: DagRunRecord, now: datetime) -> bool:
+    return (
+        not run.state.finished
+        and run.owner is not None
+        and run.lease_until is not None
+        and run.lease_until >= now
+    )
 
 
 def held_elsewhere(run: DagRunRecord, owner: str, now: datetime) -> bool:

@@ -470,3 +470,116 @@ async def test_clear_in_a_run_left_by_a_dead_scheduler_is_adopted_with_the_new_s
     assert final.state is DagRunState.SUCCESS
     assert sorted(calls) == ["b", "c", "d"]
     assert (await tries(driver, "diamond", "orphan"))["b"] == ("success", 3)
+
+
+# -- clearing a run another process is driving ------------------------------------------------
+
+
+async def test_clear_in_a_run_another_process_is_driving(
+    home: Path, orchestrator_factory: Any
+) -> None:
+    """`driver` drives the run; `other` (as the CLI would) clears ended TIs of it in the
+    store, and the driver clears them in its memory too: they run again there, while
+    its running task goes on undisturbed."""
+    calls: list[str] = []
+    failing = {"flaky"}
+    gate = anyio.Event()
+    dag = gated(calls, failing, gate)
+    driver = await orchestrator_factory(dag, poll_s=0.05)
+    other = await orchestrator_factory(dag, claim=False, triggerer=False)
+    run = await driver.trigger("gated")
+
+    async def flaky_ended() -> bool:
+        return (await tries(other, "gated", run.run_id))["join"] == ("upstream_failed", 0)
+
+    await until(flaky_ended)
+    assert (run.dag_id, run.run_id) in driver.driver.runs
+    assert (run.dag_id, run.run_id) not in other.driver.runs
+    with pytest.raises(RunBusy, match=r"running or waiting right now: slow \(running\)"):
+        await other.clear_tasks("gated", run.run_id, ["slow"])
+    with pytest.raises(RunBusy, match="driven by another process"):
+        await other.mark_task("gated", run.run_id, "flaky", "success")
+    failing.clear()
+    planned = await other.tasks_to_clear("gated", run.run_id, ["flaky"], downstream=True)
+    assert [t.task_id for t in planned] == ["flaky", "after", "join"]
+    assert await other.clear_tasks("gated", run.run_id, ["flaky"], downstream=True) == [
+        "flaky", "after", "join"]
+
+    async def after_done() -> bool:
+        return (await tries(other, "gated", run.run_id))["after"] == ("success", 1)
+
+    await until(after_done)
+    now = await tries(other, "gated", run.run_id)
+    assert (now["flaky"], now["slow"], now["join"]) == (("success", 2), ("running", 1), ("none", 0))
+    assert [t for t in await other.store.list_triggers()] == []  # the clear's event rows went
+    gate.set()
+    assert (await run.wait(timeout=WAIT_S)).state is DagRunState.SUCCESS
+    assert await tries(other, "gated", run.run_id) == {
+        "flaky": ("success", 2), "after": ("success", 1), "slow": ("success", 1),
+        "join": ("success", 1)}
+    assert sorted(calls) == ["after", "flaky", "flaky", "join", "slow"]
+
+
+async def test_a_clear_that_the_driving_process_could_overtake_is_refused(
+    orchestrator_factory: Any,
+) -> None:
+    """`broken` >> `tidy` (all_done) << `slow`: tidy waits for slow in the driver's memory;
+    if broken were cleared, the driver could decide tidy on broken's old state before
+    it learned of the clear, so that clear waits until tidy has ended."""
+    gate = anyio.Event()
+
+    async def slow() -> None:
+        await gate.wait()
+
+    def broken() -> None:
+        raise ValueError("broken")
+
+    with DAG("overtake", start_date=START) as dag:
+        b = PythonOperator(task_id="broken", python_callable=broken)
+        t = PythonOperator(task_id="tidy", python_callable=lambda: None, trigger_rule="all_done")
+        s = PythonOperator(task_id="slow", python_callable=slow)
+        [b, s] >> t
+    driver = await orchestrator_factory(dag)
+    other = await orchestrator_factory(dag, claim=False, triggerer=False)
+    run = await driver.trigger("overtake")
+
+    async def broken_ended() -> bool:
+        return (await tries(other, "overtake", run.run_id))["broken"] == ("failed", 1)
+
+    await until(broken_ended)
+    with pytest.raises(RunBusy, match="tidy, right after them, has not ended yet"):
+        await other.clear_tasks("overtake", run.run_id, ["broken"])
+    assert (await tries(other, "overtake", run.run_id))["broken"] == ("failed", 1)
+    gate.set()
+    assert (await run.wait(timeout=WAIT_S)).state is DagRunState.SUCCESS  # tidy is all_done
+    assert await other.clear_tasks("overtake", run.run_id, ["broken"]) == ["broken"]
+
+
+async def test_a_clear_that_arrives_as_the_run_ends_queues_it_again(
+    orchestrator_factory: Any,
+) -> None:
+    """The driver learns of the clear only on its claim sweep (here: never, but for the
+    wake-up when a run ends), so the run ends first; on ending it finds the clear and
+    queues the run again, and the cleared TIs run."""
+    calls: list[str] = []
+    failing = {"flaky"}
+    gate = anyio.Event()
+    dag = gated(calls, failing, gate)
+    driver = await orchestrator_factory(dag, poll_s=3600)
+    other = await orchestrator_factory(dag, claim=False, triggerer=False)
+    run = await driver.trigger("gated")
+
+    async def flaky_ended() -> bool:
+        return (await tries(other, "gated", run.run_id))["join"] == ("upstream_failed", 0)
+
+    await until(flaky_ended)
+    failing.clear()
+    assert await other.clear_tasks("gated", run.run_id, ["flaky"], downstream=True) == [
+        "flaky", "after", "join"]
+    gate.set()  # slow ends: the driver, unaware of the clear, ends the run
+    final = await run.wait(timeout=WAIT_S)
+    assert final.state is DagRunState.SUCCESS
+    assert await tries(other, "gated", run.run_id) == {
+        "flaky": ("success", 2), "after": ("success", 1), "slow": ("success", 1),
+        "join": ("success", 1)}
+    assert await other.store.list_triggers() == []

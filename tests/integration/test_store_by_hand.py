@@ -149,3 +149,47 @@ async def test_reset_tis_is_group_committed_after_earlier_writes_of_the_same_tis
     assert [x.task_id for x in await store.get_xcoms("d", "r1")] == ["a"]
     assert await store.get_trigger("d", "r1", "b") is None
     assert (await store.get_run("d", "r1")).state is DagRunState.RUNNING  # type: ignore[union-attr]
+
+
+async def test_clear_for_owner_resets_the_tis_and_leaves_the_owner_an_event(
+    store_factory: StoreFactory,
+) -> None:
+    from aflow.store.base import CLEARED_CLASSPATH, CLEARED_EVENT
+
+    store = await store_factory()
+    await seeded(store, a_run(state=DagRunState.RUNNING, owner="driver", lease_until=LATER))
+    await store.delete_trigger("d", "r1", "b")
+    await store.save_tis([dataclasses.replace(a_ti("d", TaskState.RUNNING), end_date=None)])
+    tis = {t.task_id: t for t in await store.get_tis("d", "r1")}
+
+    # a TI that has not ended is refused, and nothing is written
+    with pytest.raises(RunBusy, match=r"have not ended: d \(running\)"):
+        await store.clear_for_owner("d", "r1", [cleared(tis["b"], 5), cleared(tis["d"], 1)],
+                                    now=T0)
+    assert (await states(store))["b"] == ("failed", 3, 3)
+    assert await store.list_triggers() == []
+
+    run = await store.clear_for_owner(
+        "d", "r1", [cleared(tis["b"], 5), cleared(tis["c"], 2)], now=T0)
+    assert (run.state, run.owner) == (DagRunState.RUNNING, "driver")  # the run row is untouched
+    assert await states(store) == {"a": ("success", 1, 1), "b": ("none", 3, 5),
+                                   "c": ("none", 0, 2), "d": ("running", 1, 1)}
+    assert [x.task_id for x in await store.get_xcoms("d", "r1")] == ["a"]
+    events = await store.fired_triggers([("d", "r1")])
+    assert [(e.task_id, e.classpath, e.event, e.try_number) for e in events] == [
+        ("b", CLEARED_CLASSPATH, CLEARED_EVENT, 3), ("c", CLEARED_CLASSPATH, CLEARED_EVENT, 0)]
+    # never claimed by a triggerer: they have fired already
+    assert await store.claim_triggers("triggerer", T0, LATER, 10) == []
+
+
+async def test_clear_for_owner_writes_nothing_once_no_live_lease_holds_the_run(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory()
+    await seeded(store, a_run(state=DagRunState.FAILED, owner="driver", lease_until=LATER))
+    tis = {t.task_id: t for t in await store.get_tis("d", "r1")}
+    run = await store.clear_for_owner("d", "r1", [cleared(tis["b"], 5)], now=T0)
+    assert run.state is DagRunState.FAILED
+    assert (await states(store))["b"] == ("failed", 3, 3)
+    with pytest.raises(RunNotFound):
+        await store.clear_for_owner("d", "nope", [], now=T0)

@@ -63,7 +63,14 @@ import asyncpg
 
 from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, TaskState
-from aflow.store.base import Store, busy_message, held_elsewhere
+from aflow.store.base import (
+    CLEARED_CLASSPATH,
+    CLEARED_EVENT,
+    Store,
+    busy_message,
+    held_by_live_owner,
+    held_elsewhere,
+)
 from aflow.store.codec import json_in, json_out
 from aflow.store.group_commit import Op
 from aflow.store.postgres import encoding as enc
@@ -854,6 +861,60 @@ class PostgresStore(Store):
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
         if held_elsewhere(run, owner, now):
             raise RunBusy(busy_message(run))
+        return run
+
+    async def clear_for_owner(
+        self, dag_id: str, run_id: str, tis: Sequence[TaskInstanceRow], *, now: datetime
+    ) -> DagRunRecord:
+        op = _reset_op(tis) if tis else []
+        at = enc.aware(now)
+        events = [
+            (CLEARED_CLASSPATH, "{}", at, None, ti.dag_id, ti.run_id, ti.task_id, ti.map_index,
+             ti.try_number, json_out(CLEARED_EVENT), at)
+            for ti in tis
+        ]
+        keys = [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti in tis]
+        select = f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1 AND run_id=$2 FOR UPDATE"
+        channel = self.channel_name(self.TRIGGERS_FIRED_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> tuple[DagRunRecord | None, list[str]]:
+            row = await conn.fetchrow(select, dag_id, run_id)
+            if row is None:
+                return None, []
+            run = enc.run_from(row)
+            if not held_by_live_owner(run, now):
+                return run, []
+            busy = []
+            for key in keys:
+                state = await conn.fetchval(
+                    "SELECT state FROM task_instance WHERE dag_id=$1 AND run_id=$2 "
+                    "AND task_id=$3 AND map_index=$4", *key)
+                if state is None or not TaskState(state).finished:
+                    busy.append(f"{key[2]} ({state or 'none'})")
+            if busy:
+                return run, busy
+            for sql, args, many in _statements([op]):
+                if many:
+                    await conn.executemany(sql, args)
+                else:
+                    await conn.execute(sql, *args)
+            await conn.executemany(
+                "INSERT INTO trigger (classpath, kwargs, created_at, timeout_at, dag_id, run_id, "
+                "task_id, map_index, try_number, event, fired_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                events,
+            )
+            await conn.execute(_NOTIFY, channel, "")
+            return run, []
+
+        run, busy = await self._transaction(run_tx)
+        if run is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        if busy:
+            raise RunBusy(
+                f"cannot clear task instances of run {run_id!r} of DAG {dag_id!r} that have "
+                f"not ended: {', '.join(busy)}"
+            )
         return run
 
     # -- XCom -------------------------------------------------------------------------

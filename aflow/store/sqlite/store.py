@@ -26,7 +26,14 @@ import anyio
 
 from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, RunType, TaskState
-from aflow.store.base import Store, busy_message, held_elsewhere
+from aflow.store.base import (
+    CLEARED_CLASSPATH,
+    CLEARED_EVENT,
+    Store,
+    busy_message,
+    held_by_live_owner,
+    held_elsewhere,
+)
 from aflow.store.codec import dt_in, dt_out, json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
 from aflow.store.records import (
@@ -732,6 +739,54 @@ class SqliteStore(Store):
         if held_elsewhere(run, owner, now):
             raise RunBusy(busy_message(run))
         return run  # type: ignore[no-any-return]
+
+    async def clear_for_owner(
+        self, dag_id: str, run_id: str, tis: Sequence[TaskInstanceRow], *, now: datetime
+    ) -> DagRunRecord:
+        op = _reset_op(tis) if tis else []
+        now_s = dt_out(now)
+        events = [
+            (CLEARED_CLASSPATH, "{}", now_s, None, ti.dag_id, ti.run_id, ti.task_id, ti.map_index,
+             ti.try_number, json_out(CLEARED_EVENT), now_s)
+            for ti in tis
+        ]
+        keys = [_ti_key(ti) for ti in tis]
+
+        def run_tx(conn: sqlite3.Connection) -> tuple[DagRunRecord | None, list[str]]:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=? AND run_id=?", (dag_id, run_id)
+            ).fetchall()
+            if not rows:
+                return None, []
+            run = _run_from(rows[0])
+            if not held_by_live_owner(run, now):
+                return run, []
+            busy = []
+            for key in keys:
+                row = conn.execute(
+                    "SELECT state FROM task_instance WHERE dag_id=? AND run_id=? AND task_id=? "
+                    "AND map_index=?", key).fetchone()
+                if row is None or not TaskState(row[0]).finished:
+                    busy.append(f"{key[2]} ({row[0] if row else 'none'})")
+            if busy:
+                return run, busy
+            _apply_op(conn, op)
+            conn.executemany(
+                f"INSERT INTO trigger ({_TRIGGER_INSERT_COLS}, fired_at) "
+                f"VALUES ({', '.join('?' * 11)})",
+                events,
+            )
+            return run, []
+
+        run, busy = await self._transaction(run_tx)
+        if run is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        if busy:
+            raise RunBusy(
+                f"cannot clear task instances of run {run_id!r} of DAG {dag_id!r} that have "
+                f"not ended: {', '.join(busy)}"
+            )
+        return run
 
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(

@@ -524,11 +524,14 @@ class Orchestrator:
         scheduler (this one, or any other process's) drives it again: only the cleared
         TIs run. A run this process drives is changed in place through its driver.
 
+        A running run another live process drives is cleared in the store with an
+        event for that process (Store.clear_for_owner), whose driver then clears the
+        TIs in its memory too and runs them; this is refused while a task right after a
+        cleared one has not ended (that driver could decide it on the old state first).
+
         Refused with RunBusy, changing nothing: clearing a TI that is running or waiting
-        (scheduled, queued, deferred, up for retry or reschedule) in a run this process
-        drives, and any change to an unfinished run that another live process drives
-        (clear it there, or once it has ended). Unknown DAG, run or task: DagNotFound,
-        RunNotFound, TaskNotFound.
+        (scheduled, queued, deferred, up for retry or reschedule), and the case above.
+        Unknown DAG, run or task: DagNotFound, RunNotFound, TaskNotFound.
         """
         dag = self.dagbag.get_dag(dag_id)
         selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)

@@ -49,8 +49,9 @@ with DAG("pipe", schedule=None, start_date=START):
     extract >> side
 
 with DAG("waits", schedule=None, start_date=START):
-    PythonOperator(task_id="quick", python_callable=recorded("quick")) >> PythonOperator(
-        task_id="slow", python_callable=recorded("slow"))
+    PythonOperator(task_id="transform", python_callable=recorded("transform")) >> PythonOperator(
+        task_id="load", python_callable=recorded("load"))
+    PythonOperator(task_id="slow", python_callable=recorded("slow"))
 '''
 
 
@@ -194,24 +195,41 @@ def test_runs_mark_and_tasks_mark(setup: tuple[CLI, Path, Path]) -> None:
     assert bad.stderr.strip().splitlines()[-1] == "error: DAG 'pipe' has no task 'nope'"
 
 
-def test_a_run_the_scheduler_is_driving_is_refused_then_marked_once_it_ended(
-    setup: tuple[CLI, Path, Path],
-) -> None:
+def test_clear_in_a_run_the_scheduler_is_still_driving(setup: tuple[CLI, Path, Path]) -> None:
+    """transform fails (load upstream_failed) while slow still runs: the CLI clears them
+    in the store and the scheduler, which drives the run, runs them again at once,
+    without disturbing slow. Marks of that run are refused until it has ended."""
     cli, folder, state = setup
     scheduler(cli, folder)
+    (state / "broken").touch()
     cli.ok("dags", "trigger", "waits", "--run-id", "w1", "--dags-folder", str(folder))
-    wait_until(lambda: "slow" in record(state), what="the slow task to start")
-    for args in (["tasks", "clear", "waits", "--run-id", "w1", "-t", "quick", "-y"],
-                 ["runs", "mark", "waits", "w1", "failed"],
-                 ["tasks", "mark", "waits", "w1", "quick", "failed"]):
+    wait_until(lambda: tries(cli, "w1", "waits") == {
+        "transform": ("failed", 1), "load": ("upstream_failed", 0), "slow": ("running", 1)},
+        what="transform to fail while slow runs")
+    for args in (["runs", "mark", "waits", "w1", "failed"],
+                 ["tasks", "mark", "waits", "w1", "transform", "success"]):
         result = cli.run(*args, "--dags-folder", str(folder))
         assert result.returncode == 1, result.stdout
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: run 'w1' of DAG 'waits' is running and driven by another "
                                "process"), last
-    assert tries(cli, "w1", "waits") == {"quick": ("success", 1), "slow": ("running", 1)}
+    busy = cli.run("tasks", "clear", "waits", "--run-id", "w1", "-t", "slow", "-y",
+                   "--dags-folder", str(folder))
+    assert busy.returncode == 1
+    assert "right now: slow (running)" in busy.stderr.strip().splitlines()[-1]
+
+    (state / "broken").unlink()
+    out = cli.ok("tasks", "clear", "waits", "--run-id", "w1", "-t", "^transform$", "-d", "-y",
+                 "--dags-folder", str(folder)).stdout
+    assert "cleared 2 task instance(s) in 1 run(s)" in out
+    wait_until(lambda: tries(cli, "w1", "waits")["load"] == ("success", 1),
+               what="transform and load to run again")
+    assert tries(cli, "w1", "waits") == {
+        "transform": ("success", 2), "load": ("success", 1), "slow": ("running", 1)}
+    assert cli.runs("waits")[0]["state"] == "running"
     (state / "go").touch()
     cli.wait_run_state("waits", "w1", ("success",))
+    assert sorted(record(state)) == ["load", "slow", "transform", "transform"]
     cli.ok("runs", "mark", "waits", "w1", "failed", "--dags-folder", str(folder))
     assert cli.runs("waits")[0]["state"] == "failed"
 

@@ -525,7 +525,7 @@ class Orchestrator:
         TIs run. A run this process drives is changed in place through its driver.
 
         A running run another live process drives is cleared in the store with an
-        event for that process (Store.clear_for_owner), whose driver then clears the
+        event for that process (Store.change_for_owner), whose driver then clears the
         TIs in its memory too and runs them; this is refused while a task right after a
         cleared one has not ended (that driver could decide it on the old state first).
 
@@ -556,10 +556,10 @@ class Orchestrator:
             now = self.clock.now()
             if held_elsewhere(run, _NOBODY, now):
                 # driven by another live process: cleared in the store, and that process's
-                # driver is told to clear them in its memory too (Store.clear_for_owner)
+                # driver is told to clear them in its memory too (Store.change_for_owner)
                 by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
                 by_hand.refuse_open_downstream(dag, {t: r.state for t, r in tis.items()}, chosen)
-                after = await self.store.clear_for_owner(dag_id, run_id, rows, now=now)
+                after = await self.store.change_for_owner(dag_id, run_id, rows, now=now)
                 if not held_by_live_owner(after, now):
                     raise _ClaimedHere  # it ended or was released meanwhile: again
                 log.info("cleared %s in run %s of %s, driven by %s", ", ".join(chosen),
@@ -623,8 +623,10 @@ class Orchestrator:
         scheduler decides what follows and ends it again. Returns the marked task id
         followed by the cleared ones.
 
-        Refused with RunBusy: a TI that is running or waiting right now in a run this
-        process drives, and an unfinished run another live process drives."""
+        In a running run another live process drives, an ended TI is marked as a clear
+        is made there (see `clear_tasks`). Refused with RunBusy: a TI that is running or
+        waiting right now, a TI that has not ended in a run driven elsewhere, and the
+        case `clear_tasks` refuses there."""
         new = by_hand.mark_state(state)
         dag = self.dagbag.get_dag(dag_id)
         dag.get_task(task_id)
@@ -641,12 +643,27 @@ class Orchestrator:
                 assert self.driver is not None
                 await self.driver.mark(rs, task_id, new, then_clear)
                 return [task_id, *then_clear]
-            run, tis = await self._stored_run(dag_id, run_id)
+            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
             states = {t: tis[t].state for t in [task_id, *below]}
             then_clear = by_hand.to_clear(states, below, only_failed=True)
             now = self.clock.now()
             rows = [by_hand.marked(tis[task_id], new, now)]
             rows += [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in then_clear]
+            if held_elsewhere(run, _NOBODY, now):
+                # driven by another live process: as a clear there (see clear_tasks); only
+                # a TI that has ended can be marked so
+                if not tis[task_id].state.finished:
+                    raise RunBusy(
+                        f"cannot mark {task_id} ({tis[task_id].state.value}) in run {run_id!r} "
+                        f"of DAG {dag_id!r} now: the run is driven by another process and "
+                        "the task has not ended yet"
+                    )
+                by_hand.refuse_open_downstream(
+                    dag, {t: r.state for t, r in tis.items()}, [task_id, *then_clear])
+                after = await self.store.change_for_owner(dag_id, run_id, rows, now=now)
+                if not held_by_live_owner(after, now):
+                    raise _ClaimedHere  # it ended or was released meanwhile: again
+                return [task_id, *then_clear]
             await self._rewrite(
                 dag_id, run_id, rows, DagRunState.QUEUED if run.state.finished else None
             )

@@ -92,8 +92,8 @@ def refuse_busy(dag_id: str, run_id: str, states: dict[str, TaskState], task_ids
 
 
 def refuse_open_downstream(dag: DAG, states: dict[str, TaskState], task_ids: Sequence[str]) -> None:
-    """For a clear in a run another process drives (it learns of the clear a moment
-    later): RunBusy unless every task right after a cleared one has ended or is cleared
+    """For a clear or mark in a run another process drives (it learns of it a moment
+    later): RunBusy unless every task right after a changed one has ended or is changed
     too, since until then that process could decide such a task on the old state."""
     chosen = set(task_ids)
     open_ = sorted(
@@ -102,7 +102,7 @@ def refuse_open_downstream(dag: DAG, states: dict[str, TaskState], task_ids: Seq
     )
     if open_:
         raise RunBusy(
-            f"cannot clear {', '.join(task_ids)} now: the run is driven by another process "
+            f"cannot change {', '.join(task_ids)} now: the run is driven by another process "
             f"and {', '.join(open_)}, right after them, has not ended yet; clear again once "
             "it has (with --downstream to clear it too), or once the run has ended"
         )

@@ -46,7 +46,7 @@ from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
-from aflow.store.base import CLEARED_CLASSPATH, Store
+from aflow.store.base import BY_HAND_CLASSPATH, Store
 from aflow.store.records import DagRunRecord, TaskInstanceRecord, TriggerRecord, XComRecord
 from triggers.base import check_kwargs
 
@@ -119,7 +119,7 @@ class RunState:
         self.finishing = False
         self.lost = False  # another process took the run over: start and finish nothing
         self.ended_by_hand = False  # marked success/failed: its tries' outcomes are not recorded
-        self.clears_pending = False  # TIs cleared in the store by another process wait to be applied
+        self.changes_pending = False  # TIs cleared in the store by another process wait to be applied
 
     def counts_for(self, task_id: str) -> UpstreamCounts:
         """The counts of `task_id`'s upstream end states, kept from now on."""
@@ -266,7 +266,7 @@ class RunDriver:
             # (a clear made in the store while another process drove the run: its TI
             # rows, just read, already say so)
             if (owner_ti is None or owner_ti.state in FINISHED_TASK_STATES
-                    or trigger.classpath == CLEARED_CLASSPATH):
+                    or trigger.classpath == BY_HAND_CLASSPATH):
                 await self._durably(
                     self.store.delete_trigger, run.dag_id, run.run_id, trigger.task_id,
                     trigger.map_index,
@@ -374,57 +374,74 @@ class RunDriver:
         if decided:
             await self._commit_decided(rs, decided)
 
-    async def _apply_clears(self, rs: RunState) -> None:
-        """Another process cleared ended TIs of this driven run in the store
-        (Store.clear_for_owner): clear them in memory too, remove the rows that said so,
-        then decide them afresh. Until now nothing here could have decided on them: their
-        downstream tasks had all ended, and their own end states do not change here."""
-        await anyio.lowlevel.checkpoint()  # events of one clear arrive together
-        rs.clears_pending = False
+    async def _apply_changes(self, rs: RunState) -> None:
+        """Another process cleared or marked ended TIs of this driven run in the store
+        (Store.change_for_owner): make the same change in memory, remove the rows that
+        said so, then decide on it (marked TIs' downstream, cleared TIs themselves).
+        Until now nothing here could have decided on them: the tasks right after them had
+        all ended (the other process checked), and end states do not change here."""
+        await anyio.lowlevel.checkpoint()  # events of one change arrive together
+        rs.changes_pending = False
         if rs.lost or rs.finishing or rs.key not in self.runs:
-            return  # `_finish_run` requeues the run if its clear came too late
+            return  # `_finish_run` queues the run again if the change came too late
         events = [t for t in await self.store.fired_triggers([rs.key])
-                  if t.classpath == CLEARED_CLASSPATH]
+                  if t.classpath == BY_HAND_CLASSPATH]
         rows = {r.task_id: r for r in await self.store.get_tis(*rs.key)}
         if rs.lost or rs.finishing or rs.key not in self.runs:
             return
         held: list[TIState] = []
+        marked: list[TIState] = []
         for event in events:
             ti, row = rs.tis.get(event.task_id), rows.get(event.task_id)
-            if ti is None or row is None or row.state is not TaskState.NONE:
+            if ti is None or row is None or ti.state not in FINISHED_TASK_STATES:
                 continue
-            if ti.state not in FINISHED_TASK_STATES:
-                continue
-            self._forget_end(rs, ti)
-            ti.state = TaskState.QUEUED  # held until its event row is gone
-            ti.max_tries = row.max_tries
-            ti.start_date = ti.end_date = ti.next_retry_at = None
-            ti.next_method = ti.next_kwargs = ti.next_event = None
-            ti.error = None
-            rs.xcoms.set_task(ti.task_id, ti.map_index, {})
-            rs.unfinished += 1
-            held.append(ti)
-        for event in events:
-            await self._durably(self.store.delete_trigger, event.dag_id, event.run_id,
-                                event.task_id, event.map_index)
-        if not held or rs.lost or rs.key not in self.runs:
-            return
-        log.info("cleared by another process in run %s of %s: %s", rs.run.run_id,
-                 rs.run.dag_id, ", ".join(t.task_id for t in held))
-        order = {t.task_id: i for i, t in enumerate(rs.dag.topological_order())}
-        held.sort(key=lambda t: order[t.task_id])
-        for ti in held:
-            ti.state = TaskState.NONE
-        now = self.clock.now()
-        ready: list[TIState] = []
-        decided: list[TIState] = []
-        for ti in held:
-            decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule, rs.peek_counts(ti.task_id))
-            self._apply_decision(rs, ti, decision, now, ready, decided)
-        for ti in ready:
-            self._submit(rs, ti)
-        if decided:
-            await self._commit_decided(rs, decided)
+            if row.state is TaskState.NONE:
+                self._forget_end(rs, ti)
+                ti.state = TaskState.QUEUED  # held: decided once its event row is gone
+                ti.max_tries = row.max_tries
+                ti.start_date = ti.end_date = ti.next_retry_at = None
+                ti.next_method = ti.next_kwargs = ti.next_event = None
+                ti.error = None
+                rs.xcoms.set_task(ti.task_id, ti.map_index, {})
+                rs.unfinished += 1
+                held.append(ti)
+            elif row.state in FINISHED_TASK_STATES and row.state is not ti.state:
+                self._forget_end(rs, ti)
+                ti.state = row.state
+                ti.start_date, ti.end_date, ti.error = row.start_date, row.end_date, row.error
+                marked.append(ti)
+        rs.unfinished += 1  # the run stays open until all of this is done
+        try:
+            for event in events:
+                await self._durably(self.store.delete_trigger, event.dag_id, event.run_id,
+                                    event.task_id, event.map_index)
+            if rs.lost or rs.key not in self.runs:
+                return
+            changed = [t.task_id for t in marked + held]
+            if changed:
+                log.info("changed by another process in run %s of %s: %s", rs.run.run_id,
+                         rs.run.dag_id, ", ".join(changed))
+            if marked:
+                await self._after_end(rs, marked)  # their new end states, downstream
+            order = {t.task_id: i for i, t in enumerate(rs.dag.topological_order())}
+            held.sort(key=lambda t: order[t.task_id])
+            for ti in held:
+                ti.state = TaskState.NONE
+            now = self.clock.now()
+            ready: list[TIState] = []
+            decided: list[TIState] = []
+            for ti in held:
+                decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule,
+                                  rs.peek_counts(ti.task_id))
+                self._apply_decision(rs, ti, decision, now, ready, decided)
+            for ti in ready:
+                self._submit(rs, ti)
+            if decided:
+                await self._commit_decided(rs, decided)
+        finally:
+            rs.unfinished -= 1
+        if rs.unfinished == 0 and not rs.lost and rs.key in self.runs:
+            await self._finish_run(rs)
 
     async def mark(self, rs: RunState, task_id: str, state: TaskState, then_clear: list[str]) -> None:
         """End a TI that is not running or waiting (ended or `none`) with `state`: its end
@@ -717,10 +734,10 @@ class RunDriver:
         rs = self.runs.get((trigger.dag_id, trigger.run_id))
         if rs is None or trigger.event is None:
             return False
-        if trigger.classpath == CLEARED_CLASSPATH:
-            if not rs.clears_pending:
-                rs.clears_pending = True
-                self._tg.start_soon(self._apply_clears, rs)
+        if trigger.classpath == BY_HAND_CLASSPATH:
+            if not rs.changes_pending:
+                rs.changes_pending = True
+                self._tg.start_soon(self._apply_changes, rs)
             return True
         ti = rs.tis.get(trigger.task_id)
         if ti is None or ti.state is not TaskState.DEFERRED or ti.try_number != trigger.try_number:
@@ -852,7 +869,7 @@ class RunDriver:
         rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
         await self._durably(self.store.save_run, rs.run)
         self.runs.pop(rs.key, None)
-        if await self._cleared_meanwhile(rs):
+        if await self._changed_meanwhile(rs):
             return
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
@@ -862,13 +879,13 @@ class RunDriver:
             listener(rs)
         rs.done.set()
 
-    async def _cleared_meanwhile(self, rs: RunState) -> bool:
-        """Another process cleared TIs of this run in the store while it was ending here
+    async def _changed_meanwhile(self, rs: RunState) -> bool:
+        """Another process cleared or marked TIs of this run in the store while it ended here
         (before its events were applied): the run goes back to `queued`, released, so a
         scheduler adopts it afresh with the cleared TIs. True if it did."""
         try:
             events = [t for t in await self.store.fired_triggers([rs.key])
-                      if t.classpath == CLEARED_CLASSPATH]
+                      if t.classpath == BY_HAND_CLASSPATH]
             if not events:
                 return False
             cleared = {e.task_id for e in events}
@@ -880,7 +897,7 @@ class RunDriver:
         except StoreError:
             log.exception("could not check run %s for clears made meanwhile", rs.run.run_id)
             return False
-        log.info("run %s of %s: TIs cleared as it ended (%s); queued again", rs.run.run_id,
+        log.info("run %s of %s: TIs changed by hand as it ended (%s); queued again", rs.run.run_id,
                  rs.run.dag_id, ", ".join(sorted(cleared)))
         rs.lost = True  # waiters follow it in the store
         for listener in self.on_run_finished:

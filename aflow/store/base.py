@@ -200,17 +200,19 @@ class Store(abc.ABC):
         Returns the run's row as it is afterwards."""
 
     @abc.abstractmethod
-    async def clear_for_owner(
+    async def change_for_owner(
         self, dag_id: str, run_id: str, tis: Sequence[TaskInstanceRow], *, now: datetime
     ) -> DagRunRecord:
         """One transaction, for an unfinished run another live process drives: the given
-        TIs, ended now in the store, are reset as `reset_tis` resets them, and each gets a
-        fired trigger row whose event is CLEARED_EVENT. The run's driver picks those up as
-        it picks up fired triggers (Scheduler.resume_fired; TRIGGERS_FIRED_CHANNEL is
-        notified) and clears the TIs in its memory too. Refused with RunBusy, writing
-        nothing, if any of the TIs is not ended in the store. Writes nothing either when
-        the run has ended or no live lease holds it any more (the caller then changes it
-        as any other run). RunNotFound if there is no such run. Returns the run's row."""
+        TIs, all ended now in the store, are written as `reset_tis` writes them (cleared
+        ones in state `none`, marked ones in their new end state), and each gets a fired
+        trigger row whose event is BY_HAND_EVENT. The run's driver picks those up as it
+        picks up fired triggers (Scheduler.resume_fired; TRIGGERS_FIRED_CHANNEL is
+        notified) and makes the same change in its memory. Refused with RunBusy, writing
+        nothing, if any of the TIs has not ended in the store. Writes nothing either
+        when the run has ended or no live lease holds it any more (the caller then
+        changes it as any other run). RunNotFound if there is no such run. Returns the
+        run's row."""
 
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod
@@ -308,10 +310,10 @@ def _no_subscription() -> None:
     return None
 
 
-# The classpath and event of the fired trigger rows `clear_for_owner` leaves: "this TI was
-# cleared by hand in the store; clear it in memory too". No triggerer ever runs them.
-CLEARED_CLASSPATH = "aflow.cleared"
-CLEARED_EVENT: dict[str, Any] = {"kind": "cleared"}
+# The classpath and event of the fired trigger rows `change_for_owner` leaves: "this TI was
+# cleared or marked by hand in the store; do the same in memory". No triggerer runs them.
+BY_HAND_CLASSPATH = "aflow.by_hand"
+BY_HAND_EVENT: dict[str, Any] = {"kind": "by_hand"}
 
 
 def held_by_live_owner(run: DagRunRecord, now: datetime) -> bool:

@@ -206,13 +206,15 @@ def test_clear_in_a_run_the_scheduler_is_still_driving(setup: tuple[CLI, Path, P
     wait_until(lambda: tries(cli, "w1", "waits") == {
         "transform": ("failed", 1), "load": ("upstream_failed", 0), "slow": ("running", 1)},
         what="transform to fail while slow runs")
-    for args in (["runs", "mark", "waits", "w1", "failed"],
-                 ["tasks", "mark", "waits", "w1", "transform", "success"]):
-        result = cli.run(*args, "--dags-folder", str(folder))
-        assert result.returncode == 1, result.stdout
-        last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: run 'w1' of DAG 'waits' is running and driven by another "
-                               "process"), last
+    result = cli.run("runs", "mark", "waits", "w1", "failed", "--dags-folder", str(folder))
+    assert result.returncode == 1, result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run 'w1' of DAG 'waits' is running and driven by another "
+                           "process"), last
+    result = cli.run("tasks", "mark", "waits", "w1", "slow", "success", "--dags-folder", str(folder))
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: cannot mark slow (running) in run 'w1' of DAG 'waits' now")
     busy = cli.run("tasks", "clear", "waits", "--run-id", "w1", "-t", "slow", "-y",
                    "--dags-folder", str(folder))
     assert busy.returncode == 1

@@ -405,7 +405,7 @@ async def test_a_run_driven_by_another_live_process_is_refused(
             state=DagRunState.RUNNING, logical_date=now, data_interval_start=now,
             data_interval_end=now, created_at=now, start_date=now,
             owner="host:1:other", lease_until=now.replace(year=now.year + 1)), [])
-    with pytest.raises(RunBusy, match=r"driven by another process \(host:1:other"):
+    with pytest.raises(RunBusy, match=r"cannot mark a \(none\).*has not ended yet"):
         await o.mark_task("diamond", "elsewhere", "a", "success")
     with pytest.raises(RunBusy, match=r"driven by another process \(host:1:other"):
         await o.mark_run("diamond", "elsewhere", "failed")
@@ -497,8 +497,10 @@ async def test_clear_in_a_run_another_process_is_driving(
     assert (run.dag_id, run.run_id) not in other.driver.runs
     with pytest.raises(RunBusy, match=r"running or waiting right now: slow \(running\)"):
         await other.clear_tasks("gated", run.run_id, ["slow"])
+    with pytest.raises(RunBusy, match=r"cannot mark slow \(running\).*has not ended yet"):
+        await other.mark_task("gated", run.run_id, "slow", "success")
     with pytest.raises(RunBusy, match="driven by another process"):
-        await other.mark_task("gated", run.run_id, "flaky", "success")
+        await other.mark_run("gated", run.run_id, "success")
     failing.clear()
     planned = await other.tasks_to_clear("gated", run.run_id, ["flaky"], downstream=True)
     assert [t.task_id for t in planned] == ["flaky", "after", "join"]
@@ -583,3 +585,31 @@ async def test_a_clear_that_arrives_as_the_run_ends_queues_it_again(
         "flaky": ("success", 2), "after": ("success", 1), "slow": ("success", 1),
         "join": ("success", 1)}
     assert await other.store.list_triggers() == []
+
+
+async def test_mark_a_ti_in_a_run_another_process_is_driving(orchestrator_factory: Any) -> None:
+    calls: list[str] = []
+    gate = anyio.Event()
+    dag = gated(calls, {"flaky"}, gate)
+    driver = await orchestrator_factory(dag, poll_s=0.05)
+    other = await orchestrator_factory(dag, claim=False, triggerer=False)
+    run = await driver.trigger("gated")
+
+    async def flaky_ended() -> bool:
+        return (await tries(other, "gated", run.run_id))["join"] == ("upstream_failed", 0)
+
+    await until(flaky_ended)
+    assert await other.mark_task("gated", run.run_id, "flaky", "success") == [
+        "flaky", "after", "join"]
+
+    async def after_done() -> bool:
+        return (await tries(other, "gated", run.run_id))["after"] == ("success", 1)
+
+    await until(after_done)
+    assert await other.store.list_triggers() == []
+    gate.set()
+    assert (await run.wait(timeout=WAIT_S)).state is DagRunState.SUCCESS
+    assert await tries(other, "gated", run.run_id) == {
+        "flaky": ("success", 1), "after": ("success", 1), "slow": ("success", 1),
+        "join": ("success", 1)}
+    assert calls.count("flaky") == 1

@@ -151,10 +151,10 @@ async def test_reset_tis_is_group_committed_after_earlier_writes_of_the_same_tis
     assert (await store.get_run("d", "r1")).state is DagRunState.RUNNING  # type: ignore[union-attr]
 
 
-async def test_clear_for_owner_resets_the_tis_and_leaves_the_owner_an_event(
+async def test_change_for_owner_resets_the_tis_and_leaves_the_owner_an_event(
     store_factory: StoreFactory,
 ) -> None:
-    from aflow.store.base import CLEARED_CLASSPATH, CLEARED_EVENT
+    from aflow.store.base import BY_HAND_CLASSPATH, BY_HAND_EVENT
 
     store = await store_factory()
     await seeded(store, a_run(state=DagRunState.RUNNING, owner="driver", lease_until=LATER))
@@ -164,32 +164,35 @@ async def test_clear_for_owner_resets_the_tis_and_leaves_the_owner_an_event(
 
     # a TI that has not ended is refused, and nothing is written
     with pytest.raises(RunBusy, match=r"have not ended: d \(running\)"):
-        await store.clear_for_owner("d", "r1", [cleared(tis["b"], 5), cleared(tis["d"], 1)],
+        await store.change_for_owner("d", "r1", [cleared(tis["b"], 5), cleared(tis["d"], 1)],
                                     now=T0)
     assert (await states(store))["b"] == ("failed", 3, 3)
     assert await store.list_triggers() == []
 
-    run = await store.clear_for_owner(
-        "d", "r1", [cleared(tis["b"], 5), cleared(tis["c"], 2)], now=T0)
+    marked = dataclasses.replace(tis["a"], state=TaskState.FAILED, error="marked failed by hand")
+    run = await store.change_for_owner(
+        "d", "r1", [marked, cleared(tis["b"], 5), cleared(tis["c"], 2)], now=T0)
     assert (run.state, run.owner) == (DagRunState.RUNNING, "driver")  # the run row is untouched
-    assert await states(store) == {"a": ("success", 1, 1), "b": ("none", 3, 5),
+    assert await states(store) == {"a": ("failed", 1, 1), "b": ("none", 3, 5),
                                    "c": ("none", 0, 2), "d": ("running", 1, 1)}
+    # a marked TI keeps its XComs, a cleared one loses them
     assert [x.task_id for x in await store.get_xcoms("d", "r1")] == ["a"]
     events = await store.fired_triggers([("d", "r1")])
     assert [(e.task_id, e.classpath, e.event, e.try_number) for e in events] == [
-        ("b", CLEARED_CLASSPATH, CLEARED_EVENT, 3), ("c", CLEARED_CLASSPATH, CLEARED_EVENT, 0)]
+        ("a", BY_HAND_CLASSPATH, BY_HAND_EVENT, 1), ("b", BY_HAND_CLASSPATH, BY_HAND_EVENT, 3),
+        ("c", BY_HAND_CLASSPATH, BY_HAND_EVENT, 0)]
     # never claimed by a triggerer: they have fired already
     assert await store.claim_triggers("triggerer", T0, LATER, 10) == []
 
 
-async def test_clear_for_owner_writes_nothing_once_no_live_lease_holds_the_run(
+async def test_change_for_owner_writes_nothing_once_no_live_lease_holds_the_run(
     store_factory: StoreFactory,
 ) -> None:
     store = await store_factory()
     await seeded(store, a_run(state=DagRunState.FAILED, owner="driver", lease_until=LATER))
     tis = {t.task_id: t for t in await store.get_tis("d", "r1")}
-    run = await store.clear_for_owner("d", "r1", [cleared(tis["b"], 5)], now=T0)
+    run = await store.change_for_owner("d", "r1", [cleared(tis["b"], 5)], now=T0)
     assert run.state is DagRunState.FAILED
     assert (await states(store))["b"] == ("failed", 3, 3)
     with pytest.raises(RunNotFound):
-        await store.clear_for_owner("d", "nope", [], now=T0)
+        await store.change_for_owner("d", "nope", [], now=T0)

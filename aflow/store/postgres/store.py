@@ -64,8 +64,8 @@ import asyncpg
 from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, TaskState
 from aflow.store.base import (
-    CLEARED_CLASSPATH,
-    CLEARED_EVENT,
+    BY_HAND_CLASSPATH,
+    BY_HAND_EVENT,
     Store,
     busy_message,
     held_by_live_owner,
@@ -863,14 +863,14 @@ class PostgresStore(Store):
             raise RunBusy(busy_message(run))
         return run
 
-    async def clear_for_owner(
+    async def change_for_owner(
         self, dag_id: str, run_id: str, tis: Sequence[TaskInstanceRow], *, now: datetime
     ) -> DagRunRecord:
         op = _reset_op(tis) if tis else []
         at = enc.aware(now)
         events = [
-            (CLEARED_CLASSPATH, "{}", at, None, ti.dag_id, ti.run_id, ti.task_id, ti.map_index,
-             ti.try_number, json_out(CLEARED_EVENT), at)
+            (BY_HAND_CLASSPATH, "{}", at, None, ti.dag_id, ti.run_id, ti.task_id, ti.map_index,
+             ti.try_number, json_out(BY_HAND_EVENT), at)
             for ti in tis
         ]
         keys = [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti in tis]
@@ -912,7 +912,7 @@ class PostgresStore(Store):
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
         if busy:
             raise RunBusy(
-                f"cannot clear task instances of run {run_id!r} of DAG {dag_id!r} that have "
+                f"cannot change task instances of run {run_id!r} of DAG {dag_id!r} that have "
                 f"not ended: {', '.join(busy)}"
             )
         return run

@@ -27,8 +27,8 @@ import anyio
 from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.base import (
-    CLEARED_CLASSPATH,
-    CLEARED_EVENT,
+    BY_HAND_CLASSPATH,
+    BY_HAND_EVENT,
     Store,
     busy_message,
     held_by_live_owner,
@@ -740,14 +740,14 @@ class SqliteStore(Store):
             raise RunBusy(busy_message(run))
         return run  # type: ignore[no-any-return]
 
-    async def clear_for_owner(
+    async def change_for_owner(
         self, dag_id: str, run_id: str, tis: Sequence[TaskInstanceRow], *, now: datetime
     ) -> DagRunRecord:
         op = _reset_op(tis) if tis else []
         now_s = dt_out(now)
         events = [
-            (CLEARED_CLASSPATH, "{}", now_s, None, ti.dag_id, ti.run_id, ti.task_id, ti.map_index,
-             ti.try_number, json_out(CLEARED_EVENT), now_s)
+            (BY_HAND_CLASSPATH, "{}", now_s, None, ti.dag_id, ti.run_id, ti.task_id, ti.map_index,
+             ti.try_number, json_out(BY_HAND_EVENT), now_s)
             for ti in tis
         ]
         keys = [_ti_key(ti) for ti in tis]
@@ -783,7 +783,7 @@ class SqliteStore(Store):
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
         if busy:
             raise RunBusy(
-                f"cannot clear task instances of run {run_id!r} of DAG {dag_id!r} that have "
+                f"cannot change task instances of run {run_id!r} of DAG {dag_id!r} that have "
                 f"not ended: {', '.join(busy)}"
             )
         return run

@@ -613,3 +613,41 @@ async def test_mark_a_ti_in_a_run_another_process_is_driving(orchestrator_factor
         "flaky": ("success", 1), "after": ("success", 1), "slow": ("success", 1),
         "join": ("success", 1)}
     assert calls.count("flaky") == 1
+
+
+@pytest.mark.postgres
+async def test_clear_in_a_run_another_process_is_driving_on_postgresql(
+    home: Path, pg_schema_url: str
+) -> None:
+    """As on SQLite, with the driver woken by NOTIFY instead of its claim sweep (which
+    here would take an hour)."""
+    calls: list[str] = []
+    failing = {"flaky"}
+    gate = anyio.Event()
+    dag = gated(calls, failing, gate)
+    async with (
+        Orchestrator(dag, store=pg_schema_url, home=home, schedule=False, sweep_s=3600,
+                     poll_s=3600) as driver,
+        Orchestrator(dag, store=pg_schema_url, home=home, schedule=False, claim=False,
+                     triggerer=False) as other,
+    ):
+        run = await driver.trigger("gated")
+
+        async def flaky_ended() -> bool:
+            return (await tries(other, "gated", run.run_id))["join"] == ("upstream_failed", 0)
+
+        await until(flaky_ended)
+        with anyio.fail_after(WAIT_S):
+            while not driver.store.notifications_live:  # noqa: ASYNC110 - a property
+                await anyio.sleep(0.01)
+        failing.clear()
+        assert await other.clear_tasks("gated", run.run_id, ["flaky"], downstream=True) == [
+            "flaky", "after", "join"]
+
+        async def after_done() -> bool:
+            return (await tries(other, "gated", run.run_id))["after"] == ("success", 1)
+
+        await until(after_done)
+        gate.set()
+        assert (await run.wait(timeout=WAIT_S)).state is DagRunState.SUCCESS
+        assert (await tries(other, "gated", run.run_id))["flaky"] == ("success", 2)

@@ -20,7 +20,7 @@ from aflow.authoring.sensors import (
 from aflow.authoring.taskflow import task
 from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
-from aflow.exceptions import AflowError, SkipTask, TaskFailure
+from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
 from aflow.states import DagRunState, RunType, TaskState, TriggerRule
 
@@ -44,6 +44,7 @@ __all__ = [
     "Param",
     "PokeReturnValue",
     "PythonOperator",
+    "RunBusy",
     "RunHandle",
     "RunType",
     "SkipTask",

@@ -17,19 +17,19 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock, SystemClock
-from aflow.exceptions import AflowError, RunNotFound, StoreError
-from aflow.runtime import logs
+from aflow.exceptions import AflowError, RunBusy, RunNotFound, StoreError, TaskNotFound
+from aflow.runtime import by_hand, logs
 from aflow.runtime.dag_loader import DagBag, bag_from_dags
 from aflow.runtime.dag_processor import (
     DEFAULT_PARSE_PROCESSES,
@@ -37,7 +37,7 @@ from aflow.runtime.dag_processor import (
     BagChange,
     DagProcessor,
 )
-from aflow.runtime.run_driver import RunDriver
+from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import (
     DEFAULT_LEASE_S,
@@ -50,8 +50,8 @@ from aflow.runtime.scheduler import (
 from aflow.runtime.slots import Slots
 from aflow.runtime.triggerer import DEFAULT_CAPACITY as DEFAULT_TRIGGERER_CAPACITY
 from aflow.runtime.triggerer import Triggerer
-from aflow.states import DagRunState, RunType
-from aflow.store.base import Store
+from aflow.states import DagRunState, RunType, TaskState
+from aflow.store.base import Store, busy_message, held_by_live_owner, held_elsewhere
 from aflow.store.factory import open_store_url
 from aflow.store.records import (
     DagRunRecord,
@@ -61,6 +61,14 @@ from aflow.store.records import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_NOBODY = ""  # as the owner in Store.rewrite_run: every live lease counts, this process's too
+
+
+class _ClaimedHere(Exception):  # noqa: N818 - a signal between two methods, never raised out
+    """The run changed hands while it was being changed by hand (this process's
+    scheduler claimed it, or it ended): look again."""
 
 DEFAULT_HOME = Path("~/aflow").expanduser()
 DEFAULT_PARALLELISM = 32
@@ -434,3 +442,268 @@ class Orchestrator:
         if record is None:
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
         return RunHandle(self, record)
+
+    # -- clearing and marking by hand --------------------------------------------------------
+    async def _driven_here(self, dag_id: str, run_id: str) -> RunState | None:
+        """The run's in-memory state if this process drives it (after letting a run that
+        is ending finish ending), else None."""
+        assert self.driver is not None, "the orchestrator is not started"
+        while True:
+            rs = self.driver.runs.get((dag_id, run_id))
+            if rs is None or rs.lost:
+                return None
+            if not rs.finishing:
+                return rs
+            with anyio.fail_after(60):
+                await rs.done.wait()
+
+    async def _stored_run(
+        self, dag_id: str, run_id: str, *, held_ok: bool = False
+    ) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord]]:
+        """A run not driven here, with a record per task of its DAG (`none` for tasks with
+        no row). RunBusy if another live process drives it, unless `held_ok`."""
+        run = await self.store.get_run(dag_id, run_id)
+        if run is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        if held_elsewhere(run, _NOBODY, self.clock.now()):
+            if run.owner == self.process_id:
+                raise _ClaimedHere
+            if not held_ok:
+                raise RunBusy(busy_message(run))
+        dag = self.dagbag.get_dag(dag_id)
+        rows = with_unstarted(dag_id, run_id, dag.task_ids, await self.store.get_tis(dag_id, run_id))
+        return run, {r.task_id: r for r in rows if r.map_index == -1}
+
+    async def _rewrite(
+        self, dag_id: str, run_id: str, rows: Sequence[TaskInstanceRecord],
+        run_state: DagRunState | None,
+    ) -> DagRunRecord:
+        """The store path: one transaction, refused while any process (this one too)
+        holds a live lease on the unfinished run; this one's scheduler may have claimed
+        it since `_driven_here` said no, and must then be changed through its driver."""
+        try:
+            return await self.store.rewrite_run(
+                dag_id, run_id, rows, owner=_NOBODY, now=self.clock.now(), run_state=run_state
+            )
+        except RunBusy:
+            run = await self.store.get_run(dag_id, run_id)
+            if run is not None and run.owner == self.process_id:
+                raise _ClaimedHere from None
+            raise
+
+    async def _by_hand(self, change: Callable[[], Awaitable[T]]) -> T:
+        """Run `change()` (driver path or store path), again if the run was claimed here
+        meanwhile (the next attempt finds it driven here)."""
+        for _ in range(100):
+            try:
+                return await change()
+            except _ClaimedHere:
+                await anyio.sleep(0.05)  # the claim is being admitted: the driver has it soon
+        raise RunBusy("the run was claimed by this process's scheduler and is not driven yet")
+
+    def _woken(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wake()
+
+    async def clear_tasks(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_ids: Iterable[str] | None = None,
+        *,
+        downstream: bool = False,
+        upstream: bool = False,
+        only_failed: bool = False,
+    ) -> list[str]:
+        """Make task instances of a run run again, as Airflow's clear does; returns the
+        cleared task ids in topological order (an empty list changes nothing).
+
+        The TIs of `task_ids` (every task with None), with all their downstream and/or
+        upstream tasks if asked, and with `only_failed` only the failed and
+        upstream_failed ones among those, go back to state `none` with a fresh set of
+        retries (max_tries = try_number + retries; the next try number follows the last
+        one). Their XComs go; every other TI keeps its state and XComs, so a cleared task
+        still reads what its upstream pushed. An ended run goes back to `queued` and a
+        scheduler (this one, or any other process's) drives it again: only the cleared
+        TIs run. A run this process drives is changed in place through its driver.
+
+        A running run another live process drives is cleared in the store with an
+        event for that process (Store.change_for_owner), whose driver then clears the
+        TIs in its memory too and runs them; this is refused while a task right after a
+        cleared one has not ended (that driver could decide it on the old state first).
+
+        Refused with RunBusy, changing nothing: clearing a TI that is running or waiting
+        (scheduled, queued, deferred, up for retry or reschedule), and the case above.
+        Unknown DAG, run or task: DagNotFound, RunNotFound, TaskNotFound.
+        """
+        dag = self.dagbag.get_dag(dag_id)
+        selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
+
+        async def change() -> list[str]:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                states = {t: rs.tis[t].state for t in selected}
+                chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                assert self.driver is not None
+                await self.driver.clear(rs, chosen)
+                if chosen:
+                    log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
+                return chosen
+            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
+            states = {t: tis[t].state for t in selected}
+            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+            if not chosen:
+                return []
+            rows = [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
+            now = self.clock.now()
+            if held_elsewhere(run, _NOBODY, now):
+                # driven by another live process: cleared in the store, and that process's
+                # driver is told to clear them in its memory too (Store.change_for_owner)
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                by_hand.refuse_open_downstream(dag, {t: r.state for t, r in tis.items()}, chosen)
+                after = await self.store.change_for_owner(dag_id, run_id, rows, now=now)
+                if not held_by_live_owner(after, now):
+                    raise _ClaimedHere  # it ended or was released meanwhile: again
+                log.info("cleared %s in run %s of %s, driven by %s", ", ".join(chosen),
+                         run_id, dag_id, after.owner)
+                return chosen
+            await self._rewrite(
+                dag_id, run_id, rows, DagRunState.QUEUED if run.state.finished else None
+            )
+            self._woken()
+            log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
+            return chosen
+
+        return await self._by_hand(change)
+
+    async def tasks_to_clear(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_ids: Iterable[str] | None = None,
+        *,
+        downstream: bool = False,
+        upstream: bool = False,
+        only_failed: bool = False,
+    ) -> list[TaskInstanceRecord]:
+        """What `clear_tasks` with the same arguments would clear now, as the TIs' current
+        records in topological order; changes nothing. Raises as `clear_tasks` would."""
+        dag = self.dagbag.get_dag(dag_id)
+        selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
+
+        async def look() -> list[TaskInstanceRecord]:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                states = {t: rs.tis[t].state for t in selected}
+                chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                assert self.driver is not None
+                return [self.driver.record_of(rs.tis[t]) for t in chosen]
+            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
+            states = {t: tis[t].state for t in selected}
+            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+            if chosen and held_elsewhere(run, _NOBODY, self.clock.now()):
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                by_hand.refuse_open_downstream(dag, {t: r.state for t, r in tis.items()}, chosen)
+            return [tis[t] for t in chosen]
+
+        return await self._by_hand(look)
+
+    async def mark_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        state: str | TaskState,
+        *,
+        map_index: int = -1,
+    ) -> list[str]:
+        """End a task instance as `success` or `failed` by hand, as Airflow's "mark"
+        does: its end is committed before anything is decided on it, then its downstream
+        TIs that are failed or upstream_failed are cleared (see `clear_tasks`) so they
+        are decided again on the new state. An ended run goes back to `queued` so that a
+        scheduler decides what follows and ends it again. Returns the marked task id
+        followed by the cleared ones.
+
+        In a running run another live process drives, an ended TI is marked as a clear
+        is made there (see `clear_tasks`). Refused with RunBusy: a TI that is running or
+        waiting right now, a TI that has not ended in a run driven elsewhere, and the
+        case `clear_tasks` refuses there."""
+        new = by_hand.mark_state(state)
+        dag = self.dagbag.get_dag(dag_id)
+        dag.get_task(task_id)
+        if map_index != -1:
+            raise TaskNotFound(f"task {task_id!r} of DAG {dag_id!r} has no mapped instance {map_index}")
+        below = [t for t in by_hand.select_tasks(dag, [task_id], downstream=True) if t != task_id]
+
+        async def change() -> list[str]:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                states = {t: rs.tis[t].state for t in [task_id, *below]}
+                by_hand.refuse_busy(dag_id, run_id, states, [task_id], "mark")
+                then_clear = by_hand.to_clear(states, below, only_failed=True)
+                assert self.driver is not None
+                await self.driver.mark(rs, task_id, new, then_clear)
+                return [task_id, *then_clear]
+            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
+            states = {t: tis[t].state for t in [task_id, *below]}
+            then_clear = by_hand.to_clear(states, below, only_failed=True)
+            now = self.clock.now()
+            rows = [by_hand.marked(tis[task_id], new, now)]
+            rows += [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in then_clear]
+            if held_elsewhere(run, _NOBODY, now):
+                # driven by another live process: as a clear there (see clear_tasks); only
+                # a TI that has ended can be marked so
+                if not tis[task_id].state.finished:
+                    raise RunBusy(
+                        f"cannot mark {task_id} ({tis[task_id].state.value}) in run {run_id!r} "
+                        f"of DAG {dag_id!r} now: the run is driven by another process and "
+                        "the task has not ended yet"
+                    )
+                by_hand.refuse_open_downstream(
+                    dag, {t: r.state for t, r in tis.items()}, [task_id, *then_clear])
+                after = await self.store.change_for_owner(dag_id, run_id, rows, now=now)
+                if not held_by_live_owner(after, now):
+                    raise _ClaimedHere  # it ended or was released meanwhile: again
+                return [task_id, *then_clear]
+            await self._rewrite(
+                dag_id, run_id, rows, DagRunState.QUEUED if run.state.finished else None
+            )
+            self._woken()
+            return [task_id, *then_clear]
+
+        changed = await self._by_hand(change)
+        log.info("marked %s %s in run %s of %s", task_id, new.value, run_id, dag_id)
+        return changed
+
+    async def mark_run(self, dag_id: str, run_id: str, state: str | DagRunState) -> DagRunRecord:
+        """End a run as `success` or `failed` by hand, as Airflow does: with success its
+        unfinished TIs succeed; with failed those running (or deferred, or waiting to
+        poke again) fail and the other unfinished ones are skipped. Ended TIs keep their
+        state. One transaction; returns the run's record. If this process drives the run,
+        it stops driving it: tries running now run on, but their outcome is not
+        recorded. RunBusy if another live process drives the run."""
+        new = DagRunState(by_hand.mark_state(str(state)).value)
+        self.dagbag.get_dag(dag_id)
+
+        async def change() -> DagRunRecord:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                assert self.driver is not None
+                return await self.driver.mark_run(rs, new, owner=self.process_id)
+            _, tis = await self._stored_run(dag_id, run_id)
+            now = self.clock.now()
+            ti_state = TaskState(new.value)
+            rows: Sequence[TaskInstanceRecord] = [
+                by_hand.marked(ti, s, now)
+                for ti in tis.values()
+                if (s := by_hand.run_mark_state(ti.state, ti_state)) is not None
+            ]
+            record = await self._rewrite(dag_id, run_id, rows, new)
+            self._woken()
+            return record
+
+        record = await self._by_hand(change)
+        log.info("marked run %s of %s %s", run_id, dag_id, new.value)
+        return record

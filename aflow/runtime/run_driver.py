@@ -30,6 +30,7 @@ from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
+from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.slots import Slots
@@ -45,7 +46,7 @@ from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
-from aflow.store.base import Store
+from aflow.store.base import BY_HAND_CLASSPATH, Store
 from aflow.store.records import DagRunRecord, TaskInstanceRecord, TriggerRecord, XComRecord
 from triggers.base import check_kwargs
 
@@ -117,6 +118,8 @@ class RunState:
         self.done = anyio.Event()
         self.finishing = False
         self.lost = False  # another process took the run over: start and finish nothing
+        self.ended_by_hand = False  # marked success/failed: its tries' outcomes are not recorded
+        self.changes_pending = False  # TIs cleared in the store by another process wait to be applied
 
     def counts_for(self, task_id: str) -> UpstreamCounts:
         """The counts of `task_id`'s upstream end states, kept from now on."""
@@ -260,7 +263,10 @@ class RunDriver:
         # outcome and removing the row) is left over: remove it.
         for trigger in await self.store.fired_triggers([(run.dag_id, run.run_id)]):
             owner_ti = rs.tis.get(trigger.task_id)
-            if owner_ti is None or owner_ti.state in FINISHED_TASK_STATES:
+            # (a clear made in the store while another process drove the run: its TI
+            # rows, just read, already say so)
+            if (owner_ti is None or owner_ti.state in FINISHED_TASK_STATES
+                    or trigger.classpath == BY_HAND_CLASSPATH):
                 await self._durably(
                     self.store.delete_trigger, run.dag_id, run.run_id, trigger.task_id,
                     trigger.map_index,
@@ -304,6 +310,202 @@ class RunDriver:
         if rs is not None:
             rs.lost = True
             rs.done.set()
+
+    # -- changes by hand (clear, mark) ------------------------------------------------
+    def record_of(self, ti: TIState) -> TaskInstanceRecord:
+        """A snapshot of a TI held in memory."""
+        return TaskInstanceRecord(
+            dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index,
+            state=ti.state, try_number=ti.try_number, max_tries=ti.max_tries,
+            start_date=ti.start_date, end_date=ti.end_date, hostname=ti.hostname,
+            operator=ti.operator, priority_weight=ti.priority_weight, pool=ti.pool,
+            next_retry_at=ti.next_retry_at, next_method=ti.next_method,
+            next_kwargs=ti.next_kwargs, error=ti.error,
+        )
+
+    def _forget_end(self, rs: RunState, ti: TIState) -> None:
+        """Take an ended TI's state out of its downstream tasks' counts."""
+        for down_id in rs.dag.task_dict[ti.task_id].downstream_task_ids:
+            counts = rs.counts.get(down_id)
+            if counts is not None:
+                counts.add(ti.state, -1)
+
+    async def clear(self, rs: RunState, task_ids: list[str]) -> None:
+        """Make these ended TIs (in topological order; `none` ones are left alone) run
+        again in this driven run: their state goes out of their downstream tasks' counts,
+        their reset is committed (Store.reset_tis), then each is decided afresh, so tasks
+        downstream of a cleared one wait for it. The caller has checked that none of them
+        is running or waiting (they hold no slot, timer or trigger)."""
+        held: list[TIState] = []
+        for task_id in task_ids:
+            ti = rs.tis[task_id]
+            if ti.state not in FINISHED_TASK_STATES:
+                continue
+            self._forget_end(rs, ti)
+            retries = rs.dag.task_dict[task_id].retries
+            ti.state = TaskState.NONE
+            ti.max_tries = ti.try_number + retries
+            ti.start_date = ti.end_date = ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None
+            rs.xcoms.set_task(task_id, ti.map_index, {})
+            rs.unfinished += 1
+            held.append(ti)
+        if not held:
+            return
+        rows = [self.record_of(ti) for ti in held]
+        # Until the reset is committed nothing decides them (they are not `none` in
+        # memory), so no start of theirs can be committed before it.
+        for ti in held:
+            ti.state = TaskState.QUEUED
+        await self._durably(self.store.reset_tis, rows)
+        if rs.lost or rs.key not in self.runs:
+            return
+        for ti in held:
+            ti.state = TaskState.NONE
+        now = self.clock.now()
+        ready: list[TIState] = []
+        decided: list[TIState] = []
+        for ti in held:
+            decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule, rs.peek_counts(ti.task_id))
+            self._apply_decision(rs, ti, decision, now, ready, decided)
+        for ti in ready:
+            self._submit(rs, ti)
+        if decided:
+            await self._commit_decided(rs, decided)
+
+    async def _apply_changes(self, rs: RunState) -> None:
+        """Another process cleared or marked ended TIs of this driven run in the store
+        (Store.change_for_owner): make the same change in memory, remove the rows that
+        said so, then decide on it (marked TIs' downstream, cleared TIs themselves).
+        Until now nothing here could have decided on them: the tasks right after them had
+        all ended (the other process checked), and end states do not change here."""
+        await anyio.lowlevel.checkpoint()  # events of one change arrive together
+        rs.changes_pending = False
+        if rs.lost or rs.finishing or rs.key not in self.runs:
+            return  # `_finish_run` queues the run again if the change came too late
+        events = [t for t in await self.store.fired_triggers([rs.key])
+                  if t.classpath == BY_HAND_CLASSPATH]
+        rows = {r.task_id: r for r in await self.store.get_tis(*rs.key)}
+        if rs.lost or rs.finishing or rs.key not in self.runs:
+            return
+        held: list[TIState] = []
+        marked: list[TIState] = []
+        for event in events:
+            ti, row = rs.tis.get(event.task_id), rows.get(event.task_id)
+            if ti is None or row is None or ti.state not in FINISHED_TASK_STATES:
+                continue
+            if row.state is TaskState.NONE:
+                self._forget_end(rs, ti)
+                ti.state = TaskState.QUEUED  # held: decided once its event row is gone
+                ti.max_tries = row.max_tries
+                ti.start_date = ti.end_date = ti.next_retry_at = None
+                ti.next_method = ti.next_kwargs = ti.next_event = None
+                ti.error = None
+                rs.xcoms.set_task(ti.task_id, ti.map_index, {})
+                rs.unfinished += 1
+                held.append(ti)
+            elif row.state in FINISHED_TASK_STATES and row.state is not ti.state:
+                self._forget_end(rs, ti)
+                ti.state = row.state
+                ti.start_date, ti.end_date, ti.error = row.start_date, row.end_date, row.error
+                marked.append(ti)
+        rs.unfinished += 1  # the run stays open until all of this is done
+        try:
+            for event in events:
+                await self._durably(self.store.delete_trigger, event.dag_id, event.run_id,
+                                    event.task_id, event.map_index)
+            if rs.lost or rs.key not in self.runs:
+                return
+            changed = [t.task_id for t in marked + held]
+            if changed:
+                log.info("changed by another process in run %s of %s: %s", rs.run.run_id,
+                         rs.run.dag_id, ", ".join(changed))
+            if marked:
+                await self._after_end(rs, marked)  # their new end states, downstream
+            order = {t.task_id: i for i, t in enumerate(rs.dag.topological_order())}
+            held.sort(key=lambda t: order[t.task_id])
+            for ti in held:
+                ti.state = TaskState.NONE
+            now = self.clock.now()
+            ready: list[TIState] = []
+            decided: list[TIState] = []
+            for ti in held:
+                decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule,
+                                  rs.peek_counts(ti.task_id))
+                self._apply_decision(rs, ti, decision, now, ready, decided)
+            for ti in ready:
+                self._submit(rs, ti)
+            if decided:
+                await self._commit_decided(rs, decided)
+        finally:
+            rs.unfinished -= 1
+        if rs.unfinished == 0 and not rs.lost and rs.key in self.runs:
+            await self._finish_run(rs)
+
+    async def mark(self, rs: RunState, task_id: str, state: TaskState, then_clear: list[str]) -> None:
+        """End a TI that is not running or waiting (ended or `none`) with `state`: its end
+        is committed, its downstream tasks are decided on it, then the ended TIs of
+        `then_clear` run again (see `clear`)."""
+        ti = rs.tis[task_id]
+        now = self.clock.now()
+        if ti.state in FINISHED_TASK_STATES:
+            self._forget_end(rs, ti)
+        else:
+            rs.unfinished -= 1
+        rs.unfinished += 1  # the run stays open until all of this is done
+        try:
+            ti.state = state
+            ti.start_date = ti.start_date or now
+            ti.end_date = now
+            ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None if state is TaskState.SUCCESS else "marked failed by hand"
+            await self._durably(functools.partial(self.store.finish_ti, end_trigger=True), ti, [])
+            await self._after_end(rs, [ti])
+            if then_clear:
+                await self.clear(rs, then_clear)
+        finally:
+            rs.unfinished -= 1
+        if rs.unfinished == 0 and not rs.lost:
+            await self._finish_run(rs)
+
+    async def mark_run(self, rs: RunState, state: DagRunState, *, owner: str) -> DagRunRecord:
+        """End this driven run with `state` by hand: its unfinished TIs end as
+        `by_hand.run_mark_state` says, in one transaction with the run's row, and the run
+        is no longer driven here. Tries running now run on to their end, but their
+        outcome is not recorded (the TI is already marked)."""
+        now = self.clock.now()
+        rs.lost = rs.ended_by_hand = True  # nothing more starts or is recorded here
+        self.runs.pop(rs.key, None)
+        ti_state = TaskState(state.value)
+        rows = []
+        for ti in rs.tis.values():
+            new = run_mark_state(ti.state, ti_state)
+            if new is None:
+                continue
+            ti.state = new
+            ti.start_date = ti.start_date or now
+            ti.end_date = now
+            ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None if new is not TaskState.FAILED else "its run was marked failed by hand"
+            rows.append(self.record_of(ti))
+        delay = 0.1
+        while True:  # as `_durably`: the run is no longer driven here, its end must commit
+            try:
+                rs.run = await self.store.rewrite_run(
+                    rs.run.dag_id, rs.run.run_id, rows, owner=owner, now=now, run_state=state
+                )
+                break
+            except StoreError as exc:
+                log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        rs.done.set()
+        for listener in self.on_run_finished:
+            listener(rs)
+        return rs.run
 
     # -- deciding -----------------------------------------------------------------
     def _apply_decision(
@@ -434,9 +636,15 @@ class RunDriver:
         try:
             result = await run_try(job)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._interrupted(rs, ti)
+            if not rs.ended_by_hand:
+                with anyio.CancelScope(shield=True):
+                    await self._interrupted(rs, ti)
             raise
+        if rs.ended_by_hand:
+            # the run was marked meanwhile, and with it this TI: the mark stands
+            self._write_to_log(rs, ti, "WARNING - the run was marked by hand while this try "
+                                       "ran; its outcome is not recorded")
+            return
         now = self.clock.now()
         if resume is not None:
             ti.next_method = ti.next_kwargs = None
@@ -526,6 +734,11 @@ class RunDriver:
         rs = self.runs.get((trigger.dag_id, trigger.run_id))
         if rs is None or trigger.event is None:
             return False
+        if trigger.classpath == BY_HAND_CLASSPATH:
+            if not rs.changes_pending:
+                rs.changes_pending = True
+                self._tg.start_soon(self._apply_changes, rs)
+            return True
         ti = rs.tis.get(trigger.task_id)
         if ti is None or ti.state is not TaskState.DEFERRED or ti.try_number != trigger.try_number:
             return False
@@ -656,6 +869,8 @@ class RunDriver:
         rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
         await self._durably(self.store.save_run, rs.run)
         self.runs.pop(rs.key, None)
+        if await self._changed_meanwhile(rs):
+            return
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
         if callbacks is not None:
@@ -663,6 +878,32 @@ class RunDriver:
         for listener in self.on_run_finished:
             listener(rs)
         rs.done.set()
+
+    async def _changed_meanwhile(self, rs: RunState) -> bool:
+        """Another process cleared or marked TIs of this run in the store while it ended here
+        (before its events were applied): the run goes back to `queued`, released, so a
+        scheduler adopts it afresh with the cleared TIs. True if it did."""
+        try:
+            events = [t for t in await self.store.fired_triggers([rs.key])
+                      if t.classpath == BY_HAND_CLASSPATH]
+            if not events:
+                return False
+            cleared = {e.task_id for e in events}
+            rows = [r for r in await self.store.get_tis(*rs.key) if r.task_id in cleared]
+            rs.run = await self.store.rewrite_run(
+                rs.run.dag_id, rs.run.run_id, rows, owner=rs.run.owner or "",
+                now=self.clock.now(), run_state=DagRunState.QUEUED,
+            )
+        except StoreError:
+            log.exception("could not check run %s for clears made meanwhile", rs.run.run_id)
+            return False
+        log.info("run %s of %s: TIs changed by hand as it ended (%s); queued again", rs.run.run_id,
+                 rs.run.dag_id, ", ".join(sorted(cleared)))
+        rs.lost = True  # waiters follow it in the store
+        for listener in self.on_run_finished:
+            listener(rs)
+        rs.done.set()
+        return True
 
     async def _dag_callback(self, rs: RunState, cb: Any) -> None:
         context = {

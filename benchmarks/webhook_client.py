@@ -49,7 +49,7 @@ async def send_all(url: str, n: int, secret: str) -> dict[str, object]:
                             if response.status >= 300:
                                 failed += 1
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     statuses["error"] += 1
                 if attempt + 1 < ATTEMPTS:
                     retries += 1

@@ -19,7 +19,6 @@ from aflow.api.metrics import METRICS, Metrics, metrics_page
 from aflow.api.registry import MAX_BODY_BYTES
 from aflow.orchestrator import Orchestrator
 
-
 LISTEN_BACKLOG = 4096  # a burst of webhooks connects at once; 128 would drop SYNs
 
 

@@ -9,6 +9,7 @@
     ├── InvalidConfError          `conf` or params do not validate
     ├── DagNotFound / RunNotFound / TaskNotFound
     ├── RunAlreadyExists
+    ├── BackfillError             a backfill's range or DAG cannot be backfilled
     ├── StoreError                the store failed (driver errors are chained)
     │   └── StoreUnavailable      cannot reach the database
     ├── TaskFailure               raised by a task to fail without a retry
@@ -71,6 +72,11 @@ class TaskNotFound(AflowError):
 
 class RunAlreadyExists(AflowError):
     pass
+
+
+class BackfillError(AflowError):
+    """A backfill cannot run as asked (a DAG without a schedule, start after end, a range
+    with no interval of the schedule, an invalid limit); nothing was created."""
 
 
 class StoreError(AflowError):

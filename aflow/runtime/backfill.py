@@ -168,7 +168,7 @@ def backfill_intervals(dag: DAG, start: datetime, end: datetime) -> list[DagRunI
         if dag.end_date is not None:
             bounds += f", end_date {dag.end_date.isoformat()}"
         raise BackfillError(
-            f"no interval of DAG {dag.dag_id!r}'s schedule ({timetable.summary}; {bounds}) "
+            f"no interval of the schedule of DAG {dag.dag_id!r} ({timetable.summary}; {bounds}) "
             f"has a logical date from {lo.isoformat()} to {hi.isoformat()}"
         )
     return infos

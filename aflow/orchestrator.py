@@ -163,6 +163,7 @@ class Orchestrator:
         self.scheduler: Scheduler | None = None
         self.triggerer: Triggerer | None = None
         self._stop_now = anyio.Event()
+        self.started_at: datetime | None = None  # when __aenter__ began (clock time)
 
     @property
     def store(self) -> Store:
@@ -192,6 +193,7 @@ class Orchestrator:
         return self
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        self.started_at = self.clock.now()
         self.home.mkdir(parents=True, exist_ok=True)
         self.dagbag = await self._load_dags(stack)
         if isinstance(self._store_arg, Store):

@@ -69,8 +69,9 @@ PROGRESS_POLL_S = 0.5  # the store is re-read (and progress reported) at least t
 
 # What the backfill did about one interval:
 #   created      it created the interval's run
-#   resumed      a run of the interval was unfinished when it started (an interrupted
-#                backfill's, or one another process was driving): it followed it
+#   resumed      a run of the interval was unfinished when it (or its orchestrator)
+#                started: an interrupted backfill's, or one another process was
+#                driving; it followed it to its end
 #   existing     a run of the interval had finished already: it left it as it was
 #   reset        a failed run: its failed task instances were cleared and it ran again
 #   not_created  stopped before the interval's turn came
@@ -238,11 +239,26 @@ class _Backfill:
             if not run.state.finished:
                 interval.action = "resumed"
                 self.active[interval.key] = interval
+            elif self._ended_here(run):
+                interval.action = "resumed"
             elif run.state is DagRunState.FAILED and self.reset_failed:
                 interval.reset = True
                 self.pending.append(interval)
             else:
                 interval.action = "existing"
+
+    def _ended_here(self, run: DagRunRecord) -> bool:
+        """A run this orchestrator adopted as it started (one an interrupted backfill left
+        unfinished) and drove to its end before the plan was made."""
+        started = self.o.started_at
+        return (
+            run.owner == self.o.process_id
+            and started is not None
+            and run.created_at is not None
+            and run.created_at < started
+            and run.end_date is not None
+            and run.end_date >= started
+        )
 
     async def _existing(self, logical_date: datetime) -> DagRunRecord | None:
         """The run of this logical date: the backfill's own if there is one, else any."""

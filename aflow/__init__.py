@@ -19,7 +19,7 @@ from aflow.authoring.sensors import (
 )
 from aflow.authoring.taskflow import task
 from aflow.clock import Clock, ManualClock, SystemClock
-from aflow.exceptions import AflowError, SkipTask, TaskFailure
+from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
 from aflow.runtime.backfill import BackfillProgress, BackfillResult, BackfillRun
 from aflow.states import DagRunState, RunType, TaskState, TriggerRule
@@ -47,6 +47,7 @@ __all__ = [
     "Param",
     "PokeReturnValue",
     "PythonOperator",
+    "RunBusy",
     "RunHandle",
     "RunType",
     "SkipTask",

@@ -467,6 +467,129 @@ async def cmd_tasks_states(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_hand_orchestrator(args: argparse.Namespace) -> Orchestrator:
+    """An Orchestrator that only changes runs by hand: it drives, claims and schedules
+    nothing, so a change to a run reaches whichever scheduler drives it next."""
+    return Orchestrator(
+        dags_folder_of(args),
+        store=store_url_of(args),
+        home=home_of(args),
+        schedule=False,
+        claim=False,
+        triggerer=False,
+        watch_dags=False,
+        sqlite_synchronous=args.config.get("core.sqlite_synchronous"),
+        parse_processes=args.config.get("dag_processor.parse_processes"),
+        parse_timeout_s=args.config.get("dag_processor.parse_timeout_seconds"),
+    )
+
+
+async def _runs_to_clear(o: Orchestrator, args: argparse.Namespace) -> list[str]:
+    if args.run_id is not None:
+        if args.start is not None or args.end is not None:
+            raise AflowError("give either --run-id or --start/--end, not both")
+        if await o.store.get_run(args.dag_id, args.run_id) is None:
+            raise AflowError(f"DAG {args.dag_id!r} has no run {args.run_id!r}")
+        return [args.run_id]
+    start, end = parse_date(args.start), parse_date(args.end)
+    if start is None and end is None:
+        raise AflowError("say which runs to clear: --run-id RUN_ID, or --start/--end dates")
+    if start is not None and end is not None and end < start:
+        raise AflowError(f"--end {args.end} is before --start {args.start}")
+    runs = [
+        r for r in await o.store.list_runs(args.dag_id, limit=1_000_000)
+        if (start is None or r.logical_date >= start) and (end is None or r.logical_date <= end)
+    ]
+    if not runs:
+        raise AflowError(f"DAG {args.dag_id!r} has no run with a logical date in that range")
+    return [r.run_id for r in sorted(runs, key=lambda r: r.logical_date)]
+
+
+def _matching_tasks(dag: Any, regex: str | None) -> list[str] | None:
+    if regex is None:
+        return None
+    import re
+
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise AflowError(f"--task-regex {regex!r} is not a valid regular expression: {exc}") from None
+    matched = [t for t in dag.task_ids if pattern.search(t)]
+    if not matched:
+        raise AflowError(f"no task of DAG {dag.dag_id!r} matches --task-regex {regex!r}")
+    return matched
+
+
+async def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise AflowError("not clearing without --yes: stdin is not a terminal to confirm on")
+    answer = await anyio.to_thread.run_sync(input, f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def cmd_tasks_clear(args: argparse.Namespace) -> int:
+    """As `airflow tasks clear`: the matching TIs of the chosen runs run again."""
+    async with _by_hand_orchestrator(args) as o:
+        dag = o.dagbag.get_dag(args.dag_id)
+        task_ids = _matching_tasks(dag, args.task_regex)
+        options = {"downstream": args.downstream, "upstream": args.upstream,
+                   "only_failed": args.only_failed}
+        plan = {}  # every run checked before any is changed
+        for run_id in await _runs_to_clear(o, args):
+            tis = await o.tasks_to_clear(dag.dag_id, run_id, task_ids, **options)
+            if tis:
+                plan[run_id] = tis
+        rows = [{"dag_id": dag.dag_id, "run_id": run_id, "task_id": t.task_id,
+                 "state": t.state.value, "try_number": t.try_number}
+                for run_id, tis in plan.items() for t in tis]
+        if not rows:
+            if args.output == "json":
+                emit([], ["dag_id", "run_id", "task_id", "state", "try_number"], "json")
+            else:
+                print("nothing to clear")
+            return 0
+        if not args.yes:
+            emit(rows, ["dag_id", "run_id", "task_id", "state", "try_number"], "table")
+            if not await _confirm(f"Clear these {len(rows)} task instance(s)?"):
+                print("nothing cleared")
+                return EXIT_FAILED
+        for run_id in plan:
+            await o.clear_tasks(dag.dag_id, run_id, [t.task_id for t in plan[run_id]])
+    if args.output == "json":
+        emit(rows, ["dag_id", "run_id", "task_id", "state", "try_number"], "json")
+    else:
+        print(f"cleared {len(rows)} task instance(s) in {len(plan)} run(s): they run again "
+              "once a scheduler picks the run up")
+        if args.yes:
+            emit(rows, ["dag_id", "run_id", "task_id", "state", "try_number"], "table")
+    return 0
+
+
+async def cmd_tasks_mark(args: argparse.Namespace) -> int:
+    async with _by_hand_orchestrator(args) as o:
+        changed = await o.mark_task(args.dag_id, args.run_id, args.task_id, args.state)
+    if args.output == "json":
+        print(json.dumps({"dag_id": args.dag_id, "run_id": args.run_id, "task_id": args.task_id,
+                          "state": args.state, "cleared_downstream": changed[1:]}, indent=2))
+    else:
+        print(f"task {args.task_id} of run {args.run_id} marked {args.state}")
+        if len(changed) > 1:
+            print(f"cleared downstream to run again: {', '.join(changed[1:])}")
+    return 0
+
+
+async def cmd_runs_mark(args: argparse.Namespace) -> int:
+    async with _by_hand_orchestrator(args) as o:
+        run = await o.mark_run(args.dag_id, args.run_id, args.state)
+        tis = await o.store.get_tis(args.dag_id, args.run_id)
+    if args.output == "json":
+        print(json.dumps({"dag_id": run.dag_id, "run_id": run.run_id, "state": run.state.value,
+                          "tasks": {t.task_id: t.state.value for t in tis}}, indent=2))
+    else:
+        print(f"run {run.run_id} of {run.dag_id} marked {run.state.value}")
+    return 0
+
+
 def _config_value(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
@@ -618,7 +741,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.set_defaults(handler=cmd_tasks_states)
 
+    p = tasks.add_parser("clear", parents=[common, output],
+                         help="make task instances run again (as airflow tasks clear)")
+    p.add_argument("dag_id")
+    p.add_argument("--run-id", help="the run to clear in")
+    p.add_argument("-s", "--start", help="clear in runs with a logical date from this (ISO-8601)")
+    p.add_argument("-e", "--end", help="... up to this (ISO-8601, inclusive)")
+    p.add_argument("-t", "--task-regex", help="only tasks whose id matches (re.search)")
+    p.add_argument("-d", "--downstream", action="store_true", help="and every task downstream")
+    p.add_argument("-u", "--upstream", action="store_true", help="and every task upstream")
+    p.add_argument("-f", "--only-failed", action="store_true",
+                   help="only failed and upstream_failed task instances")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=cmd_tasks_clear)
+    p = tasks.add_parser("mark", parents=[common, output],
+                         help="end a task instance as success or failed by hand")
+    p.add_argument("dag_id")
+    p.add_argument("run_id")
+    p.add_argument("task_id")
+    p.add_argument("state", choices=["success", "failed"])
+    p.set_defaults(handler=cmd_tasks_mark)
+
     runs = groups.add_parser("runs", help="DAG runs").add_subparsers(dest="cmd", required=True)
+    p = runs.add_parser("mark", parents=[common, output],
+                        help="end a run as success or failed by hand")
+    p.add_argument("dag_id")
+    p.add_argument("run_id")
+    p.add_argument("state", choices=["success", "failed"])
+    p.set_defaults(handler=cmd_runs_mark)
     p = runs.add_parser("list", parents=[common, output], help="list runs, newest first")
     p.add_argument("dag_id", nargs="?")
     p.add_argument("--state", action="append", choices=[s.value for s in DagRunState])

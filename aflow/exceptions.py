@@ -9,6 +9,7 @@
     ├── InvalidConfError          `conf` or params do not validate
     ├── DagNotFound / RunNotFound / TaskNotFound
     ├── RunAlreadyExists
+    ├── RunBusy                   a run or TI cannot be changed by hand now
     ├── BackfillError             a backfill's range or DAG cannot be backfilled
     ├── StoreError                the store failed (driver errors are chained)
     │   └── StoreUnavailable      cannot reach the database
@@ -72,6 +73,11 @@ class TaskNotFound(AflowError):
 
 class RunAlreadyExists(AflowError):
     pass
+
+
+class RunBusy(AflowError):
+    """A run (or some of its task instances) cannot be cleared or marked right now: it
+    is driven by another live process, or the task instances are running or waiting."""
 
 
 class BackfillError(AflowError):

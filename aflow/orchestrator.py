@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +28,8 @@ import anyio
 
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock, SystemClock
-from aflow.exceptions import AflowError, RunNotFound, StoreError
-from aflow.runtime import logs
+from aflow.exceptions import AflowError, RunBusy, RunNotFound, StoreError, TaskNotFound
+from aflow.runtime import by_hand, logs
 from aflow.runtime.backfill import BackfillProgress, BackfillResult, run_backfill
 from aflow.runtime.dag_loader import DagBag, bag_from_dags
 from aflow.runtime.dag_processor import (
@@ -38,7 +38,7 @@ from aflow.runtime.dag_processor import (
     BagChange,
     DagProcessor,
 )
-from aflow.runtime.run_driver import RunDriver
+from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import (
     DEFAULT_LEASE_S,
@@ -51,8 +51,8 @@ from aflow.runtime.scheduler import (
 from aflow.runtime.slots import Slots
 from aflow.runtime.triggerer import DEFAULT_CAPACITY as DEFAULT_TRIGGERER_CAPACITY
 from aflow.runtime.triggerer import Triggerer
-from aflow.states import DagRunState, RunType
-from aflow.store.base import Store
+from aflow.states import DagRunState, RunType, TaskState
+from aflow.store.base import Store, busy_message, held_elsewhere
 from aflow.store.factory import open_store_url
 from aflow.store.records import (
     DagRunRecord,
@@ -472,3 +472,186 @@ class Orchestrator:
         if record is None:
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
         return RunHandle(self, record)
+
+    # -- clearing and marking by hand --------------------------------------------------------
+    async def _driven_here(self, dag_id: str, run_id: str) -> RunState | None:
+        """The run's in-memory state if this process drives it (after letting a run that
+        is ending finish ending), else None."""
+        assert self.driver is not None, "the orchestrator is not started"
+        while True:
+            rs = self.driver.runs.get((dag_id, run_id))
+            if rs is None or rs.lost:
+                return None
+            if not rs.finishing:
+                return rs
+            with anyio.fail_after(60):
+                await rs.done.wait()
+
+    async def _stored_run(self, dag_id: str, run_id: str) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord]]:
+        """A run not driven here, with a record per task of its DAG (`none` for tasks with
+        no row). RunBusy if another live process drives it."""
+        run = await self.store.get_run(dag_id, run_id)
+        if run is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        if held_elsewhere(run, self.process_id, self.clock.now()):
+            raise RunBusy(busy_message(run))
+        dag = self.dagbag.get_dag(dag_id)
+        rows = with_unstarted(dag_id, run_id, dag.task_ids, await self.store.get_tis(dag_id, run_id))
+        return run, {r.task_id: r for r in rows if r.map_index == -1}
+
+    def _woken(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wake()
+
+    async def clear_tasks(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_ids: Iterable[str] | None = None,
+        *,
+        downstream: bool = False,
+        upstream: bool = False,
+        only_failed: bool = False,
+    ) -> list[str]:
+        """Make task instances of a run run again, as Airflow's clear does; returns the
+        cleared task ids in topological order (an empty list changes nothing).
+
+        The TIs of `task_ids` (every task with None), with all their downstream and/or
+        upstream tasks if asked, and with `only_failed` only the failed and
+        upstream_failed ones among those, go back to state `none` with a fresh set of
+        retries (max_tries = try_number + retries; the next try number follows the last
+        one). Their XComs go; every other TI keeps its state and XComs, so a cleared task
+        still reads what its upstream pushed. An ended run goes back to `queued` and a
+        scheduler (this one, or any other process's) drives it again: only the cleared
+        TIs run. A run this process drives is changed in place through its driver.
+
+        Refused with RunBusy, changing nothing: clearing a TI that is running or waiting
+        (scheduled, queued, deferred, up for retry or reschedule) in a run this process
+        drives, and any change to an unfinished run that another live process drives
+        (clear it there, or once it has ended). Unknown DAG, run or task: DagNotFound,
+        RunNotFound, TaskNotFound.
+        """
+        dag = self.dagbag.get_dag(dag_id)
+        selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
+        rs = await self._driven_here(dag_id, run_id)
+        if rs is not None:
+            states = {t: rs.tis[t].state for t in selected}
+            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+            by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+            assert self.driver is not None
+            await self.driver.clear(rs, chosen)
+            if chosen:
+                log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
+            return chosen
+        run, tis = await self._stored_run(dag_id, run_id)
+        states = {t: tis[t].state for t in selected}
+        chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+        if not chosen:
+            return []
+        rows = [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
+        await self.store.rewrite_run(
+            dag_id, run_id, rows, owner=self.process_id, now=self.clock.now(),
+            run_state=DagRunState.QUEUED if run.state.finished else None,
+        )
+        self._woken()
+        log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
+        return chosen
+
+    async def tasks_to_clear(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_ids: Iterable[str] | None = None,
+        *,
+        downstream: bool = False,
+        upstream: bool = False,
+        only_failed: bool = False,
+    ) -> list[TaskInstanceRecord]:
+        """What `clear_tasks` with the same arguments would clear now, as the TIs' current
+        records in topological order; changes nothing. Raises as `clear_tasks` would."""
+        dag = self.dagbag.get_dag(dag_id)
+        selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
+        rs = await self._driven_here(dag_id, run_id)
+        if rs is not None:
+            states = {t: rs.tis[t].state for t in selected}
+            chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+            by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+            assert self.driver is not None
+            return [self.driver.record_of(rs.tis[t]) for t in chosen]
+        _, tis = await self._stored_run(dag_id, run_id)
+        states = {t: tis[t].state for t in selected}
+        return [tis[t] for t in by_hand.to_clear(states, selected, only_failed=only_failed)]
+
+    async def mark_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        state: str | TaskState,
+        *,
+        map_index: int = -1,
+    ) -> list[str]:
+        """End a task instance as `success` or `failed` by hand, as Airflow's "mark"
+        does: its end is committed before anything is decided on it, then its downstream
+        TIs that are failed or upstream_failed are cleared (see `clear_tasks`) so they
+        are decided again on the new state. An ended run goes back to `queued` so that a
+        scheduler decides what follows and ends it again. Returns the marked task id
+        followed by the cleared ones.
+
+        Refused with RunBusy: a TI that is running or waiting right now in a run this
+        process drives, and an unfinished run another live process drives."""
+        new = by_hand.mark_state(state)
+        dag = self.dagbag.get_dag(dag_id)
+        dag.get_task(task_id)
+        if map_index != -1:
+            raise TaskNotFound(f"task {task_id!r} of DAG {dag_id!r} has no mapped instance {map_index}")
+        below = [t for t in by_hand.select_tasks(dag, [task_id], downstream=True) if t != task_id]
+        rs = await self._driven_here(dag_id, run_id)
+        if rs is not None:
+            states = {t: rs.tis[t].state for t in [task_id, *below]}
+            by_hand.refuse_busy(dag_id, run_id, states, [task_id], "mark")
+            then_clear = by_hand.to_clear(states, below, only_failed=True)
+            assert self.driver is not None
+            await self.driver.mark(rs, task_id, new, then_clear)
+            return [task_id, *then_clear]
+        run, tis = await self._stored_run(dag_id, run_id)
+        states = {t: tis[t].state for t in [task_id, *below]}
+        then_clear = by_hand.to_clear(states, below, only_failed=True)
+        now = self.clock.now()
+        rows = [by_hand.marked(tis[task_id], new, now)]
+        rows += [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in then_clear]
+        await self.store.rewrite_run(
+            dag_id, run_id, rows, owner=self.process_id, now=now,
+            run_state=DagRunState.QUEUED if run.state.finished else None,
+        )
+        self._woken()
+        log.info("marked %s %s in run %s of %s", task_id, new.value, run_id, dag_id)
+        return [task_id, *then_clear]
+
+    async def mark_run(self, dag_id: str, run_id: str, state: str | DagRunState) -> DagRunRecord:
+        """End a run as `success` or `failed` by hand, as Airflow does: with success its
+        unfinished TIs succeed; with failed those running (or deferred, or waiting to
+        poke again) fail and the other unfinished ones are skipped. Ended TIs keep their
+        state. One transaction; returns the run's record. If this process drives the run,
+        it stops driving it: tries running now run on, but their outcome is not
+        recorded. RunBusy if another live process drives the run."""
+        new = DagRunState(by_hand.mark_state(str(state)).value)
+        self.dagbag.get_dag(dag_id)
+        rs = await self._driven_here(dag_id, run_id)
+        if rs is not None:
+            assert self.driver is not None
+            return await self.driver.mark_run(rs, new, owner=self.process_id)
+        run, tis = await self._stored_run(dag_id, run_id)
+        now = self.clock.now()
+        ti_state = TaskState(new.value)
+        rows: Sequence[TaskInstanceRecord] = [
+            by_hand.marked(ti, s, now)
+            for ti in tis.values()
+            if (s := by_hand.run_mark_state(ti.state, ti_state)) is not None
+        ]
+        record = await self.store.rewrite_run(
+            dag_id, run_id, rows, owner=self.process_id, now=now, run_state=new
+        )
+        self._woken()
+        log.info("marked run %s of %s %s", run_id, dag_id, new.value)
+        return record

@@ -419,8 +419,9 @@ class _Backfill:
 
 
 async def _clear_failed(o: Orchestrator, dag_id: str, run_id: str) -> list[str]:
-    """Clear the failed task instances of a failed run so that it runs them again."""
-    raise NotImplementedError("reset_failed needs Orchestrator.clear_tasks")
+    """Clear the failed (and upstream_failed) task instances of a failed run: the run goes
+    back to queued, for a scheduler to drive again (see Orchestrator.clear_tasks)."""
+    return await o.clear_tasks(dag_id, run_id, only_failed=True)
 
 
 async def run_backfill(

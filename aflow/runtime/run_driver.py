@@ -305,6 +305,135 @@ class RunDriver:
             rs.lost = True
             rs.done.set()
 
+    # -- changes by hand (clear, mark) ------------------------------------------------
+    def record_of(self, ti: TIState) -> TaskInstanceRecord:
+        """A snapshot of a TI held in memory."""
+        return TaskInstanceRecord(
+            dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index,
+            state=ti.state, try_number=ti.try_number, max_tries=ti.max_tries,
+            start_date=ti.start_date, end_date=ti.end_date, hostname=ti.hostname,
+            operator=ti.operator, priority_weight=ti.priority_weight, pool=ti.pool,
+            next_retry_at=ti.next_retry_at, next_method=ti.next_method,
+            next_kwargs=ti.next_kwargs, error=ti.error,
+        )
+
+    def _forget_end(self, rs: RunState, ti: TIState) -> None:
+        """Take an ended TI's state out of its downstream tasks' counts."""
+        for down_id in rs.dag.task_dict[ti.task_id].downstream_task_ids:
+            counts = rs.counts.get(down_id)
+            if counts is not None:
+                counts.add(ti.state, -1)
+
+    async def clear(self, rs: RunState, task_ids: list[str]) -> None:
+        """Make these ended TIs (in topological order; `none` ones are left alone) run
+        again in this driven run: their state goes out of their downstream tasks' counts,
+        their reset is committed (Store.reset_tis), then each is decided afresh, so tasks
+        downstream of a cleared one wait for it. The caller has checked that none of them
+        is running or waiting (they hold no slot, timer or trigger)."""
+        held: list[TIState] = []
+        for task_id in task_ids:
+            ti = rs.tis[task_id]
+            if ti.state not in FINISHED_TASK_STATES:
+                continue
+            self._forget_end(rs, ti)
+            retries = rs.dag.task_dict[task_id].retries
+            ti.state = TaskState.NONE
+            ti.max_tries = ti.try_number + retries
+            ti.start_date = ti.end_date = ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None
+            rs.xcoms.set_task(task_id, ti.map_index, {})
+            rs.unfinished += 1
+            held.append(ti)
+        if not held:
+            return
+        rows = [self.record_of(ti) for ti in held]
+        # Until the reset is committed nothing decides them (they are not `none` in
+        # memory), so no start of theirs can be committed before it.
+        for ti in held:
+            ti.state = TaskState.QUEUED
+        await self._durably(self.store.reset_tis, rows)
+        if rs.lost or rs.key not in self.runs:
+            return
+        for ti in held:
+            ti.state = TaskState.NONE
+        now = self.clock.now()
+        ready: list[TIState] = []
+        decided: list[TIState] = []
+        for ti in held:
+            decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule, rs.peek_counts(ti.task_id))
+            self._apply_decision(rs, ti, decision, now, ready, decided)
+        for ti in ready:
+            self._submit(rs, ti)
+        if decided:
+            await self._commit_decided(rs, decided)
+
+    async def mark(self, rs: RunState, task_id: str, state: TaskState, then_clear: list[str]) -> None:
+        """End a TI that is not running or waiting (ended or `none`) with `state`: its end
+        is committed, its downstream tasks are decided on it, then the ended TIs of
+        `then_clear` run again (see `clear`)."""
+        ti = rs.tis[task_id]
+        now = self.clock.now()
+        if ti.state in FINISHED_TASK_STATES:
+            self._forget_end(rs, ti)
+        else:
+            rs.unfinished -= 1
+        rs.unfinished += 1  # the run stays open until all of this is done
+        try:
+            ti.state = state
+            ti.start_date = ti.start_date or now
+            ti.end_date = now
+            ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None if state is TaskState.SUCCESS else "marked failed by hand"
+            await self._durably(functools.partial(self.store.finish_ti, end_trigger=True), ti, [])
+            await self._after_end(rs, [ti])
+            if then_clear:
+                await self.clear(rs, then_clear)
+        finally:
+            rs.unfinished -= 1
+        if rs.unfinished == 0 and not rs.lost:
+            await self._finish_run(rs)
+
+    async def mark_run(self, rs: RunState, state: DagRunState, *, owner: str) -> DagRunRecord:
+        """End this driven run with `state` by hand: its unfinished TIs end as
+        `by_hand.run_mark_state` says, in one transaction with the run's row, and the run
+        is no longer driven here. Tries running now run on to their end, but their
+        outcome is not recorded (the TI is already marked)."""
+        from aflow.runtime.by_hand import run_mark_state
+
+        now = self.clock.now()
+        rs.lost = True  # nothing more starts or is recorded here
+        self.runs.pop(rs.key, None)
+        ti_state = TaskState(state.value)
+        rows = []
+        for ti in rs.tis.values():
+            new = run_mark_state(ti.state, ti_state)
+            if new is None:
+                continue
+            ti.state = new
+            ti.start_date = ti.start_date or now
+            ti.end_date = now
+            ti.next_retry_at = None
+            ti.next_method = ti.next_kwargs = ti.next_event = None
+            ti.error = None if new is not TaskState.FAILED else "its run was marked failed by hand"
+            rows.append(self.record_of(ti))
+        delay = 0.1
+        while True:  # as `_durably`: the run is no longer driven here, its end must commit
+            try:
+                rs.run = await self.store.rewrite_run(
+                    rs.run.dag_id, rs.run.run_id, rows, owner=owner, now=now, run_state=state
+                )
+                break
+            except StoreError as exc:
+                log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        rs.done.set()
+        for listener in self.on_run_finished:
+            listener(rs)
+        return rs.run
+
     # -- deciding -----------------------------------------------------------------
     def _apply_decision(
         self,
@@ -434,9 +563,15 @@ class RunDriver:
         try:
             result = await run_try(job)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._interrupted(rs, ti)
+            if not rs.lost:
+                with anyio.CancelScope(shield=True):
+                    await self._interrupted(rs, ti)
             raise
+        if rs.lost:
+            # the run was taken over or marked by hand meanwhile: its TI is not ours to end
+            self._write_to_log(rs, ti, "WARNING - the run is no longer driven here; "
+                                       "this try's outcome is not recorded")
+            return
         now = self.clock.now()
         if resume is not None:
             ti.next_method = ti.next_kwargs = None

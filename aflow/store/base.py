@@ -172,6 +172,33 @@ class Store(abc.ABC):
             for ti, xcoms in ends:
                 tg.start_soon(functools.partial(self.finish_ti, ti, xcoms, end_trigger=end_trigger))
 
+    # -- runs and TIs changed by hand (clear, mark) ------------------------------------
+    @abc.abstractmethod
+    async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
+        """Group-committed, for the process that drives the TIs' run: the given TI rows as
+        they are (cleared ones in state `none`), and the XComs of those written as `none`
+        and the trigger rows of all of them deleted, in one transaction."""
+
+    @abc.abstractmethod
+    async def rewrite_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        tis: Sequence[TaskInstanceRow],
+        *,
+        owner: str,
+        now: datetime,
+        run_state: DagRunState | None = None,
+    ) -> DagRunRecord:
+        """One transaction, for a run this process does not drive: write the given TI rows
+        as `reset_tis` does (XComs of `none` ones and trigger rows of all deleted), and set
+        the run's state: `queued` (dates cleared, owner released, so a scheduler adopts it
+        afresh; RUNS_CHANNEL is notified), `success`/`failed` (ended now, owner released),
+        or None (the run's row unchanged). Refused with RunBusy, writing nothing, while
+        the run is unfinished and another owner than `owner` holds a live lease on it
+        (its driver would not see the change); RunNotFound if there is no such run.
+        Returns the run's row as it is afterwards."""
+
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod
     async def get_xcoms(
@@ -266,3 +293,23 @@ class Store(abc.ABC):
 
 def _no_subscription() -> None:
     return None
+
+
+def held_elsewhere(run: DagRunRecord, owner: str, now: datetime) -> bool:
+    """True while `run` is unfinished and another owner than `owner` holds a live lease
+    on it: its driver keeps its state in memory, so no one else may change the run."""
+    return (
+        not run.state.finished
+        and run.owner is not None
+        and run.owner != owner
+        and run.lease_until is not None
+        and run.lease_until >= now
+    )
+
+
+def busy_message(run: DagRunRecord) -> str:
+    return (
+        f"run {run.run_id!r} of DAG {run.dag_id!r} is {run.state.value} and driven by "
+        f"another process ({run.owner}, lease until {run.lease_until:%Y-%m-%d %H:%M:%S%z}); "
+        "change it through that process, or wait until the run ends or its lease expires"
+    )

@@ -268,3 +268,41 @@ async def test_a_backfill_process_claims_only_its_dags_runs(home: Path) -> None:
         assert o.scheduler is not None and o.scheduler.claim_passes >= 1
     assert other_run is not None
     assert other_run.state is DagRunState.QUEUED and other_run.owner is None
+
+
+# -- reset_failed --------------------------------------------------------------------------
+async def test_reset_failed_reruns_only_the_failed_task_instances(home: Path) -> None:
+    """a >> b >> c and a lone d; b fails on 2024-01-02 while `broken` holds. A second
+    backfill with reset_failed runs b and c of that run again, and nothing else."""
+    calls: list[tuple[str, str]] = []
+    broken = {"yes": True}
+
+    def record(ti: Any, ds: str) -> None:
+        if ti.task_id == "b" and ds == "2024-01-02" and broken["yes"]:
+            raise RuntimeError("fails on purpose")
+        calls.append((ds, ti.task_id))
+
+    with DAG("flaky", schedule="@daily", start_date=UTC_START) as dag:
+        a, b, c, d = (PythonOperator(task_id=t, python_callable=record) for t in "abcd")
+        a >> b >> c
+    async with orchestrator(dag, home) as o:
+        first = await o.backfill("flaky", utc(2024, 1, 1), utc(2024, 1, 3))
+        assert [r.state for r in first.runs] == [
+            DagRunState.SUCCESS, DagRunState.FAILED, DagRunState.SUCCESS]
+        assert not first.ok
+        without = await o.backfill("flaky", utc(2024, 1, 1), utc(2024, 1, 3))
+        assert [r.action for r in without.runs] == ["existing"] * 3
+        assert without.runs[1].state is DagRunState.FAILED
+        before = list(calls)
+        broken["yes"] = False
+        second = await o.backfill("flaky", utc(2024, 1, 1), utc(2024, 1, 3), reset_failed=True)
+        runs = await o.store.list_runs("flaky")
+        tis = {t.task_id: t for t in await o.store.get_tis("flaky", second.runs[1].run_id or "")}
+    assert [(r.action, r.state) for r in second.runs] == [
+        ("existing", DagRunState.SUCCESS), ("reset", DagRunState.SUCCESS),
+        ("existing", DagRunState.SUCCESS),
+    ]
+    assert second.ok
+    assert sorted(calls[len(before):]) == [("2024-01-02", "b"), ("2024-01-02", "c")]
+    assert len(runs) == 3
+    assert tis["b"].try_number == 2 and tis["a"].try_number == 1 and tis["d"].try_number == 1

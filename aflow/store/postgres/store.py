@@ -61,9 +61,9 @@ from urllib.parse import urlencode
 import anyio
 import asyncpg
 
-from aflow.exceptions import RunAlreadyExists, StoreError, StoreUnavailable
-from aflow.states import DagRunState
-from aflow.store.base import Store
+from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
+from aflow.states import DagRunState, TaskState
+from aflow.store.base import Store, busy_message, held_elsewhere
 from aflow.store.codec import json_in, json_out
 from aflow.store.group_commit import Op
 from aflow.store.postgres import encoding as enc
@@ -239,6 +239,18 @@ async def _execute_ops(conn: asyncpg.Connection, ops: Iterable[Op]) -> None:
                 await conn.executemany(sql, args)
             else:
                 await conn.execute(sql, *args)
+
+
+def _reset_op(tis: Sequence[TaskInstanceRow]) -> Op:
+    """TI rows as given, the XComs of those in state `none` (cleared: they run again)
+    and the trigger rows of all of them deleted: one op."""
+    keys = [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti in tis]
+    op: Op = [(enc.UPSERT_TI, [enc.ti_row(ti) for ti in tis])]
+    cleared = [k for k, ti in zip(keys, tis, strict=True) if ti.state is TaskState.NONE]
+    if cleared:
+        op.append((enc.DELETE_TI_XCOMS, cleared))
+    op.append((enc.DELETE_TI_TRIGGER, keys))
+    return op
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -789,6 +801,60 @@ class PostgresStore(Store):
         if end_trigger:
             op.append((enc.DELETE_TI_TRIGGER, keys))
         await self._write(op)
+
+    # -- runs and TIs changed by hand ---------------------------------------------------
+    async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
+        if tis:
+            await self._write(_reset_op(tis))
+
+    async def rewrite_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        tis: Sequence[TaskInstanceRow],
+        *,
+        owner: str,
+        now: datetime,
+        run_state: DagRunState | None = None,
+    ) -> DagRunRecord:
+        op = _reset_op(tis) if tis else []
+        select = f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1 AND run_id=$2"
+        channel = self.channel_name(self.RUNS_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> DagRunRecord | None:
+            # FOR UPDATE: a claim (SKIP LOCKED) passes this run by until the change commits
+            row = await conn.fetchrow(select + " FOR UPDATE", dag_id, run_id)
+            if row is None:
+                return None
+            run = enc.run_from(row)
+            if held_elsewhere(run, owner, now):
+                return run
+            for sql, args, many in _statements([op]):
+                if many:
+                    await conn.executemany(sql, args)
+                else:
+                    await conn.execute(sql, *args)
+            if run_state is DagRunState.QUEUED:
+                await conn.execute(
+                    "UPDATE dag_run SET state='queued', start_date=NULL, end_date=NULL, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=$1 AND run_id=$2",
+                    dag_id, run_id,
+                )
+                await conn.execute(_NOTIFY, channel, "")
+            elif run_state is not None:
+                await conn.execute(
+                    "UPDATE dag_run SET state=$1, start_date=COALESCE(start_date, $2), "
+                    "end_date=$2, owner=NULL, lease_until=NULL WHERE dag_id=$3 AND run_id=$4",
+                    run_state.value, enc.aware(now), dag_id, run_id,
+                )
+            return enc.run_from(await conn.fetchrow(select, dag_id, run_id))
+
+        run = await self._transaction(run_tx)
+        if run is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        if held_elsewhere(run, owner, now):
+            raise RunBusy(busy_message(run))
+        return run
 
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
-from aflow.exceptions import RunAlreadyExists, StoreError, StoreUnavailable
+from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, RunType, TaskState
-from aflow.store.base import Store
+from aflow.store.base import Store, busy_message, held_elsewhere
 from aflow.store.codec import dt_in, dt_out, json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
 from aflow.store.records import (
@@ -205,6 +205,17 @@ def _finish_op(
         ))
     if end_trigger:
         op.append((_DELETE_TI_TRIGGER, [_ti_key(ti) for ti, _ in ends]))
+    return op
+
+
+def _reset_op(tis: Sequence[TaskInstanceRow]) -> Op:
+    """TI rows as given, the XComs of those in state `none` (cleared: they run again)
+    and the trigger rows of all of them deleted: one op."""
+    op: Op = [(_UPSERT_TI, [_ti_row(ti) for ti in tis])]
+    cleared = [_ti_key(ti) for ti in tis if ti.state is TaskState.NONE]
+    if cleared:
+        op.append((_DELETE_TI_XCOMS, cleared))
+    op.append((_DELETE_TI_TRIGGER, [_ti_key(ti) for ti in tis]))
     return op
 
 
@@ -667,6 +678,60 @@ class SqliteStore(Store):
     ) -> None:
         if ends:
             await self._write(_finish_op(ends, end_trigger))
+
+    # -- runs and TIs changed by hand ---------------------------------------------------
+    async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
+        if tis:
+            await self._write(_reset_op(tis))
+
+    async def rewrite_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        tis: Sequence[TaskInstanceRow],
+        *,
+        owner: str,
+        now: datetime,
+        run_state: DagRunState | None = None,
+    ) -> DagRunRecord:
+        op = _reset_op(tis) if tis else []
+        now_s = dt_out(now)
+
+        def run_tx(conn: sqlite3.Connection) -> Any:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=? AND run_id=?", (dag_id, run_id)
+            ).fetchall()
+            if not rows:
+                return None
+            run = _run_from(rows[0])
+            if held_elsewhere(run, owner, now):
+                return run
+            _apply_op(conn, op)
+            if run_state is DagRunState.QUEUED:
+                conn.execute(
+                    "UPDATE dag_run SET state='queued', start_date=NULL, end_date=NULL, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=? AND run_id=?",
+                    (dag_id, run_id),
+                )
+            elif run_state is not None:
+                conn.execute(
+                    "UPDATE dag_run SET state=?, start_date=COALESCE(start_date, ?), end_date=?, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=? AND run_id=?",
+                    (run_state.value, now_s, now_s, dag_id, run_id),
+                )
+            return _run_from(
+                conn.execute(
+                    f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=? AND run_id=?",
+                    (dag_id, run_id),
+                ).fetchone()
+            )
+
+        run = await self._transaction(run_tx)
+        if run is None:
+            raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+        if held_elsewhere(run, owner, now):
+            raise RunBusy(busy_message(run))
+        return run  # type: ignore[no-any-return]
 
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(

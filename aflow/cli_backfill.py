@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import anyio
@@ -56,16 +57,18 @@ class ProgressDisplay:
     """Draws progress on `stream`: one line redrawn in place on a terminal; elsewhere a
     plain line whenever the counts changed, at most every LINE_EVERY_S."""
 
-    def __init__(self, stream: TextIO, *, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO, *, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
+        self.clock = clock
         self._last_at = -1e9
         self._last_counts: tuple[Any, ...] | None = None
         self._pending: BackfillProgress | None = None
         self._drawn = False  # a terminal line is on screen
 
     def __call__(self, p: BackfillProgress) -> None:
-        now = time.monotonic()
+        now = self.clock()
         counts = (p.total, p.done, p.succeeded, p.failed, p.active_runs, p.tasks_running,
                   p.tasks_failed, p.stopping)
         if self.tty:
@@ -106,7 +109,7 @@ class ProgressDisplay:
     def finish(self) -> None:
         p, self._pending = self._pending, None
         if p is not None and not self.tty:
-            self._line(p, time.monotonic(), ())
+            self._line(p, self.clock(), ())
         if self.tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()

@@ -306,3 +306,37 @@ async def test_reset_failed_reruns_only_the_failed_task_instances(home: Path) ->
     assert sorted(calls[len(before):]) == [("2024-01-02", "b"), ("2024-01-02", "c")]
     assert len(runs) == 3
     assert tis["b"].try_number == 2 and tis["a"].try_number == 1 and tis["d"].try_number == 1
+
+
+async def test_max_active_tasks_holds_across_backfill_runs(home: Path) -> None:
+    """Four parallel tasks per run, three runs at once, max_active_tasks=2: never more than
+    two tries of the DAG at once (and two are reached)."""
+    running: set[tuple[str, str]] = set()
+    peak = {"n": 0}
+
+    async def work(ti: Any) -> None:
+        running.add((ti.run_id, ti.task_id))
+        peak["n"] = max(peak["n"], len(running))
+        with anyio.move_on_after(0.5):
+            while len(running) < 2:  # noqa: ASYNC110 - a test's gate
+                await anyio.sleep(0.005)
+        running.discard((ti.run_id, ti.task_id))
+
+    with DAG("wide", schedule="@daily", start_date=UTC_START, max_active_tasks=2) as dag:
+        for t in "abcd":
+            PythonOperator(task_id=t, python_callable=work)
+    async with orchestrator(dag, home) as o:
+        result = await o.backfill("wide", utc(2024, 1, 1), utc(2024, 1, 3), max_active_runs=3)
+    assert result.ok
+    assert peak["n"] == 2
+
+
+async def test_backfill_on_postgres(home: Path, pg_schema_url: str) -> None:
+    calls: list[tuple[str, str]] = []
+    dag = recording_dag("daily", "@daily", calls=calls, max_active_runs=2)
+    async with orchestrator(dag, home, store=pg_schema_url) as o:
+        first = await o.backfill("daily", datetime(2024, 1, 1), datetime(2024, 1, 5))
+        second = await o.backfill("daily", datetime(2024, 1, 1), datetime(2024, 1, 6))
+    assert first.ok and [r.action for r in first.runs] == ["created"] * 5
+    assert [r.action for r in second.runs] == ["existing"] * 5 + ["created"]
+    assert second.ok and len(calls) == 12 == len(set(calls))

@@ -10,8 +10,8 @@ import shlex
 import signal
 import sys
 import time
-from datetime import datetime, timedelta
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 import anyio

@@ -24,7 +24,6 @@ from pathlib import Path
 from aflow import DAG, PythonOperator
 
 EVENTS = Path(os.environ.get("BACKFILL_EVENTS", "events.txt"))
-RELEASE = EVENTS.with_name("release")  # `held` tasks wait for this file
 FAIL = EVENTS.with_name("fail")  # while it exists, flaky's b fails on 2024-01-02
 
 
@@ -34,9 +33,11 @@ def record(ti, ds):
 
 
 def held(ti, ds):
-    EVENTS.with_name(f"held-{ds}").touch()  # it is running
+    """Runs until the file release-<task_id> exists; held-<task_id>-<ds> says it runs."""
+    EVENTS.with_name(f"held-{ti.task_id}-{ds}").touch()
+    release = EVENTS.with_name(f"release-{ti.task_id}")
     deadline = time.monotonic() + 60
-    while not RELEASE.exists() and time.monotonic() < deadline:
+    while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     record(ti, ds)
 
@@ -52,7 +53,7 @@ START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 with DAG("daily", schedule="@daily", start_date=START, max_active_runs=2):
     (PythonOperator(task_id="a", python_callable=record)
      >> PythonOperator(task_id="b", python_callable=held)
-     >> PythonOperator(task_id="c", python_callable=record))
+     >> PythonOperator(task_id="c", python_callable=held))
 
 with DAG("flaky", schedule="@daily", start_date=START):
     (PythonOperator(task_id="a", python_callable=record)
@@ -75,8 +76,19 @@ def dags(cli: CLI, tmp_path: Path) -> list[str]:
 
 
 def events(tmp_path: Path) -> list[str]:
+    """What the tasks of 2024's runs recorded (not a scheduler's runs of today)."""
     path = tmp_path / "events.txt"
-    return path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line for line in lines if " 2024-" in line]
+
+
+def release(tmp_path: Path, *task_ids: str) -> None:
+    for task_id in task_ids:
+        (tmp_path / f"release-{task_id}").touch()
+
+
+def held(tmp_path: Path, task_id: str, *days: int) -> bool:
+    return all((tmp_path / f"held-{task_id}-2024-01-0{d}").exists() for d in days)
 
 
 def backfill_runs(cli: CLI, dag_id: str) -> list[dict[str, str]]:
@@ -85,7 +97,7 @@ def backfill_runs(cli: CLI, dag_id: str) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_backfill_of_daily_intervals(cli: CLI, dags: list[str], tmp_path: Path) -> None:
-    (tmp_path / "release").touch()
+    release(tmp_path, "b", "c")
     result = cli.ok("backfill", "daily", "--start", "2024-01-01", "--end", "2024-01-04", *dags)
     rows = parse_table(result.stdout)
     assert [r["logical_date"] for r in rows] == [f"2024-01-0{d}T00:00:00+00:00" for d in range(1, 5)]
@@ -148,13 +160,12 @@ def test_stop_then_resume(cli: CLI, dags: list[str], tmp_path: Path, signum: int
             *dags)
     first = cli.spawn(*args, name="backfill")
     # runs 1 and 2 (max_active_runs=2) start; their b tasks wait for the release file
-    wait_until(lambda: all((tmp_path / f"held-2024-01-0{d}").exists() for d in (1, 2)),
-               what="both b tasks running")
+    wait_until(lambda: held(tmp_path, "b", 1, 2), what="both b tasks running")
     first.signal(signum)
     # stop is taken: the runs in flight get their grace; now let their b tasks end
     wait_until(lambda: "unfinished runs' running tasks" in first.stderr(),
                what="the backfill to stop")
-    (tmp_path / "release").touch()
+    release(tmp_path, "b", "c")
     assert first.wait_exit() == code, first.describe()
     out = first.stdout()
     assert f"interrupted by {signal.Signals(signum).name}" in out
@@ -193,7 +204,7 @@ def test_stop_then_resume(cli: CLI, dags: list[str], tmp_path: Path, signum: int
 ])
 def test_bad_input_is_one_clear_error(cli: CLI, dags: list[str], tmp_path: Path,
                                       args: tuple[str, ...], message: str) -> None:
-    (tmp_path / "release").touch()
+    release(tmp_path, "b", "c")
     result = cli.run("backfill", *args, *dags)
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -201,3 +212,37 @@ def test_bad_input_is_one_clear_error(cli: CLI, dags: list[str], tmp_path: Path,
     assert events(tmp_path) == []
     if (cli.home / "aflow.db").exists():
         assert cli.runs() == []
+
+
+@pytest.mark.slow
+def test_a_scheduler_drives_the_runs_a_stopped_backfill_left(
+    cli: CLI, dags: list[str], tmp_path: Path
+) -> None:
+    """A backfill is stopped with runs 1 and 2 unfinished; an `aflow scheduler` on the
+    same store adopts them; a second backfill follows those through the store (without
+    driving them) and creates the others itself."""
+    scheduler = cli.spawn("scheduler", *dags, name="scheduler")
+    scheduler.wait_ready()
+    args = ("backfill", "daily", "--start", "2024-01-01", "--end", "2024-01-06", *dags)
+    first = cli.spawn(*args, name="backfill")
+    wait_until(lambda: held(tmp_path, "b", 1, 2), what="both b tasks running")
+    first.signal(signal.SIGINT)
+    wait_until(lambda: "unfinished runs' running tasks" in first.stderr(),
+               what="the backfill to stop")
+    release(tmp_path, "b")
+    assert first.wait_exit() == 130, first.describe()
+    # the scheduler adopts the two released runs: their c tasks start there and wait
+    wait_until(lambda: held(tmp_path, "c", 1, 2), what="the scheduler to drive runs 1 and 2")
+
+    second = cli.spawn(*args, name="backfill")
+    # it has found runs 1 and 2 unfinished (and, at max_active_runs=2, waits for them)
+    wait_until(lambda: PROGRESS.search(second.stderr()), what="the second backfill's plan")
+    release(tmp_path, "c")
+    assert second.wait_exit() == 0, second.describe()
+    rows = parse_table(second.stdout())
+    assert [(r["state"], r["action"]) for r in rows] == (
+        [("success", "resumed")] * 2 + [("success", "created")] * 4)
+    assert [r["state"] for r in backfill_runs(cli, "daily") if r["run_type"] == "backfill"] == [
+        "success"] * 6
+    assert Counter(events(tmp_path)) == Counter(
+        f"daily 2024-01-0{d} {t}" for d in range(1, 7) for t in "abc")

@@ -17,12 +17,12 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -62,6 +62,13 @@ from aflow.store.records import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_NOBODY = ""  # as the owner in Store.rewrite_run: every live lease counts, this process's too
+
+
+class _ClaimedHere(Exception):  # noqa: N818 - a signal between two methods, never raised out
+    """This process's scheduler claimed the run while it was being changed by hand."""
 
 DEFAULT_HOME = Path("~/aflow").expanduser()
 DEFAULT_PARALLELISM = 32
@@ -493,11 +500,40 @@ class Orchestrator:
         run = await self.store.get_run(dag_id, run_id)
         if run is None:
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
-        if held_elsewhere(run, self.process_id, self.clock.now()):
+        if held_elsewhere(run, _NOBODY, self.clock.now()):
+            if run.owner == self.process_id:
+                raise _ClaimedHere
             raise RunBusy(busy_message(run))
         dag = self.dagbag.get_dag(dag_id)
         rows = with_unstarted(dag_id, run_id, dag.task_ids, await self.store.get_tis(dag_id, run_id))
         return run, {r.task_id: r for r in rows if r.map_index == -1}
+
+    async def _rewrite(
+        self, dag_id: str, run_id: str, rows: Sequence[TaskInstanceRecord],
+        run_state: DagRunState | None,
+    ) -> DagRunRecord:
+        """The store path: one transaction, refused while any process (this one too)
+        holds a live lease on the unfinished run; this one's scheduler may have claimed
+        it since `_driven_here` said no, and must then be changed through its driver."""
+        try:
+            return await self.store.rewrite_run(
+                dag_id, run_id, rows, owner=_NOBODY, now=self.clock.now(), run_state=run_state
+            )
+        except RunBusy:
+            run = await self.store.get_run(dag_id, run_id)
+            if run is not None and run.owner == self.process_id:
+                raise _ClaimedHere from None
+            raise
+
+    async def _by_hand(self, change: Callable[[], Awaitable[T]]) -> T:
+        """Run `change()` (driver path or store path), again if the run was claimed here
+        meanwhile (the next attempt finds it driven here)."""
+        for _ in range(100):
+            try:
+                return await change()
+            except _ClaimedHere:
+                await anyio.sleep(0.05)  # the claim is being admitted: the driver has it soon
+        raise RunBusy("the run was claimed by this process's scheduler and is not driven yet")
 
     def _woken(self) -> None:
         if self.scheduler is not None:
@@ -533,29 +569,32 @@ class Orchestrator:
         """
         dag = self.dagbag.get_dag(dag_id)
         selected = by_hand.select_tasks(dag, task_ids, downstream=downstream, upstream=upstream)
-        rs = await self._driven_here(dag_id, run_id)
-        if rs is not None:
-            states = {t: rs.tis[t].state for t in selected}
+
+        async def change() -> list[str]:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                states = {t: rs.tis[t].state for t in selected}
+                chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
+                by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
+                assert self.driver is not None
+                await self.driver.clear(rs, chosen)
+                if chosen:
+                    log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
+                return chosen
+            run, tis = await self._stored_run(dag_id, run_id)
+            states = {t: tis[t].state for t in selected}
             chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
-            by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
-            assert self.driver is not None
-            await self.driver.clear(rs, chosen)
-            if chosen:
-                log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
+            if not chosen:
+                return []
+            rows = [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
+            await self._rewrite(
+                dag_id, run_id, rows, DagRunState.QUEUED if run.state.finished else None
+            )
+            self._woken()
+            log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
             return chosen
-        run, tis = await self._stored_run(dag_id, run_id)
-        states = {t: tis[t].state for t in selected}
-        chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
-        if not chosen:
-            return []
-        rows = [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
-        await self.store.rewrite_run(
-            dag_id, run_id, rows, owner=self.process_id, now=self.clock.now(),
-            run_state=DagRunState.QUEUED if run.state.finished else None,
-        )
-        self._woken()
-        log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
-        return chosen
+
+        return await self._by_hand(change)
 
     async def tasks_to_clear(
         self,
@@ -606,27 +645,31 @@ class Orchestrator:
         if map_index != -1:
             raise TaskNotFound(f"task {task_id!r} of DAG {dag_id!r} has no mapped instance {map_index}")
         below = [t for t in by_hand.select_tasks(dag, [task_id], downstream=True) if t != task_id]
-        rs = await self._driven_here(dag_id, run_id)
-        if rs is not None:
-            states = {t: rs.tis[t].state for t in [task_id, *below]}
-            by_hand.refuse_busy(dag_id, run_id, states, [task_id], "mark")
+
+        async def change() -> list[str]:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                states = {t: rs.tis[t].state for t in [task_id, *below]}
+                by_hand.refuse_busy(dag_id, run_id, states, [task_id], "mark")
+                then_clear = by_hand.to_clear(states, below, only_failed=True)
+                assert self.driver is not None
+                await self.driver.mark(rs, task_id, new, then_clear)
+                return [task_id, *then_clear]
+            run, tis = await self._stored_run(dag_id, run_id)
+            states = {t: tis[t].state for t in [task_id, *below]}
             then_clear = by_hand.to_clear(states, below, only_failed=True)
-            assert self.driver is not None
-            await self.driver.mark(rs, task_id, new, then_clear)
+            now = self.clock.now()
+            rows = [by_hand.marked(tis[task_id], new, now)]
+            rows += [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in then_clear]
+            await self._rewrite(
+                dag_id, run_id, rows, DagRunState.QUEUED if run.state.finished else None
+            )
+            self._woken()
             return [task_id, *then_clear]
-        run, tis = await self._stored_run(dag_id, run_id)
-        states = {t: tis[t].state for t in [task_id, *below]}
-        then_clear = by_hand.to_clear(states, below, only_failed=True)
-        now = self.clock.now()
-        rows = [by_hand.marked(tis[task_id], new, now)]
-        rows += [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in then_clear]
-        await self.store.rewrite_run(
-            dag_id, run_id, rows, owner=self.process_id, now=now,
-            run_state=DagRunState.QUEUED if run.state.finished else None,
-        )
-        self._woken()
+
+        changed = await self._by_hand(change)
         log.info("marked %s %s in run %s of %s", task_id, new.value, run_id, dag_id)
-        return [task_id, *then_clear]
+        return changed
 
     async def mark_run(self, dag_id: str, run_id: str, state: str | DagRunState) -> DagRunRecord:
         """End a run as `success` or `failed` by hand, as Airflow does: with success its
@@ -637,21 +680,24 @@ class Orchestrator:
         recorded. RunBusy if another live process drives the run."""
         new = DagRunState(by_hand.mark_state(str(state)).value)
         self.dagbag.get_dag(dag_id)
-        rs = await self._driven_here(dag_id, run_id)
-        if rs is not None:
-            assert self.driver is not None
-            return await self.driver.mark_run(rs, new, owner=self.process_id)
-        run, tis = await self._stored_run(dag_id, run_id)
-        now = self.clock.now()
-        ti_state = TaskState(new.value)
-        rows: Sequence[TaskInstanceRecord] = [
-            by_hand.marked(ti, s, now)
-            for ti in tis.values()
-            if (s := by_hand.run_mark_state(ti.state, ti_state)) is not None
-        ]
-        record = await self.store.rewrite_run(
-            dag_id, run_id, rows, owner=self.process_id, now=now, run_state=new
-        )
-        self._woken()
+
+        async def change() -> DagRunRecord:
+            rs = await self._driven_here(dag_id, run_id)
+            if rs is not None:
+                assert self.driver is not None
+                return await self.driver.mark_run(rs, new, owner=self.process_id)
+            _, tis = await self._stored_run(dag_id, run_id)
+            now = self.clock.now()
+            ti_state = TaskState(new.value)
+            rows: Sequence[TaskInstanceRecord] = [
+                by_hand.marked(ti, s, now)
+                for ti in tis.values()
+                if (s := by_hand.run_mark_state(ti.state, ti_state)) is not None
+            ]
+            record = await self._rewrite(dag_id, run_id, rows, new)
+            self._woken()
+            return record
+
+        record = await self._by_hand(change)
         log.info("marked run %s of %s %s", run_id, dag_id, new.value)
         return record

@@ -117,6 +117,7 @@ class RunState:
         self.done = anyio.Event()
         self.finishing = False
         self.lost = False  # another process took the run over: start and finish nothing
+        self.ended_by_hand = False  # marked success/failed: its tries' outcomes are not recorded
 
     def counts_for(self, task_id: str) -> UpstreamCounts:
         """The counts of `task_id`'s upstream end states, kept from now on."""
@@ -403,7 +404,7 @@ class RunDriver:
         from aflow.runtime.by_hand import run_mark_state
 
         now = self.clock.now()
-        rs.lost = True  # nothing more starts or is recorded here
+        rs.lost = rs.ended_by_hand = True  # nothing more starts or is recorded here
         self.runs.pop(rs.key, None)
         ti_state = TaskState(state.value)
         rows = []
@@ -563,14 +564,14 @@ class RunDriver:
         try:
             result = await run_try(job)
         except anyio.get_cancelled_exc_class():
-            if not rs.lost:
+            if not rs.ended_by_hand:
                 with anyio.CancelScope(shield=True):
                     await self._interrupted(rs, ti)
             raise
-        if rs.lost:
-            # the run was taken over or marked by hand meanwhile: its TI is not ours to end
-            self._write_to_log(rs, ti, "WARNING - the run is no longer driven here; "
-                                       "this try's outcome is not recorded")
+        if rs.ended_by_hand:
+            # the run was marked meanwhile, and with it this TI: the mark stands
+            self._write_to_log(rs, ti, "WARNING - the run was marked by hand while this try "
+                                       "ran; its outcome is not recorded")
             return
         now = self.clock.now()
         if resume is not None:

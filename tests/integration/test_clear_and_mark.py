@@ -413,3 +413,26 @@ async def test_a_run_driven_by_another_live_process_is_refused(
     record = await o.store.get_run("diamond", "elsewhere")
     assert record.state is DagRunState.RUNNING and record.owner == "host:1:other"
     assert await o.store.get_tis("diamond", "elsewhere") == []
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_clear_and_mark_on_postgresql(home: Path, pg_schema_url: str) -> None:
+    calls: list[str] = []
+    failing = {"b"}
+    async with Orchestrator(diamond(calls, failing), store=pg_schema_url, home=home,
+                            schedule=False) as o:
+        run = await o.trigger("diamond")
+        assert (await run.wait(timeout=WAIT_S)).state is DagRunState.FAILED
+        failing.clear()
+        calls.clear()
+        assert await o.clear_tasks("diamond", run.run_id, ["b"], downstream=True) == ["b", "c"]
+        assert (await run.wait(timeout=WAIT_S)).state is DagRunState.SUCCESS
+        assert sorted(calls) == ["b", "c"]
+        assert await tries(o, "diamond", run.run_id) == {
+            "a": ("success", 1), "b": ("success", 3), "c": ("success", 1), "d": ("success", 1)}
+        record = await o.mark_run("diamond", run.run_id, "failed")
+        assert record.state is DagRunState.FAILED
+        assert (await o.store.get_run("diamond", run.run_id)).state is DagRunState.FAILED

@@ -373,10 +373,16 @@ class _Backfill:
         assert interval.run is not None
         run_id = interval.run.run_id
         cleared = await _clear_failed(self.o, self.dag.dag_id, run_id)
-        log.info("backfill reset run %s of %s: cleared %s", run_id, self.dag.dag_id, cleared)
         interval.reset = False
-        interval.action = "reset"
         interval.run = await self.store.get_run(self.dag.dag_id, run_id) or interval.run
+        if not cleared:  # failed with no failed task instance (e.g. marked failed by hand)
+            log.warning("backfill: run %s of %s failed but has no failed task instance to "
+                        "clear; left as it is", run_id, self.dag.dag_id)
+            interval.action = "existing"
+            return
+        log.info("backfill reset run %s of %s: cleared %s", run_id, self.dag.dag_id,
+                 ", ".join(cleared))
+        interval.action = "reset"
         self.active[interval.key] = interval
         if self.o.scheduler is not None:
             self.o.scheduler.wake()  # claim it at once (it waits queued for an owner)

@@ -340,3 +340,16 @@ async def test_backfill_on_postgres(home: Path, pg_schema_url: str) -> None:
     assert first.ok and [r.action for r in first.runs] == ["created"] * 5
     assert [r.action for r in second.runs] == ["existing"] * 5 + ["created"]
     assert second.ok and len(calls) == 12 == len(set(calls))
+
+
+async def test_reset_failed_leaves_a_failed_run_with_nothing_to_clear(home: Path) -> None:
+    dag = recording_dag("daily", "@daily")
+    async with orchestrator(dag, home) as o:
+        first = await o.backfill("daily", utc(2024, 1, 1), utc(2024, 1, 2))
+        run_id = first.runs[0].run_id
+        assert run_id is not None
+        await o.mark_run("daily", run_id, "failed")  # every TI had succeeded
+        second = await o.backfill("daily", utc(2024, 1, 1), utc(2024, 1, 2), reset_failed=True)
+    assert [(r.action, r.state) for r in second.runs] == [
+        ("existing", DagRunState.FAILED), ("existing", DagRunState.SUCCESS)]
+    assert not second.ok

@@ -246,3 +246,44 @@ def test_a_scheduler_drives_the_runs_a_stopped_backfill_left(
         "success"] * 6
     assert Counter(events(tmp_path)) == Counter(
         f"daily 2024-01-0{d} {t}" for d in range(1, 7) for t in "abc")
+
+
+@pytest.mark.slow
+def test_progress_is_redrawn_in_place_on_a_terminal(cli: CLI, dags: list[str],
+                                                     tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import threading
+
+    from tests.conftest import aflow_cmd
+
+    release(tmp_path, "b", "c")
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the other end closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(
+            aflow_cmd("backfill", "daily", "--start", "2024-01-01", "--end", "2024-01-03", *dags),
+            env=cli.env, cwd=cli.workdir, stdout=subprocess.PIPE, stderr=slave, timeout=120,
+        )
+    finally:
+        os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, terminal
+    assert "\r\x1b[2K[" in terminal and "3/3 runs done" in terminal
+    assert "3 runs: 3 succeeded" in proc.stdout.decode()

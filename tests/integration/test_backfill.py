@@ -353,3 +353,18 @@ async def test_reset_failed_leaves_a_failed_run_with_nothing_to_clear(home: Path
     assert [(r.action, r.state) for r in second.runs] == [
         ("existing", DagRunState.FAILED), ("existing", DagRunState.SUCCESS)]
     assert not second.ok
+
+
+async def test_deferred_tasks_resume_in_the_backfill_process(home: Path) -> None:
+    """A deferrable sensor waiting for its interval's end (past) goes through the
+    triggerer of the backfill's own orchestrator."""
+    from aflow import DateTimeSensor
+
+    calls: list[tuple[str, str]] = []
+    with DAG("sensed", schedule="@daily", start_date=UTC_START) as dag:
+        DateTimeSensor(task_id="wait", target_time="{{ data_interval_end }}") >> PythonOperator(
+            task_id="after", python_callable=lambda ti: calls.append((ti.run_id, ti.task_id)))
+    async with Orchestrator(dag, home=home, schedule=False) as o:
+        with anyio.fail_after(60):
+            result = await o.backfill("sensed", utc(2024, 1, 1), utc(2024, 1, 3))
+    assert result.ok and len(calls) == 3

@@ -22,12 +22,16 @@ from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
+from aflow.runtime.backfill import BackfillProgress, BackfillResult, BackfillRun
 from aflow.states import DagRunState, RunType, TaskState, TriggerRule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AflowError",
+    "BackfillProgress",
+    "BackfillResult",
+    "BackfillRun",
     "BaseOperator",
     "BaseSensorOperator",
     "BashOperator",

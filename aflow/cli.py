@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from aflow import __version__
+from aflow.cli_backfill import add_parser as add_backfill_parser
 from aflow.config import SETTINGS, Config, load_config, resolve_home
 from aflow.exceptions import AflowError
 from aflow.orchestrator import DEFAULT_HOME, Orchestrator
@@ -822,6 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_scale_out_options(p)
         p.set_defaults(handler=lambda a, name=name: _serve(a, name))
 
+    add_backfill_parser(groups, [common, output, running],
+                        _setting_help("seconds running tasks get to finish on SIGTERM/Ctrl-C",
+                                      "core.shutdown_grace_seconds"))
+
     conf = groups.add_parser("config", help="settings: $AFLOW_HOME/aflow.toml, AFLOW__SECTION__KEY")
     conf_cmds = conf.add_subparsers(dest="cmd", required=True)
     p = conf_cmds.add_parser("list", parents=[common, output],
@@ -866,6 +871,7 @@ def _setup_logging(level_name: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. to tell how to resume
     try:  # bad settings: one line, non-zero exit, nothing done
         config = apply_config(args, os.environ)
     except AflowError as exc:
@@ -876,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     try:
         code = anyio.run(handler, args, backend_options=LOOP_OPTIONS)
-        if args.group in ("scheduler", "standalone"):
+        if args.group in ("scheduler", "standalone", "backfill"):
             _leave_abandoned_threads(code)
         return code
     except AflowError as exc:

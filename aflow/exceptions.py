@@ -10,6 +10,7 @@
     ├── DagNotFound / RunNotFound / TaskNotFound
     ├── RunAlreadyExists
     ├── RunBusy                   a run or TI cannot be changed by hand now
+    ├── BackfillError             a backfill's range or DAG cannot be backfilled
     ├── StoreError                the store failed (driver errors are chained)
     │   └── StoreUnavailable      cannot reach the database
     ├── TaskFailure               raised by a task to fail without a retry
@@ -77,6 +78,11 @@ class RunAlreadyExists(AflowError):
 class RunBusy(AflowError):
     """A run (or some of its task instances) cannot be cleared or marked right now: it
     is driven by another live process, or the task instances are running or waiting."""
+
+
+class BackfillError(AflowError):
+    """A backfill cannot run as asked (a DAG without a schedule, start after end, a range
+    with no interval of the schedule, an invalid limit); nothing was created."""
 
 
 class StoreError(AflowError):

@@ -30,6 +30,7 @@ from aflow.authoring.dag import DAG
 from aflow.clock import Clock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, RunNotFound, StoreError, TaskNotFound
 from aflow.runtime import by_hand, logs
+from aflow.runtime.backfill import BackfillProgress, BackfillResult, run_backfill
 from aflow.runtime.dag_loader import DagBag, bag_from_dags
 from aflow.runtime.dag_processor import (
     DEFAULT_PARSE_PROCESSES,
@@ -114,6 +115,7 @@ class Orchestrator:
         clock: Clock | None = None,
         schedule: bool = True,
         claim: bool = True,
+        claim_dags: Iterable[str] | None = None,
         triggerer: bool = True,
         triggerer_capacity: int = DEFAULT_TRIGGERER_CAPACITY,
         lease_s: float = DEFAULT_LEASE_S,
@@ -134,7 +136,9 @@ class Orchestrator:
         loads before it fails. `hostname` names this host in process records and TIs
         (default: the system's); dead processes of the same host are detected by pid.
         A DAG folder is parsed by `parse_processes` parser processes, `parse_timeout_s` per
-        file, and with `watch_dags` followed live (see aflow.runtime.dag_processor)."""
+        file, and with `watch_dags` followed live (see aflow.runtime.dag_processor).
+        `claim_dags` limits claiming to the runs of these DAGs (as `aflow backfill` does);
+        such a process is no scheduler peer and fails no other DAG's orphaned runs."""
         self.home = Path(home).expanduser() if home is not None else DEFAULT_HOME
         self._dags_arg = dags
         self._store_arg = store
@@ -142,6 +146,7 @@ class Orchestrator:
         self.clock: Clock = clock or SystemClock()
         self.schedule = schedule
         self.claim = claim
+        self.claim_dags = frozenset(claim_dags) if claim_dags is not None else None
         self.run_triggerer = triggerer
         self.triggerer_capacity = triggerer_capacity
         self.lease_s = lease_s
@@ -166,6 +171,7 @@ class Orchestrator:
         self.scheduler: Scheduler | None = None
         self.triggerer: Triggerer | None = None
         self._stop_now = anyio.Event()
+        self.started_at: datetime | None = None  # when __aenter__ began (clock time)
 
     @property
     def store(self) -> Store:
@@ -195,6 +201,7 @@ class Orchestrator:
         return self
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        self.started_at = self.clock.now()
         self.home.mkdir(parents=True, exist_ok=True)
         self.dagbag = await self._load_dags(stack)
         if isinstance(self._store_arg, Store):
@@ -209,11 +216,12 @@ class Orchestrator:
         await self._record_dags()
         now = self.clock.now()
         await store.register_process(
-            # "scheduler" only for processes that claim runs: peers count them when
-            # spreading runs; "orchestrator" for the others (`dags test`, a triggerer)
+            # "scheduler" only for processes that claim any DAG's runs: peers count them
+            # when spreading runs; "orchestrator" for the others (`dags test`, a triggerer,
+            # a backfill)
             ProcessRecord(
                 self.process_id,
-                "scheduler" if self.claim else "orchestrator",
+                "scheduler" if self.claim and self.claim_dags is None else "orchestrator",
                 self.hostname,
                 os.getpid(),
                 now,
@@ -248,6 +256,7 @@ class Orchestrator:
             orphan_grace_s=self.orphan_grace_s,
             create_scheduled_runs=self.schedule,
             claim_runs=self.claim,
+            claim_dag_ids=self.claim_dags,
         )
         await tg.start(self.scheduler.run)
         if self.run_triggerer:
@@ -410,6 +419,38 @@ class Orchestrator:
             triggered_by=triggered_by,
         )
         return RunHandle(self, record)
+
+    async def backfill(
+        self,
+        dag_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        reset_failed: bool = False,
+        max_active_runs: int | None = None,
+        on_progress: Callable[[BackfillProgress], None] | None = None,
+        stop: anyio.Event | None = None,
+    ) -> BackfillResult:
+        """Run every interval of the DAG's schedule whose logical date is in
+        ``[start, end]`` (naive datetimes are read in the DAG's time zone) as a run of type
+        `backfill`; returns when all have finished. A logical date that has a run already
+        is not run again, unless it failed and `reset_failed` is given: then its failed
+        task instances are cleared and it runs again. At most `max_active_runs` (default:
+        the DAG's) runs of the range are unfinished at once. `on_progress` is called at
+        least every half second; once `stop` is set nothing new starts and the call
+        returns with `interrupted` set (calling it again resumes). Raises DagNotFound or
+        BackfillError, having created nothing, for a DAG that cannot be backfilled over
+        that range. See aflow.runtime.backfill."""
+        return await run_backfill(
+            self,
+            dag_id,
+            start,
+            end,
+            reset_failed=reset_failed,
+            max_active_runs=max_active_runs,
+            on_progress=on_progress,
+            stop=stop,
+        )
 
     async def wait_for_run(self, dag_id: str, run_id: str) -> DagRunRecord:
         assert self.driver is not None

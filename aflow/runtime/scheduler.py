@@ -103,6 +103,7 @@ class Scheduler:
         orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
         create_scheduled_runs: bool = True,
         claim_runs: bool = True,
+        claim_dag_ids: Iterable[str] | None = None,
         claim_batch: int = DEFAULT_CLAIM_BATCH,
         claim_stagger_s: float = CLAIM_STAGGER_S,
     ) -> None:
@@ -118,6 +119,9 @@ class Scheduler:
         self.orphan_grace_s = orphan_grace_s
         self.create_scheduled_runs = create_scheduled_runs
         self.claim_runs = claim_runs
+        # Claim only the runs of these DAGs (a backfill process); None: of every loaded DAG.
+        # A scheduler limited so fails no orphans: that is the full schedulers' duty.
+        self.claim_dag_ids = frozenset(claim_dag_ids) if claim_dag_ids is not None else None
         self.claim_batch = claim_batch
         self.claim_stagger_s = claim_stagger_s
         self.claim_passes = 0  # how many claim passes ran (for tests and stats)
@@ -151,7 +155,8 @@ class Scheduler:
                 tg.start_soon(self._lease_loop)
                 if self.claim_runs:
                     tg.start_soon(self._claim_loop)
-                    tg.start_soon(self._orphan_loop)
+                    if self.claim_dag_ids is None:
+                        tg.start_soon(self._orphan_loop)
                 self._tg = tg
                 self.sync_timetables()
                 task_status.started()
@@ -213,6 +218,8 @@ class Scheduler:
         self.claim_passes += 1
         bag = self.dagbag
         dag_ids = set(bag.dags)
+        if self.claim_dag_ids is not None:
+            dag_ids &= self.claim_dag_ids
         started = 0
         while dag_ids:
             batch = self.claim_batch
@@ -237,11 +244,16 @@ class Scheduler:
             await anyio.sleep(min(held * self.claim_stagger_s, MAX_CLAIM_STAGGER_S))
 
     async def _admit(
-        self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord] | None = None
+        self,
+        dag: DAG,
+        run: DagRunRecord,
+        tis: list[TaskInstanceRecord] | None = None,
+        *,
+        check_max_active_runs: bool = True,
     ) -> bool:
         """Drive a claimed run, unless it is queued and its DAG is at max_active_runs.
         `tis` are the run's TI rows when the caller has them (a run it just created)."""
-        if run.state is DagRunState.QUEUED:
+        if run.state is DagRunState.QUEUED and check_max_active_runs:
             active = await self.store.list_runs(
                 dag.dag_id, states=[DagRunState.RUNNING], limit=dag.max_active_runs
             )
@@ -434,8 +446,11 @@ class Scheduler:
         conf: dict[str, Any] | None = None,
         run_id: str | None = None,
         triggered_by: str | None = None,
+        check_max_active_runs: bool = True,
     ) -> DagRunRecord:
-        """Create and commit a run owned by this scheduler, then start driving it."""
+        """Create and commit a run owned by this scheduler, then start driving it (at
+        once unless the DAG is at max_active_runs; a caller with a limit of its own, a
+        backfill, passes `check_max_active_runs=False`)."""
         now = self.clock.now()
         logical_date = logical_date or now
         if data_interval is None:
@@ -453,6 +468,6 @@ class Scheduler:
             lease_until=self.lease_until(),
         )
         await self.store.create_run(run, [])  # TI rows are written as they first change
-        if not await self._admit(dag, run, tis):
+        if not await self._admit(dag, run, tis, check_max_active_runs=check_max_active_runs):
             log.info("run %s of %s is queued: max_active_runs reached", run.run_id, dag.dag_id)
         return dataclasses.replace(run)

@@ -58,6 +58,7 @@ __all__ = [
     "DeltaTimetable",
     "OnceTimetable",
     "Timetable",
+    "dag_timezone",
     "timetable_for",
 ]
 
@@ -471,3 +472,11 @@ def _zone_of(start: datetime) -> tzinfo:
     if hasattr(zone, "localize") and isinstance(name, str):
         return ZoneInfo(name)
     return zone
+
+
+def dag_timezone(dag: DAG) -> tzinfo:
+    """The time zone a DAG's schedule is read in: its ``start_date``'s (UTC without one)."""
+    start = dag.start_date
+    if start is None or start.tzinfo is None:
+        return UTC
+    return _zone_of(start)

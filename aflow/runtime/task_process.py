@@ -26,7 +26,7 @@ from aflow.runtime import logs
 from aflow.runtime.xcom import RETURN_KEY
 from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.codec import dt_in, dt_out
-from aflow.store.records import DagRunRecord
+from aflow.store.records import AssetEventRecord, DagRunRecord
 
 if TYPE_CHECKING:  # task_runner imports this module lazily; avoid the cycle
     from aflow.runtime.task_runner import TryJob, TryResult
@@ -39,6 +39,10 @@ def _run_to_json(run: DagRunRecord) -> dict[str, Any]:
             out[key] = dt_out(value)
     out["run_type"] = run.run_type.value
     out["state"] = run.state.value
+    out["triggering_asset_events"] = [
+        {**dataclasses.asdict(e), "timestamp": dt_out(e.timestamp)}
+        for e in run.triggering_asset_events
+    ]
     return out
 
 
@@ -50,6 +54,10 @@ def _run_from_json(data: dict[str, Any]) -> DagRunRecord:
         values[key] = dt_in(values.get(key))
     values["run_type"] = RunType(values["run_type"])
     values["state"] = DagRunState(values["state"])
+    values["triggering_asset_events"] = tuple(
+        AssetEventRecord(**{**e, "timestamp": dt_in(e["timestamp"])})
+        for e in values.get("triggering_asset_events") or ()
+    )
     return DagRunRecord(**values)
 
 

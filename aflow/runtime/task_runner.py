@@ -35,7 +35,7 @@ from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import TaskState
 from aflow.store.base import Store
-from aflow.store.records import DagRunRecord
+from aflow.store.records import AssetEventRecord, DagRunRecord
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,19 @@ def build_context(task: BaseOperator, ti: RuntimeTaskInstance, run: DagRunRecord
         "map_index": ti.map_index,
         "run_type": str(run.run_type),
         "macros": MACROS,
+        "triggering_asset_events": triggering_asset_events(run),
     }
     context.update(date_context(logical_date))  # copies: the cached dict stays intact
     return context
+
+
+def triggering_asset_events(run: DagRunRecord) -> dict[str, list[AssetEventRecord]]:
+    """The asset events that started an asset-triggered run, by asset URI (each list
+    oldest first); empty for any other run."""
+    out: dict[str, list[AssetEventRecord]] = {}
+    for event in run.triggering_asset_events:
+        out.setdefault(event.uri, []).append(event)
+    return out
 
 
 def _ds_add(ds: str, days: int) -> str:

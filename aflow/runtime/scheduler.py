@@ -40,6 +40,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import RunAlreadyExists, StoreError
+from aflow.runtime.asset_runs import AssetRuns
 from aflow.runtime.dag_loader import DagBag
 from aflow.runtime.peers import LivePeers
 from aflow.runtime.run_driver import RunDriver, RunState
@@ -128,6 +129,8 @@ class Scheduler:
         self._tg: TaskGroup | None = None
         self._timetables: dict[str, tuple[DAG, anyio.CancelScope]] = {}
         driver.on_run_finished.append(self._on_run_finished)
+        self.assets = AssetRuns(self)  # runs of DAGs scheduled on assets
+        driver.on_asset_events.append(self.assets.wake)
 
     @property
     def dagbag(self) -> DagBag:
@@ -152,6 +155,8 @@ class Scheduler:
                 if self.claim_runs:
                     tg.start_soon(self._claim_loop)
                     tg.start_soon(self._orphan_loop)
+                if self.create_scheduled_runs:
+                    tg.start_soon(self.assets.loop)
                 self._tg = tg
                 self.sync_timetables()
                 task_status.started()
@@ -204,8 +209,10 @@ class Scheduler:
                 log.exception("claiming runs failed; retrying")
 
     def wake(self) -> None:
-        """Claim at once (e.g. a run of a DAG at max_active_runs ended)."""
+        """Claim at once (e.g. a run of a DAG at max_active_runs ended), and see whether
+        queued asset events now start a run."""
         self._claim_now.set()
+        self.assets.wake()
 
     async def claim_once(self) -> int:
         """One claim pass: claim and start runs until none is left for this scheduler.
@@ -252,6 +259,10 @@ class Scheduler:
             tis = await self.store.get_tis(run.dag_id, run.run_id)
         await self.driver.adopt(dag, run, tis)
         return True
+
+    async def admit_new(self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord]) -> bool:
+        """Drive a run this scheduler has just created and owns (see `_admit`)."""
+        return await self._admit(dag, run, tis)
 
     async def resume_fired(self) -> int:
         """Resume deferred TIs of owned runs whose triggers fired in another process (a

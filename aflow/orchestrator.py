@@ -254,6 +254,7 @@ class Orchestrator:
             )
             self.driver.on_deferred.append(self.triggerer.wake)
             self.triggerer.on_fired.append(self.driver.resume)
+            self.triggerer.asset_watchers.on_event.append(self.scheduler.assets.wake)
             await tg.start(self.triggerer.run)
         if self.dag_processor is not None and self.watch_dags:
             await tg.start(self.dag_processor.watch, self.dagbag, self._dags_changed)
@@ -373,6 +374,8 @@ class Orchestrator:
         if self.scheduler is not None:
             self.scheduler.sync_timetables()
             self.scheduler.wake()
+        if self.triggerer is not None:
+            self.triggerer.wake()  # new or changed asset watchers
         for listener in list(self.on_dags_changed):
             listener(change)
 
@@ -419,8 +422,9 @@ class Orchestrator:
             delay = min(delay * 2, 0.5)
 
     async def deliver_webhook(self, key: str, payload: Any) -> int:
-        """Deliver an event for WebhookSensors waiting on `key` (committed on return;
-        one delivered before any sensor waits is kept for it). Returns the event's id."""
+        """Deliver an event for WebhookSensors and asset watchers waiting on `key`
+        (committed on return; one delivered before any sensor waits is kept for it).
+        Returns the event's id."""
         event_id = await self.store.deliver_webhook(key, payload, self.clock.now())
         if self.triggerer is not None:
             self.triggerer.inbox.notify(key)

@@ -805,6 +805,7 @@ class SqlTrigger(BaseTrigger):
                 self.log.warning("database unreachable (%s); retrying", exc)
             else:
                 if not (found and value):
+                    self.log.info("condition no longer met: waiting for it to be met again")
                     return
             await anyio.sleep(self.poke_interval)
 

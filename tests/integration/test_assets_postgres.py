@@ -92,3 +92,34 @@ async def test_several_schedulers_consume_each_event_once(home: Path, pg_schema_
         assert len(produced) == rounds
         assert set(consumed) == produced
         assert set(consumed.values()) == {1}  # no event went to two runs
+
+
+async def test_two_triggerers_run_a_watcher_once(home: Path, pg_schema_url: str) -> None:
+    from aflow import AssetWatcher
+    from triggers.webhook import WebhookTrigger
+
+    hooked = Asset("webhook://orders", watchers=[AssetWatcher("orders", WebhookTrigger("orders"))])
+    with DAG("on_order", schedule=[hooked], start_date=START) as dag:
+        PythonOperator(task_id="read", python_callable=lambda: None)
+    async with (
+        Orchestrator([dag], store=pg_schema_url, home=home) as first,
+        Orchestrator([dag], store=pg_schema_url, home=home) as second,
+    ):
+        async def claimed() -> bool:
+            return all(w.owner for w in await first.store.list_asset_watchers())
+
+        await until(claimed)
+        for n in range(5):
+            await first.deliver_webhook("orders", {"n": n})
+            second.triggerer.inbox.notify("orders")  # whichever runs the watcher hears it
+
+        async def five() -> list[Any] | None:
+            events = await first.store.list_asset_events(hooked.uri)
+            return events if len(events) >= 5 else None
+
+        events = await until(five)
+        [watcher] = await first.store.list_asset_watchers()
+        assert watcher.owner in (first.process_id, second.process_id)
+        running = [o for o in (first, second) if o.triggerer.asset_watchers.running]
+        assert len(running) == 1
+        assert sorted(e.extra["payload"]["n"] for e in events) == [0, 1, 2, 3, 4]

@@ -132,15 +132,17 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 
 _NOTIFY = "SELECT pg_notify($1, $2)"
 
-# One statement records an asset event and queues it for every DAG that consumes its
-# asset. The source TI's key leads its parameters, as in every TI statement.
+# One statement records an asset event, queues it for every DAG that consumes its asset
+# and notifies the assets channel ($9; delivered at COMMIT, equal ones merged). The source
+# TI's key leads its parameters, as in every TI statement, so the group committer knows
+# the rows it touches (a separate NOTIFY statement would make the op run alone).
 _INSERT_ASSET_EVENT = (
     "WITH e AS (INSERT INTO asset_event (source_dag_id, source_run_id, source_task_id, "
     "source_map_index, uri, extra, source_watcher, created_at) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, uri), "
     "q AS (INSERT INTO asset_queue (dag_id, event_id, uri) "
     "SELECT c.dag_id, e.id, e.uri FROM e JOIN asset_consumer c ON c.uri = e.uri) "
-    "SELECT id FROM e"
+    "SELECT e.id FROM e, LATERAL (SELECT pg_notify($9, '')) AS n"
 )
 _ASSET_EVENT_COLS = (
     "e.id, e.uri, e.created_at, e.extra, e.source_dag_id, e.source_run_id, e.source_task_id, "
@@ -164,10 +166,10 @@ _UPSERT_WATCHER = (
 )
 
 
-def _asset_event_row(e: AssetEventRecord) -> tuple[Any, ...]:
+def _asset_event_row(e: AssetEventRecord, channel: str) -> tuple[Any, ...]:
     return (
         e.source_dag_id, e.source_run_id, e.source_task_id, e.source_map_index, e.uri,
-        json_out(e.extra), e.source_watcher, enc.aware(e.timestamp),
+        json_out(e.extra), e.source_watcher, enc.aware(e.timestamp), channel,
     )
 
 
@@ -274,7 +276,6 @@ _KEYS_OF_ROW: dict[str, Callable[[Sequence[Any]], Hashable]] = {
     enc.UPDATE_RUN: operator.itemgetter(5, 6),
     _INSERT_ASSET_EVENT: _TI_KEY,
 }
-_KEYLESS = frozenset({_NOTIFY})  # statements that touch no row (a wake-up at COMMIT)
 
 
 def _keys_of(op: Op) -> frozenset[Hashable] | None:
@@ -285,8 +286,6 @@ def _keys_of(op: Op) -> frozenset[Hashable] | None:
         return None if key_of is None else frozenset(map(key_of, rows))
     keys: set[Hashable] = set()
     for sql, rows in op:
-        if sql in _KEYLESS:
-            continue
         key_of = _KEYS_OF_ROW.get(sql)
         if key_of is None:
             return None
@@ -849,8 +848,8 @@ class PostgresStore(Store):
             key = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
             op.append((enc.DELETE_TI_TRIGGER, [key]))
         if asset_events:
-            op.append((_INSERT_ASSET_EVENT, [_asset_event_row(e) for e in asset_events]))
-            op.append((_NOTIFY, [(self.channel_name(self.ASSETS_CHANNEL), "")]))
+            channel = self.channel_name(self.ASSETS_CHANNEL)
+            op.append((_INSERT_ASSET_EVENT, [_asset_event_row(e, channel) for e in asset_events]))
         await self._write(op)
 
     async def finish_tis(
@@ -1082,13 +1081,11 @@ class PostgresStore(Store):
 
     # -- assets --------------------------------------------------------------------------
     async def record_asset_events(self, events: Sequence[AssetEventRecord]) -> list[int]:
-        rows = [_asset_event_row(e) for e in events]
         channel = self.channel_name(self.ASSETS_CHANNEL)
+        rows = [_asset_event_row(e, channel) for e in events]
 
         async def run_tx(conn: asyncpg.Connection) -> list[int]:
-            ids = [int(await conn.fetchval(_INSERT_ASSET_EVENT, *row)) for row in rows]
-            await conn.execute(_NOTIFY, channel, "")
-            return ids
+            return [int(await conn.fetchval(_INSERT_ASSET_EVENT, *row)) for row in rows]
 
         return await self._transaction(run_tx)
 
@@ -1213,9 +1210,8 @@ class PostgresStore(Store):
         event: AssetEventRecord,
         next_kwargs: dict[str, Any] | None,
     ) -> bool:
-        row = _asset_event_row(event)
+        row = _asset_event_row(event, self.channel_name(self.ASSETS_CHANNEL))
         after = None if next_kwargs is None else json_out(next_kwargs)
-        channel = self.channel_name(self.ASSETS_CHANNEL)
 
         async def run_tx(conn: asyncpg.Connection) -> bool:
             n = _rowcount(
@@ -1230,7 +1226,6 @@ class PostgresStore(Store):
             if n == 0:
                 return False
             await conn.fetchval(_INSERT_ASSET_EVENT, *row)
-            await conn.execute(_NOTIFY, channel, "")
             return True
 
         return await self._transaction(run_tx)

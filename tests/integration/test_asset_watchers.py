@@ -115,11 +115,12 @@ async def test_a_sql_condition_fires_when_it_becomes_true(
     caplog.set_level(logging.INFO, logger="triggers.sql")
     db = tmp_path / "flags.db"
     with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # the watcher's reads never block our writes
         conn.execute("CREATE TABLE flag (ready INTEGER)")
         conn.execute("INSERT INTO flag VALUES (0)")
 
     def set_flag(value: int) -> None:
-        with sqlite3.connect(db) as conn:
+        with sqlite3.connect(db, timeout=30) as conn:
             conn.execute("UPDATE flag SET ready=?", (value,))
 
     trigger = SqlTrigger("SELECT ready FROM flag", dsn=f"sqlite:///{db}", poke_interval=0.05,
@@ -143,3 +144,53 @@ async def test_a_sql_condition_fires_when_it_becomes_true(
         # it stayed true for many checks after each edge, yet each edge is one event
         assert len(await o.store.list_asset_events(asset.uri)) == 2
         assert [e.extra for e in events] == [{"value": 1}, {"value": 2}]
+
+
+WATCHED_DAG = '''
+from aflow import DAG, Asset, AssetWatcher, EmptyOperator
+from triggers.webhook import WebhookTrigger
+
+with DAG("watched", schedule=[Asset("webhook://orders", watchers=[
+        AssetWatcher("hook", WebhookTrigger("{key}"))])]):
+    EmptyOperator(task_id="t")
+'''
+
+
+async def test_a_watcher_stops_when_its_dag_changes_or_goes(home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    path = folder / "watched.py"
+    path.write_text(WATCHED_DAG.format(key="a"))
+    async with Orchestrator(folder, home=home) as o:
+        assert o.triggerer is not None
+        watchers = o.triggerer.asset_watchers
+
+        async def running_version() -> int | None:
+            rows = await o.store.list_asset_watchers()
+            if len(rows) == 1 and rows[0].id in watchers.running:
+                if watchers.running[rows[0].id][0] == rows[0].version:
+                    return rows[0].version
+            return None
+
+        first = await until(running_version)
+        # the file changes the watcher's trigger: the new definition runs instead
+        path.write_text(WATCHED_DAG.format(key="b"))
+
+        async def replaced() -> bool:
+            version = await running_version()
+            return version is not None and version > first
+
+        await until(replaced)
+        [row] = await o.store.list_asset_watchers()
+        assert row.kwargs == {"key": "b"}
+        await o.deliver_webhook("a", {"old": True})  # the old key starts nothing
+        await o.deliver_webhook("b", {"new": True})
+        [event] = await events_of(o, "webhook://orders", 1)
+        assert event.extra == {"key": "b", "payload": {"new": True}, "id": event.extra["id"]}
+        # the file goes: the DAG is deactivated and its watcher stops
+        path.unlink()
+
+        async def gone() -> bool:
+            return not watchers.running and not await o.store.list_asset_watchers()
+
+        await until(gone)

@@ -990,14 +990,18 @@ class SqliteStore(Store):
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[AssetWatcherRecord]:
         now_s, until_s = dt_out(now), dt_out(lease_until)
+        claimable = (
+            f"SELECT {_WATCHER_COLS} FROM asset_watcher w WHERE kwargs IS NOT NULL AND "
+            "(owner IS NULL OR (owner != ? AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
+            "WHERE l.owner = w.owner AND l.lease_until >= ?))) ORDER BY id LIMIT ?"
+        )
+        # Asked every second by every triggerer: take the write lock only when there is
+        # something to claim.
+        if not await self._read(claimable, (owner, now_s, 1)):
+            return []
 
         def run_tx(conn: sqlite3.Connection) -> list[Any]:
-            rows = conn.execute(
-                f"SELECT {_WATCHER_COLS} FROM asset_watcher w WHERE kwargs IS NOT NULL AND "
-                "(owner IS NULL OR (owner != ? AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
-                "WHERE l.owner = w.owner AND l.lease_until >= ?))) ORDER BY id LIMIT ?",
-                (owner, now_s, limit),
-            ).fetchall()
+            rows = conn.execute(claimable, (owner, now_s, limit)).fetchall()
             if rows:
                 conn.execute(
                     "INSERT INTO trigger_lease (owner, lease_until) VALUES (?, ?) "

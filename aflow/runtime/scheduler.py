@@ -1,5 +1,6 @@
-"""The scheduler: creates due runs from each DAG's timetable, claims runs that have no
-live owner, and holds (renews) its leases on the runs it drives.
+"""The scheduler: creates due runs from each DAG's timetable (and, for DAGs scheduled on
+assets, from their queued asset events: see aflow.runtime.asset_runs), claims runs that
+have no live owner, and holds (renews) its leases on the runs it drives.
 
 Ownership: a run is driven by the one process that holds its lease. Leases are renewed
 every `lease_s / 3`; a process that dies stops renewing and its runs are adopted by any

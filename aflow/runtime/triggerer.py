@@ -11,6 +11,9 @@ the deferred try.
 
 Ownership is a lease per trigger row, renewed every `lease_s / 3`; a dead triggerer's
 triggers are adopted by another once the lease expires.
+
+It also runs the asset watchers recorded from the DAGs (see aflow.runtime.asset_watchers),
+claimed under the same lease at each claim pass.
 """
 
 from __future__ import annotations

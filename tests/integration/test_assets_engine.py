@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aflow import DAG, Asset, Orchestrator, PythonOperator, RunType, task
+from aflow import DAG, AflowError, Asset, Orchestrator, PythonOperator, RunType, task
 from aflow.states import DagRunState
 from aflow.store.records import DagRunRecord
 
@@ -148,3 +148,18 @@ async def test_events_at_max_active_runs_are_not_lost(home: Path) -> None:
         runs = await finished_runs(o, "consumer", 2)
         assert all(r.state is DagRunState.SUCCESS for r in runs)
     assert counts == [1, 2]
+
+
+async def test_an_event_recorded_by_hand_starts_a_run(home: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    async with Orchestrator([consumer([RAW], seen)], home=home) as o:
+        with pytest.raises(AflowError, match="must not be empty"):
+            await o.record_asset_event("")
+        with pytest.raises(AflowError, match="extra is not JSON"):
+            await o.record_asset_event(RAW.uri, {"when": object()})
+        assert await o.store.list_asset_events() == []  # bad input changed nothing
+        await o.record_asset_event(RAW.uri, {"rows": 3})
+        [run] = await finished_runs(o, "consumer", 1)
+        assert run.state is DagRunState.SUCCESS
+    [events] = seen
+    assert [e.extra for e in events[RAW.uri]] == [{"rows": 3}]

@@ -163,3 +163,26 @@ async def test_an_event_recorded_by_hand_starts_a_run(home: Path) -> None:
         assert run.state is DagRunState.SUCCESS
     [events] = seen
     assert [e.extra for e in events[RAW.uri]] == [{"rows": 3}]
+
+
+async def test_an_adopted_event_run_still_sees_its_events(home: Path) -> None:
+    """A run created from events by a scheduler that died before driving it: the one
+    that adopts it reads its triggering events from the store."""
+    from aflow.runtime.run_factory import new_run
+    from aflow.runtime.scheduler import dag_records
+    from aflow.store.records import AssetEventRecord
+
+    seen: list[dict[str, Any]] = []
+    dag = consumer([RAW], seen)
+    async with Orchestrator([dag], home=home, schedule=False, claim=False) as recorder:
+        await recorder.store.upsert_dags(dag_records([dag], START))  # consumes RAW
+        [event_id] = await recorder.store.record_asset_events(
+            [AssetEventRecord(id=0, uri=RAW.uri, timestamp=START, extra={"n": 1})]
+        )
+        run, _ = new_run(dag, run_type=RunType.EVENT, logical_date=START, now=START,
+                         run_id="event__orphan")
+        assert await recorder.store.create_asset_run(run, [event_id])  # owned by no one
+    async with Orchestrator([dag], home=home) as adopter:
+        [done] = await finished_runs(adopter, "consumer", 1)
+        assert done.run_id == "event__orphan" and done.state is DagRunState.SUCCESS
+    assert [[e.extra for e in s[RAW.uri]] for s in seen] == [[{"n": 1}]]

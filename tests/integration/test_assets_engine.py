@@ -186,3 +186,35 @@ async def test_an_adopted_event_run_still_sees_its_events(home: Path) -> None:
         [done] = await finished_runs(adopter, "consumer", 1)
         assert done.run_id == "event__orphan" and done.state is DagRunState.SUCCESS
     assert [[e.extra for e in s[RAW.uri]] for s in seen] == [[{"n": 1}]]
+
+
+PROCESS_CONSUMER = """
+from datetime import UTC, datetime
+
+from aflow import DAG, Asset, task
+
+with DAG("consumer", schedule=[Asset("s3://lake/raw")],
+         start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
+
+    @task(run_in="process")
+    def read(triggering_asset_events=None):
+        [event] = triggering_asset_events["s3://lake/raw"]
+        return {"extra": event.extra, "at": event.timestamp.isoformat()}
+
+    read()
+"""
+
+
+async def test_a_task_in_a_child_process_sees_the_events(home: Path, tmp_path: Path) -> None:
+    from aflow.runtime.dag_loader import load_file
+
+    path = tmp_path / "process_consumer.py"
+    path.write_text(PROCESS_CONSUMER)
+    (dag,) = load_file(path)
+    async with Orchestrator([dag], home=home) as o:
+        await o.record_asset_event(RAW.uri, {"k": "v"})
+        [run] = await finished_runs(o, "consumer", 1)
+        assert run.state is DagRunState.SUCCESS
+        [x] = await o.store.get_xcoms("consumer", run.run_id)
+        [event] = await o.store.asset_events_of_run("consumer", run.run_id)
+    assert x.value == {"extra": {"k": "v"}, "at": event.timestamp.isoformat()}

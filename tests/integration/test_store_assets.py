@@ -172,3 +172,24 @@ async def test_webhooks_after_an_id(store_factory: StoreFactory) -> None:
 
 def _fields(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+async def test_concurrent_claims_split_watchers(store_factory: StoreFactory) -> None:
+    stores = [await store_factory() for _ in range(3)]
+    await stores[0].upsert_dags([a_dag("c1", [RAW], [a_watcher(f"w{i}") for i in range(30)])])
+    lease = T0 + timedelta(seconds=30)
+    got: dict[str, list[int]] = {}
+
+    async def claim(store: Store, owner: str, got: dict[str, list[int]] = got) -> None:
+        claimed: list[int] = []
+        for _ in range(10):
+            claimed += [w.id or 0 for w in await store.claim_asset_watchers(owner, T0, lease, 3)]
+        got[owner] = claimed
+
+    async with anyio.create_task_group() as tg:
+        for n, store in enumerate(stores):
+            tg.start_soon(claim, store, f"t{n}")
+    every = [i for ids in got.values() for i in ids]
+    assert len(every) == len(set(every)) == 30  # each watcher to exactly one triggerer
+    rows = await stores[0].list_asset_watchers()
+    assert {w.id: w.owner for w in rows} == {i: o for o, ids in got.items() for i in ids}

@@ -27,6 +27,7 @@ __all__ = [
     "AssetEvent",
     "AssetWatcher",
     "BaseAsset",
+    "OutletEventAccessors",
     "condition_from_json",
 ]
 
@@ -262,6 +263,41 @@ def as_outlets(task_id: str, outlets: object) -> list[Asset]:
         if item not in out:
             out.append(item)
     return out
+
+
+class OutletEventAccessor:
+    """What a task says about its update of one outlet: `extra` goes into the event."""
+
+    __slots__ = ("asset", "extra")
+
+    def __init__(self, asset: Asset) -> None:
+        self.asset = asset
+        self.extra: dict[str, Any] = {}
+
+
+class OutletEventAccessors:
+    """`outlet_events` in a task's context: `outlet_events[asset].extra = {...}` (or by
+    URI) sets the `extra` of the event its success records for that outlet."""
+
+    def __init__(self, outlets: Iterable[Asset] = ()) -> None:
+        self._by_uri = {a.uri: OutletEventAccessor(a) for a in outlets}
+
+    def __getitem__(self, key: Asset | str) -> OutletEventAccessor:
+        uri = key.uri if isinstance(key, Asset) else key
+        try:
+            return self._by_uri[uri]
+        except KeyError:
+            raise KeyError(
+                f"{uri!r} is not an outlet of this task (its outlets: {sorted(self._by_uri)})"
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        uri = key.uri if isinstance(key, Asset) else key
+        return uri in self._by_uri
+
+    def extras(self) -> dict[str, dict[str, Any]]:
+        """{uri: extra} of the outlets whose extra was set."""
+        return {u: dict(a.extra) for u, a in self._by_uri.items() if a.extra}
 
 
 # One update of an asset as a triggered run sees it (see AssetEventRecord).

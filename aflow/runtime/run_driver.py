@@ -485,7 +485,8 @@ class RunDriver:
             for key, value in result.xcoms.items()
         ]
         if task.outlets and ti.state is TaskState.SUCCESS:
-            await self._finish_with_outlets(rs, ti, task, xcoms, now, end_trigger)
+            extras = result.outlet_extras or {}
+            await self._finish_with_outlets(rs, ti, task, xcoms, extras, now, end_trigger)
         else:
             await self._durably(
                 functools.partial(self.store.finish_ti, end_trigger=end_trigger), ti, xcoms
@@ -495,14 +496,16 @@ class RunDriver:
         return True
 
     async def _finish_with_outlets(
-        self, rs: RunState, ti: TIState, task: Any, xcoms: list[XComRecord], now: datetime,
-        end_trigger: bool,
+        self, rs: RunState, ti: TIState, task: Any, xcoms: list[XComRecord],
+        extras: dict[str, dict[str, Any]], now: datetime, end_trigger: bool,
     ) -> None:
-        """A success that updates assets: an event per outlet, committed with the TI's end,
-        then a wake-up for the DAGs they may start."""
+        """A success that updates assets: an event per outlet (with the `extra` the task
+        set through `outlet_events`), committed with the TI's end, then a wake-up for the
+        DAGs they may start."""
         events = [
             AssetEventRecord(
-                id=0, uri=asset.uri, timestamp=now, extra={}, source_dag_id=rs.run.dag_id,
+                id=0, uri=asset.uri, timestamp=now, extra=extras.get(asset.uri, {}),
+                source_dag_id=rs.run.dag_id,
                 source_run_id=rs.run.run_id, source_task_id=ti.task_id,
                 source_map_index=ti.map_index,
             )

@@ -143,6 +143,7 @@ async def run_in_child_process(
         xcoms=result.get("xcoms") or {},
         error=result.get("error"),
         retryable=result.get("retryable", True),
+        outlet_extras=result.get("outlet_extras"),
     )
 
 
@@ -153,7 +154,7 @@ def _child_main(spec_path: str) -> int:
     from aflow.authoring.templating import render_template_fields
     from aflow.exceptions import SkipTask, TaskFailure
     from aflow.runtime.dag_loader import load_file
-    from aflow.runtime.task_runner import _call_sync, build_context
+    from aflow.runtime.task_runner import _call_sync, build_context, outlet_extras
     from aflow.runtime.ti import RuntimeTaskInstance
     from aflow.runtime.xcom import XComView, check_json
 
@@ -187,7 +188,8 @@ def _child_main(spec_path: str) -> int:
         xcoms = dict(ti.pushed)
         if value is not None and task.do_xcom_push:
             xcoms[RETURN_KEY] = check_json(value, task_id=task.task_id, key=RETURN_KEY)
-        result = {"state": "success", "xcoms": xcoms}
+        result = {"state": "success", "xcoms": xcoms,
+                  "outlet_extras": outlet_extras(task, context)}
     except SkipTask as exc:
         print(f"Task skipped: {exc}", file=sys.stderr)
         result = {"state": "skipped"}

@@ -202,19 +202,52 @@ with DAG("consumer", schedule=[Asset("s3://lake/raw")],
         return {"extra": event.extra, "at": event.timestamp.isoformat()}
 
     read()
+
+with DAG("proc_producer", start_date=datetime(2024, 1, 1, tzinfo=UTC)) as producer:
+
+    @task(run_in="process", outlets=[Asset("s3://lake/raw")])
+    def write(outlet_events=None):
+        outlet_events["s3://lake/raw"].extra = {"k": "v"}
+
+    write()
 """
 
 
-async def test_a_task_in_a_child_process_sees_the_events(home: Path, tmp_path: Path) -> None:
+async def test_tasks_in_child_processes_set_and_see_the_events(home: Path, tmp_path: Path) -> None:
     from aflow.runtime.dag_loader import load_file
 
     path = tmp_path / "process_consumer.py"
     path.write_text(PROCESS_CONSUMER)
-    (dag,) = load_file(path)
-    async with Orchestrator([dag], home=home) as o:
-        await o.record_asset_event(RAW.uri, {"k": "v"})
+    dags = load_file(path)
+    async with Orchestrator(dags, home=home) as o:
+        await (await o.trigger("proc_producer")).wait(timeout=60)  # sets extra in its child
         [run] = await finished_runs(o, "consumer", 1)
         assert run.state is DagRunState.SUCCESS
         [x] = await o.store.get_xcoms("consumer", run.run_id)
         [event] = await o.store.asset_events_of_run("consumer", run.run_id)
     assert x.value == {"extra": {"k": "v"}, "at": event.timestamp.isoformat()}
+
+
+async def test_a_task_sets_the_extra_of_its_outlet_events(home: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def write(outlet_events: Any = None) -> None:
+        outlet_events[RAW].extra = {"rows": 5}
+        outlet_events["s3://lake/reference"].extra["note"] = "by uri"
+
+    def bad(outlet_events: Any = None) -> None:
+        outlet_events[Asset("s3://not/an/outlet")].extra = {"x": 1}
+
+    with DAG("producer", start_date=START) as producing:
+        PythonOperator(task_id="write", python_callable=write, outlets=[RAW, REF])
+    with DAG("wrong", start_date=START) as wrong:
+        PythonOperator(task_id="bad", python_callable=bad, outlets=[RAW])
+    async with Orchestrator([producing, wrong, consumer(RAW & REF, seen)], home=home) as o:
+        failed = await (await o.trigger("wrong")).wait(timeout=30)
+        assert failed.state is DagRunState.FAILED  # not an outlet: the task fails, no event
+        assert await o.store.list_asset_events() == []
+        await (await o.trigger("producer")).wait(timeout=30)
+        await finished_runs(o, "consumer", 1)
+    [events] = seen
+    assert events[RAW.uri][0].extra == {"rows": 5}
+    assert events[REF.uri][0].extra == {"note": "by uri"}

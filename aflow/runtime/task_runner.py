@@ -11,10 +11,10 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import anyio
@@ -117,7 +117,9 @@ def build_context(task: BaseOperator, ti: RuntimeTaskInstance, run: DagRunRecord
         "map_index": ti.map_index,
         "run_type": str(run.run_type),
         "macros": MACROS,
-        "triggering_asset_events": triggering_asset_events(run),
+        "triggering_asset_events": (
+            triggering_asset_events(run) if run.triggering_asset_events else NO_EVENTS
+        ),
         "outlet_events": OutletEventAccessors(task.outlets) if task.outlets else NO_OUTLETS,
     }
     context.update(date_context(logical_date))  # copies: the cached dict stays intact
@@ -125,6 +127,7 @@ def build_context(task: BaseOperator, ti: RuntimeTaskInstance, run: DagRunRecord
 
 
 NO_OUTLETS = OutletEventAccessors()  # shared: a task without outlets has nothing to set
+NO_EVENTS: Mapping[str, list[AssetEventRecord]] = MappingProxyType({})  # not an event run
 
 
 def outlet_extras(task: BaseOperator, context: dict[str, Any]) -> dict[str, dict[str, Any]] | None:

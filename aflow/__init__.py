@@ -1,5 +1,6 @@
 """aflow: an async-native workflow orchestrator with Airflow's vocabulary."""
 
+from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetWatcher
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
@@ -29,6 +30,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AflowError",
+    "Asset",
+    "AssetAll",
+    "AssetAny",
+    "AssetEvent",
+    "AssetWatcher",
     "BackfillProgress",
     "BackfillResult",
     "BackfillRun",

@@ -13,6 +13,7 @@ cancel them (they are recorded to run again), release leases, flush the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -55,6 +56,7 @@ from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.base import Store, busy_message, held_by_live_owner, held_elsewhere
 from aflow.store.factory import open_store_url
 from aflow.store.records import (
+    AssetEventRecord,
     DagRunRecord,
     ImportErrorRecord,
     ProcessRecord,
@@ -271,6 +273,7 @@ class Orchestrator:
             )
             self.driver.on_deferred.append(self.triggerer.wake)
             self.triggerer.on_fired.append(self.driver.resume)
+            self.triggerer.asset_watchers.on_event.append(self.scheduler.assets.wake)
             await tg.start(self.triggerer.run)
         if self.dag_processor is not None and self.watch_dags:
             await tg.start(self.dag_processor.watch, self.dagbag, self._dags_changed)
@@ -393,6 +396,8 @@ class Orchestrator:
         if self.scheduler is not None:
             self.scheduler.sync_timetables()
             self.scheduler.wake()
+        if self.triggerer is not None:
+            self.triggerer.wake()  # new or changed asset watchers
         for listener in list(self.on_dags_changed):
             listener(change)
 
@@ -471,11 +476,35 @@ class Orchestrator:
             delay = min(delay * 2, 0.5)
 
     async def deliver_webhook(self, key: str, payload: Any) -> int:
-        """Deliver an event for WebhookSensors waiting on `key` (committed on return;
-        one delivered before any sensor waits is kept for it). Returns the event's id."""
+        """Deliver an event for WebhookSensors and asset watchers waiting on `key`
+        (committed on return; one delivered before any sensor waits is kept for it).
+        Returns the event's id."""
         event_id = await self.store.deliver_webhook(key, payload, self.clock.now())
         if self.triggerer is not None:
             self.triggerer.inbox.notify(key)
+        return event_id
+
+    async def record_asset_event(self, uri: str, extra: dict[str, Any] | None = None) -> int:
+        """Record an update of the asset `uri` made outside aflow (committed on return):
+        it is queued for the DAGs scheduled on that asset, as a task's outlet event would
+        be. Returns the event's id."""
+        from aflow.authoring.assets import validate_uri
+        from aflow.exceptions import DagDefinitionError
+
+        try:
+            validate_uri(uri)
+        except DagDefinitionError as exc:
+            raise AflowError(str(exc)) from None
+        if extra is not None and not isinstance(extra, dict):
+            raise AflowError(f"extra must be a JSON object, not {type(extra).__name__}")
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise AflowError(f"extra is not JSON: {exc}") from None
+        event = AssetEventRecord(id=0, uri=uri, timestamp=self.clock.now(), extra=dict(extra or {}))
+        [event_id] = await self.store.record_asset_events([event])
+        if self.scheduler is not None:
+            self.scheduler.assets.wake()
         return event_id
 
     async def get_run(self, dag_id: str, run_id: str) -> RunHandle:

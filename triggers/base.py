@@ -40,6 +40,13 @@ class BaseTrigger(abc.ABC):
     def run(self) -> AsyncIterator[TriggerEvent]:
         """Yield TriggerEvents (usually one). Written as `async def run(self): ... yield`."""
 
+    def next_watch(self, payload: Any) -> BaseTrigger | None:
+        """As an asset watcher (see aflow.AssetWatcher): the trigger that waits for the
+        NEXT event after the one whose payload is `payload`, so that one occurrence is
+        reported once (an edge), not again at every re-check. None, the default: this
+        trigger reports one event only, and the watcher is then done."""
+        return None
+
     async def cleanup(self) -> None:  # noqa: B027 - optional hook
         """Release local resources; called on every exit of run()."""
 

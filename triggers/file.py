@@ -395,8 +395,13 @@ class FileTrigger(BaseTrigger):
         recursive: bool = False,
         poke_interval: float = 5.0,
         stable_for_s: float | None = None,
+        ignore: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if ignore is not None and (
+            not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore)
+        ):
+            raise ValueError(f"FileTrigger: ignore must be a list of paths, not {ignore!r}")
         if not isinstance(filepath, str) or not filepath:
             raise ValueError("FileTrigger: filepath must be a non-empty string")
         if isinstance(poke_interval, bool) or not isinstance(poke_interval, int | float) \
@@ -411,6 +416,8 @@ class FileTrigger(BaseTrigger):
         self.recursive = bool(recursive)
         self.poke_interval = float(poke_interval)
         self.stable_for_s = None if stable_for_s is None else float(stable_for_s)
+        self.ignore = sorted(set(ignore or ()))
+        self._ignored_present: list[str] = []  # of `ignore`, those the last scan found
         self._registration: tuple[DirectoryWatcher, FileWaiter] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -419,7 +426,18 @@ class FileTrigger(BaseTrigger):
             "recursive": self.recursive,
             "poke_interval": self.poke_interval,
             "stable_for_s": self.stable_for_s,
+            **({"ignore": self.ignore} if self.ignore else {}),
         }
+
+    def next_watch(self, payload: Any) -> BaseTrigger | None:
+        """Watching an asset: wait for a match other than the ones reported already and
+        still there (a reported file that is removed and lands again is new again)."""
+        path = payload.get("path") if isinstance(payload, dict) else None
+        if not isinstance(path, str):
+            return None
+        _, kwargs = self.serialize()
+        kwargs["ignore"] = sorted({*self._ignored_present, path})
+        return FileTrigger(**kwargs)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         spec = PathSpec.parse(self.filepath, self.recursive)
@@ -436,8 +454,13 @@ class FileTrigger(BaseTrigger):
     async def _wait_for_match(self, spec: PathSpec, waiter: FileWaiter) -> str:
         stable_for = self.stable_for_s
         seen: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, stable since)
+        ignore = set(self.ignore)
         while True:
             matches = await spec.scan()
+            if ignore:  # reported before: ignored while it stays; gone, it is new again
+                ignore &= {m[0] for m in matches}
+                self._ignored_present = sorted(ignore)
+                matches = [m for m in matches if m[0] not in ignore]
             timeout: float | None = None
             if matches:
                 if stable_for is None:

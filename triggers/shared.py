@@ -31,6 +31,10 @@ class WebhookInbox(Protocol):
         arrived before this call)."""
         ...
 
+    # Optional (aflow's inbox has it): `async def wait_after(key, after_id) -> (id, payload)`,
+    # the first event for `key` with an id above `after_id`, which WebhookTrigger uses to
+    # report each event once when it watches an asset.
+
 
 def env_connection(conn_id: str) -> str:
     """Default connection lookup: the AFLOW_CONN_<ID> environment variable (a URI)."""

@@ -747,6 +747,7 @@ class SqlTrigger(BaseTrigger):
         poke_interval: float = 5.0,
         max_interval: float = 60.0,
         listen_channel: str | None = None,
+        after_true: bool = False,
     ) -> None:
         super().__init__()
         if (dsn is None) == (conn_id is None):
@@ -770,6 +771,7 @@ class SqlTrigger(BaseTrigger):
         self.poke_interval = float(poke_interval)
         self.max_interval = max(float(max_interval), self.poke_interval)
         self.listen_channel = listen_channel
+        self.after_true = bool(after_true)
         self._membership: tuple[SharedQuery, _Waiter] | None = None
         check_kwargs(classpath_of(type(self)), self.serialize()[1])
 
@@ -782,7 +784,30 @@ class SqlTrigger(BaseTrigger):
             "poke_interval": self.poke_interval,
             "max_interval": self.max_interval,
             "listen_channel": self.listen_channel,
+            **({"after_true": True} if self.after_true else {}),
         }
+
+    def next_watch(self, payload: Any) -> BaseTrigger | None:
+        """Watching an asset: the next event comes when the condition turns true again,
+        i.e. after it has been seen false (`after_true`), not at every check while it
+        stays true."""
+        _, kwargs = self.serialize()
+        kwargs["after_true"] = True
+        return SqlTrigger(**kwargs)
+
+    async def _wait_until_false(self, backend: Backend) -> None:
+        """`after_true`: the condition held at the last event; wait until it no longer
+        does (checked every `poke_interval`, also while the database is unreachable)."""
+        while True:
+            try:
+                found, value = await backend.first_cell(self.sql, self.parameters)
+            except DatabaseUnavailable as exc:
+                self.log.warning("database unreachable (%s); retrying", exc)
+            else:
+                if not (found and value):
+                    self.log.info("condition no longer met: waiting for it to be met again")
+                    return
+            await anyio.sleep(self.poke_interval)
 
     async def _resolve_dsn(self, resources: Resources) -> Dsn:
         if self.dsn is not None:
@@ -804,6 +829,8 @@ class SqlTrigger(BaseTrigger):
         hub = await sql_hub(resources)
         backend = await hub.backend(dsn)
         listener = await hub.listener(dsn) if self.listen_channel is not None else None
+        if self.after_true:
+            await self._wait_until_false(backend)
         waiter = _Waiter(self.poke_interval, self.max_interval)
         query = hub.join(backend, listener, self.sql, self.parameters, self.listen_channel, waiter)
         self._membership = (query, waiter)

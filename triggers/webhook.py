@@ -17,16 +17,32 @@ from triggers.shared import current_resources
 
 class WebhookTrigger(BaseTrigger):
     """Fire `TriggerEvent({"key": key, "payload": payload})` when an event for `key` is
-    delivered to the host's webhook inbox."""
+    delivered to the host's webhook inbox.
 
-    def __init__(self, key: str) -> None:
+    With an inbox that numbers its events (aflow's), the event also carries its `"id"`,
+    and `after_id` waits for an event numbered above it: as an asset watcher the trigger
+    moves past each event it reported, so every delivered event is reported once."""
+
+    def __init__(self, key: str, after_id: int | None = None) -> None:
         super().__init__()
         if not isinstance(key, str) or not key:
             raise ValueError(f"WebhookTrigger: key must be a non-empty string, not {key!r}")
+        if after_id is not None and (isinstance(after_id, bool) or not isinstance(after_id, int)):
+            raise ValueError(f"WebhookTrigger: after_id must be an int, not {after_id!r}")
         self.key = key
+        self.after_id = after_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return classpath_of(WebhookTrigger), {"key": self.key}
+        kwargs: dict[str, Any] = {"key": self.key}
+        if self.after_id is not None:
+            kwargs["after_id"] = self.after_id
+        return classpath_of(WebhookTrigger), kwargs
+
+    def next_watch(self, payload: Any) -> BaseTrigger | None:
+        event_id = payload.get("id") if isinstance(payload, dict) else None
+        if not isinstance(event_id, int):
+            return None  # an inbox without numbered events: nothing to move past
+        return WebhookTrigger(self.key, after_id=event_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         inbox = current_resources().webhook_inbox
@@ -36,5 +52,15 @@ class WebhookTrigger(BaseTrigger):
                 "trigger resources have none: the host must pass "
                 "Resources(webhook_inbox=...) (aflow's triggerer does)"
             )
-        payload = await inbox.wait_for(self.key)
-        yield TriggerEvent({"key": self.key, "payload": payload})
+        wait_after = getattr(inbox, "wait_after", None)
+        if wait_after is None:
+            if self.after_id is not None:
+                raise RuntimeError(
+                    f"WebhookTrigger(key={self.key!r}, after_id=...) needs an inbox with "
+                    "numbered events (wait_after)"
+                )
+            payload = await inbox.wait_for(self.key)
+            yield TriggerEvent({"key": self.key, "payload": payload})
+            return
+        event_id, payload = await wait_after(self.key, self.after_id or 0)
+        yield TriggerEvent({"key": self.key, "payload": payload, "id": event_id})

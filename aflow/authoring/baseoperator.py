@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
+from aflow.authoring.assets import as_outlets
 from aflow.authoring.dag import DAG, current_dag, validate_id
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
 from aflow.states import TriggerRule
@@ -92,6 +93,7 @@ class BaseOperator:
         doc_md: str | None = None,
         email: str | list[str] | None = None,
         depends_on_past: bool = False,
+        outlets: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -134,6 +136,7 @@ class BaseOperator:
         self.doc_md = doc_md
         self.email = email
         self.depends_on_past = depends_on_past
+        self.outlets = as_outlets(task_id, outlets)  # assets its success updates
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         self.dag: DAG | None = None

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from aflow.authoring.assets import as_condition
 from aflow.authoring.params import ParamsDict
 from aflow.authoring.webhooks import Webhook
 from aflow.exceptions import (
@@ -39,7 +40,7 @@ def collect_dags_into(registry: list[DAG] | None) -> contextvars.Token[list[DAG]
 def stop_collecting(token: contextvars.Token[list[DAG] | None]) -> None:
     _loading.reset(token)
 
-ScheduleArg = str | timedelta | None
+ScheduleArg = Any  # a cron string, a preset, a timedelta, None, or assets (see assets.py)
 
 
 def validate_id(kind: str, value: str) -> str:
@@ -89,7 +90,10 @@ class DAG:
                 f"DAG {dag_id!r}: start_date {start_date} must be timezone-aware "
                 "(use e.g. datetime(2024, 1, 1, tzinfo=timezone.utc))"
             )
-        self.schedule = schedule
+        # An asset condition is not a timetable: such a DAG has no timetable (schedule None)
+        # and runs when its condition is met by asset events (see aflow.runtime.assets).
+        self.asset_condition = as_condition(schedule)
+        self.schedule = None if self.asset_condition is not None else schedule
         self.start_date = start_date
         self.end_date = end_date
         self.catchup = catchup
@@ -226,8 +230,32 @@ class DAG:
 
             timetable_for(self)  # raises on an invalid schedule
 
+    def asset_watchers(self) -> list[dict[str, Any]]:
+        """The watchers of the assets this DAG is scheduled on, JSON-ready."""
+        if self.asset_condition is None:
+            return []
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for asset in self.asset_condition.iter_assets():
+            for w in asset.watchers:
+                if (asset.uri, w.name) not in seen:
+                    seen.add((asset.uri, w.name))
+                    out.append(
+                        {"uri": asset.uri, "name": w.name, "classpath": w.classpath,
+                         "kwargs": w.kwargs}
+                    )
+        return out
+
     def structure(self) -> dict[str, Any]:
         """A JSON-ready description of the DAG, stored for the UI and other hosts."""
+        out = self._structure()
+        if self.asset_condition is not None:
+            out["schedule"] = f"assets: {self.asset_condition!r}"
+            out["asset_condition"] = self.asset_condition.to_json()
+            out["asset_watchers"] = self.asset_watchers()
+        return out
+
+    def _structure(self) -> dict[str, Any]:
         return {
             "dag_id": self.dag_id,
             "schedule": _schedule_repr(self.schedule),
@@ -246,6 +274,7 @@ class DAG:
                     "upstream": sorted(t.upstream_task_ids),
                     "downstream": sorted(t.downstream_task_ids),
                     "ui_color": t.ui_color,
+                    **({"outlets": [a.uri for a in t.outlets]} if t.outlets else {}),
                 }
                 for t in self.topological_order()
             ],

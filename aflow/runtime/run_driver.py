@@ -45,9 +45,15 @@ from aflow.runtime.task_runner import (
 from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
-from aflow.states import FINISHED_TASK_STATES, DagRunState, TaskState
+from aflow.states import FINISHED_TASK_STATES, DagRunState, RunType, TaskState
 from aflow.store.base import BY_HAND_CLASSPATH, Store
-from aflow.store.records import DagRunRecord, TaskInstanceRecord, TriggerRecord, XComRecord
+from aflow.store.records import (
+    AssetEventRecord,
+    DagRunRecord,
+    TaskInstanceRecord,
+    TriggerRecord,
+    XComRecord,
+)
 from triggers.base import check_kwargs
 
 log = logging.getLogger(__name__)
@@ -159,7 +165,7 @@ def _ends_inline(task: Any, ti: TIState) -> bool:
     if ti.next_method is None or ti.next_event is None:
         return False
     if (task.on_success_callback or task.on_failure_callback or task.on_retry_callback
-            or task.execution_timeout is not None):
+            or task.execution_timeout is not None or task.outlets):
         return False
     return _resumes_at_once(task, Resume(ti.next_method, {}, ti.next_event))
 
@@ -186,6 +192,7 @@ class RunDriver:
         self.runs: dict[tuple[str, str], RunState] = {}
         self.on_run_finished: list[Any] = []  # callables(RunState), e.g. the scheduler's
         self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
+        self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
         self.tries_started = 0
         self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
         self._inline_pending = False
@@ -210,6 +217,9 @@ class RunDriver:
             await self._durably(self.store.save_tis, removed)
         removed_ids = {t.task_id for t in removed}
         tis = [t for t in tis if t.task_id in dag.task_dict and t.task_id not in removed_ids] + missing
+        if run.run_type is RunType.EVENT and not run.triggering_asset_events:
+            events = await self.store.asset_events_of_run(run.dag_id, run.run_id)
+            run = dataclasses.replace(run, triggering_asset_events=tuple(events))
         rs = RunState(dag, run, tis)
         self.runs[key] = rs
         if run.state is not DagRunState.RUNNING:
@@ -682,10 +692,39 @@ class RunDriver:
             XComRecord(rs.run.dag_id, rs.run.run_id, ti.task_id, key, value, ti.map_index)
             for key, value in result.xcoms.items()
         ]
-        await self._durably(functools.partial(self.store.finish_ti, end_trigger=end_trigger), ti, xcoms)
+        if task.outlets and ti.state is TaskState.SUCCESS:
+            extras = result.outlet_extras or {}
+            await self._finish_with_outlets(rs, ti, task, xcoms, extras, now, end_trigger)
+        else:
+            await self._durably(
+                functools.partial(self.store.finish_ti, end_trigger=end_trigger), ti, xcoms
+            )
         if result.xcoms:
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         return True
+
+    async def _finish_with_outlets(
+        self, rs: RunState, ti: TIState, task: Any, xcoms: list[XComRecord],
+        extras: dict[str, dict[str, Any]], now: datetime, end_trigger: bool,
+    ) -> None:
+        """A success that updates assets: an event per outlet (with the `extra` the task
+        set through `outlet_events`), committed with the TI's end, then a wake-up for the
+        DAGs they may start."""
+        events = [
+            AssetEventRecord(
+                id=0, uri=asset.uri, timestamp=now, extra=extras.get(asset.uri, {}),
+                source_dag_id=rs.run.dag_id,
+                source_run_id=rs.run.run_id, source_task_id=ti.task_id,
+                source_map_index=ti.map_index,
+            )
+            for asset in task.outlets
+        ]
+        await self._durably(
+            functools.partial(self.store.finish_ti, end_trigger=end_trigger, asset_events=events),
+            ti, xcoms,
+        )
+        for listener in self.on_asset_events:
+            listener()
 
     async def _save_waiting(self, ti: TIState, end_trigger: bool) -> None:
         """A TI that will run again (retry, reschedule): its row, then its spent trigger."""

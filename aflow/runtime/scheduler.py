@@ -1,5 +1,6 @@
-"""The scheduler: creates due runs from each DAG's timetable, claims runs that have no
-live owner, and holds (renews) its leases on the runs it drives.
+"""The scheduler: creates due runs from each DAG's timetable (and, for DAGs scheduled on
+assets, from their queued asset events: see aflow.runtime.asset_runs), claims runs that
+have no live owner, and holds (renews) its leases on the runs it drives.
 
 Ownership: a run is driven by the one process that holds its lease. Leases are renewed
 every `lease_s / 3`; a process that dies stops renewing and its runs are adopted by any
@@ -40,6 +41,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import RunAlreadyExists, StoreError
+from aflow.runtime.asset_runs import AssetRuns
 from aflow.runtime.dag_loader import DagBag
 from aflow.runtime.peers import LivePeers
 from aflow.runtime.run_driver import RunDriver, RunState
@@ -132,6 +134,8 @@ class Scheduler:
         self._tg: TaskGroup | None = None
         self._timetables: dict[str, tuple[DAG, anyio.CancelScope]] = {}
         driver.on_run_finished.append(self._on_run_finished)
+        self.assets = AssetRuns(self)  # runs of DAGs scheduled on assets
+        driver.on_asset_events.append(self.assets.wake)
 
     @property
     def dagbag(self) -> DagBag:
@@ -157,6 +161,8 @@ class Scheduler:
                     tg.start_soon(self._claim_loop)
                     if self.claim_dag_ids is None:
                         tg.start_soon(self._orphan_loop)
+                if self.create_scheduled_runs:
+                    tg.start_soon(self.assets.loop)
                 self._tg = tg
                 self.sync_timetables()
                 task_status.started()
@@ -209,8 +215,10 @@ class Scheduler:
                 log.exception("claiming runs failed; retrying")
 
     def wake(self) -> None:
-        """Claim at once (e.g. a run of a DAG at max_active_runs ended)."""
+        """Claim at once (e.g. a run of a DAG at max_active_runs ended), and see whether
+        queued asset events now start a run."""
         self._claim_now.set()
+        self.assets.wake()
 
     async def claim_once(self) -> int:
         """One claim pass: claim and start runs until none is left for this scheduler.
@@ -264,6 +272,10 @@ class Scheduler:
             tis = await self.store.get_tis(run.dag_id, run.run_id)
         await self.driver.adopt(dag, run, tis)
         return True
+
+    async def admit_new(self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord]) -> bool:
+        """Drive a run this scheduler has just created and owns (see `_admit`)."""
+        return await self._admit(dag, run, tis)
 
     async def resume_fired(self) -> int:
         """Resume deferred TIs of owned runs whose triggers fired in another process (a

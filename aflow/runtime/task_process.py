@@ -26,7 +26,7 @@ from aflow.runtime import logs
 from aflow.runtime.xcom import RETURN_KEY
 from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.codec import dt_in, dt_out
-from aflow.store.records import DagRunRecord
+from aflow.store.records import AssetEventRecord, DagRunRecord
 
 if TYPE_CHECKING:  # task_runner imports this module lazily; avoid the cycle
     from aflow.runtime.task_runner import TryJob, TryResult
@@ -39,6 +39,10 @@ def _run_to_json(run: DagRunRecord) -> dict[str, Any]:
             out[key] = dt_out(value)
     out["run_type"] = run.run_type.value
     out["state"] = run.state.value
+    out["triggering_asset_events"] = [
+        {**dataclasses.asdict(e), "timestamp": dt_out(e.timestamp)}
+        for e in run.triggering_asset_events
+    ]
     return out
 
 
@@ -50,6 +54,10 @@ def _run_from_json(data: dict[str, Any]) -> DagRunRecord:
         values[key] = dt_in(values.get(key))
     values["run_type"] = RunType(values["run_type"])
     values["state"] = DagRunState(values["state"])
+    values["triggering_asset_events"] = tuple(
+        AssetEventRecord(**{**e, "timestamp": dt_in(e["timestamp"])})
+        for e in values.get("triggering_asset_events") or ()
+    )
     return DagRunRecord(**values)
 
 
@@ -135,6 +143,7 @@ async def run_in_child_process(
         xcoms=result.get("xcoms") or {},
         error=result.get("error"),
         retryable=result.get("retryable", True),
+        outlet_extras=result.get("outlet_extras"),
     )
 
 
@@ -145,7 +154,7 @@ def _child_main(spec_path: str) -> int:
     from aflow.authoring.templating import render_template_fields
     from aflow.exceptions import SkipTask, TaskFailure
     from aflow.runtime.dag_loader import load_file
-    from aflow.runtime.task_runner import _call_sync, build_context
+    from aflow.runtime.task_runner import _call_sync, build_context, outlet_extras
     from aflow.runtime.ti import RuntimeTaskInstance
     from aflow.runtime.xcom import XComView, check_json
 
@@ -179,7 +188,8 @@ def _child_main(spec_path: str) -> int:
         xcoms = dict(ti.pushed)
         if value is not None and task.do_xcom_push:
             xcoms[RETURN_KEY] = check_json(value, task_id=task.task_id, key=RETURN_KEY)
-        result = {"state": "success", "xcoms": xcoms}
+        result = {"state": "success", "xcoms": xcoms,
+                  "outlet_extras": outlet_extras(task, context)}
     except SkipTask as exc:
         print(f"Task skipped: {exc}", file=sys.stderr)
         result = {"state": "skipped"}

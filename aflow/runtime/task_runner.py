@@ -11,15 +11,16 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
+from aflow.authoring.assets import OutletEventAccessors
 from aflow.authoring.baseoperator import DEFAULT_MAX_RETRY_DELAY, BaseOperator, is_loop_safe
 from aflow.authoring.templating import date_context, render_template_fields
 from aflow.exceptions import (
@@ -35,7 +36,7 @@ from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
 from aflow.states import TaskState
 from aflow.store.base import Store
-from aflow.store.records import DagRunRecord
+from aflow.store.records import AssetEventRecord, DagRunRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class TryResult:
     retryable: bool = True
     deferred: TaskDeferred | None = None
     reschedule_at: datetime | None = None
+    outlet_extras: dict[str, dict[str, Any]] | None = None  # {uri: extra} set by the task
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +117,36 @@ def build_context(task: BaseOperator, ti: RuntimeTaskInstance, run: DagRunRecord
         "map_index": ti.map_index,
         "run_type": str(run.run_type),
         "macros": MACROS,
+        "triggering_asset_events": (
+            triggering_asset_events(run) if run.triggering_asset_events else NO_EVENTS
+        ),
+        "outlet_events": OutletEventAccessors(task.outlets) if task.outlets else NO_OUTLETS,
     }
     context.update(date_context(logical_date))  # copies: the cached dict stays intact
     return context
+
+
+NO_OUTLETS = OutletEventAccessors()  # shared: a task without outlets has nothing to set
+NO_EVENTS: Mapping[str, list[AssetEventRecord]] = MappingProxyType({})  # not an event run
+
+
+def outlet_extras(task: BaseOperator, context: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The extras a successful task set on its outlets' events (JSON-checked)."""
+    if not task.outlets:
+        return None
+    extras = context["outlet_events"].extras()
+    for uri, extra in extras.items():
+        check_json(extra, task_id=task.task_id, key=f"outlet_events[{uri!r}].extra")
+    return extras or None
+
+
+def triggering_asset_events(run: DagRunRecord) -> dict[str, list[AssetEventRecord]]:
+    """The asset events that started an asset-triggered run, by asset URI (each list
+    oldest first); empty for any other run."""
+    out: dict[str, list[AssetEventRecord]] = {}
+    for event in run.triggering_asset_events:
+        out.setdefault(event.uri, []).append(event)
+    return out
 
 
 def _ds_add(ds: str, days: int) -> str:
@@ -199,7 +228,7 @@ async def _run_guarded(
         xcoms = dict(ti.pushed)
         if value is not None and task.do_xcom_push:
             xcoms[RETURN_KEY] = check_json(value, task_id=task.task_id, key=RETURN_KEY)
-        return TryResult(TaskState.SUCCESS, xcoms)
+        return TryResult(TaskState.SUCCESS, xcoms, outlet_extras=outlet_extras(task, context))
     except SkipTask as exc:
         task_log.write_line(f"Task skipped: {exc}" if str(exc) else "Task skipped")
         return TryResult(TaskState.SKIPPED)

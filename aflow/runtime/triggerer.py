@@ -11,6 +11,9 @@ the deferred try.
 
 Ownership is a lease per trigger row, renewed every `lease_s / 3`; a dead triggerer's
 triggers are adopted by another once the lease expires.
+
+It also runs the asset watchers recorded from the DAGs (see aflow.runtime.asset_watchers),
+claimed under the same lease at each claim pass.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from aflow.clock import Clock
 from aflow.exceptions import StoreError
 from aflow.runtime import logs
+from aflow.runtime.asset_watchers import AssetWatchers
 from aflow.runtime.peers import LivePeers
 from aflow.runtime.services import STORE_CONNECTION_ID
 from aflow.store.base import Store
@@ -65,11 +69,15 @@ class StoreWebhookInbox:
             event.set()
 
     async def wait_for(self, key: str) -> Any:
+        return (await self.wait_after(key, 0))[1]
+
+    async def wait_after(self, key: str, after_id: int) -> tuple[int, Any]:
+        """(id, payload) of the first event for `key` numbered above `after_id`."""
         while True:
             event = self._events.setdefault(key, anyio.Event())
-            found = await self.store.first_webhook(key)
+            found = await self.store.first_webhook(key, after_id)
             if found is not None:
-                return found[1]
+                return found
             with anyio.move_on_after(self.poll_s):
                 await event.wait()
 
@@ -182,6 +190,7 @@ class Triggerer:
             reread_s=PEERS_REREAD_S,
         )
         self.watchdog: LoopWatchdog | None = None
+        self.asset_watchers = AssetWatchers(store, clock, owner, self._lease_until)
 
     @property
     def capacity_left(self) -> int:
@@ -221,6 +230,10 @@ class Triggerer:
                     unsubscribe = await self.store.listen(
                         Store.TRIGGERS_NEW_CHANNEL, lambda _payload: self.wake()
                     )
+                    # DAGs recorded elsewhere (maybe new asset watchers): claim at once.
+                    unsubscribe_watchers = await self.store.listen(
+                        Store.WATCHERS_CHANNEL, lambda _payload: self.wake()
+                    )
                     try:
                         async with anyio.create_task_group() as tg:
                             self._tg = tg
@@ -230,6 +243,7 @@ class Triggerer:
                             task_status.started()
                     finally:
                         unsubscribe()
+                        unsubscribe_watchers()
                         await self._unpark_all()  # while the shared resources are still open
         finally:
             self.watchdog.stop()
@@ -272,6 +286,11 @@ class Triggerer:
                 self._park(record)
             if claimed and len(claimed) == room and peers == 0:
                 continue  # more may be waiting: claim again at once
+            if self._tg is not None:
+                try:
+                    await self.asset_watchers.sync(self._tg)
+                except StoreError:
+                    log.exception("claiming asset watchers failed; retrying")
             with anyio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = anyio.Event()

@@ -14,6 +14,8 @@ import anyio
 
 from aflow.states import DagRunState
 from aflow.store.records import (
+    AssetEventRecord,
+    AssetWatcherRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
@@ -40,6 +42,8 @@ class Store(abc.ABC):
     RUNS_CHANNEL = "runs"  # a run without a live owner exists: claim it
     TRIGGERS_FIRED_CHANNEL = "triggers_fired"  # a trigger's event is committed: resume its TI
     TRIGGERS_NEW_CHANNEL = "triggers_new"  # a TI deferred: a trigger row waits to be claimed
+    ASSETS_CHANNEL = "assets"  # asset events were queued for DAGs: see if a run is due
+    WATCHERS_CHANNEL = "asset_watchers"  # DAGs recorded (maybe new watchers): claim them
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -67,7 +71,10 @@ class Store(abc.ABC):
     # -- DAGs ---------------------------------------------------------------
     @abc.abstractmethod
     async def upsert_dags(self, dags: Sequence[DagRecord]) -> None:
-        """Record DAG structures; keeps each DAG's paused flag unless it is new."""
+        """Record DAG structures; keeps each DAG's paused flag unless it is new. From each
+        structure's `asset_condition` and `asset_watchers` (see DAG.structure) it also
+        records which assets the DAG consumes and the watchers it defines (a watcher
+        whose definition is unchanged keeps its position and owner)."""
 
     @abc.abstractmethod
     async def list_dags(self) -> list[DagRecord]: ...
@@ -80,7 +87,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        """Mark DAGs not in `keep` as inactive (their file is gone or no longer defines them)."""
+        """Mark DAGs not in `keep` as inactive (their file is gone or no longer defines
+        them): they consume no more asset events and their asset watchers go."""
 
     @abc.abstractmethod
     async def replace_import_errors(
@@ -160,10 +168,13 @@ class Store(abc.ABC):
         run: DagRunRecord | None = None,
         *,
         end_trigger: bool = False,
+        asset_events: Sequence[AssetEventRecord] = (),
     ) -> None:
         """Group-committed: a TI's terminal row, its XComs (replacing older ones of the TI),
-        optionally its run's row and, with `end_trigger`, the deletion of its trigger row
-        (a resumed deferral is over), all in one transaction."""
+        optionally its run's row, with `end_trigger` the deletion of its trigger row
+        (a resumed deferral is over), and its outlets' `asset_events` (their `id` is
+        ignored), each queued for the DAGs that consume its asset, all in one
+        transaction."""
 
     async def finish_tis(
         self,
@@ -270,8 +281,65 @@ class Store(abc.ABC):
         """Store an event for `key` (committed on return); returns its id."""
 
     @abc.abstractmethod
-    async def first_webhook(self, key: str) -> tuple[int, Any] | None:
-        """The oldest event delivered for `key`, as (id, payload)."""
+    async def first_webhook(self, key: str, after_id: int = 0) -> tuple[int, Any] | None:
+        """The oldest event delivered for `key` (with an id above `after_id`), as
+        (id, payload)."""
+
+    # -- assets ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def record_asset_events(self, events: Sequence[AssetEventRecord]) -> list[int]:
+        """Record asset events (not from a task: e.g. by hand), each queued for the DAGs
+        that consume its asset, in one transaction; returns their ids."""
+
+    @abc.abstractmethod
+    async def list_asset_events(
+        self, uri: str | None = None, limit: int = 100
+    ) -> list[AssetEventRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def queued_asset_events(
+        self, dag_ids: Iterable[str] | None = None
+    ) -> dict[str, list[AssetEventRecord]]:
+        """Events queued for each DAG (of `dag_ids`, if given) and not yet consumed by a
+        run, oldest first. DAGs without any are left out."""
+
+    @abc.abstractmethod
+    async def create_asset_run(self, run: DagRunRecord, event_ids: Sequence[int]) -> bool:
+        """In one transaction: consume the queued events `event_ids` of the run's DAG and
+        create the run. False, and nothing changes, when any of them is no longer queued
+        (another scheduler consumed it first). RunAlreadyExists if the run id is taken."""
+
+    @abc.abstractmethod
+    async def asset_events_of_run(self, dag_id: str, run_id: str) -> list[AssetEventRecord]:
+        """The events an asset-triggered run consumed, oldest first."""
+
+    @abc.abstractmethod
+    async def list_asset_watchers(self) -> list[AssetWatcherRecord]: ...
+
+    @abc.abstractmethod
+    async def claim_asset_watchers(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[AssetWatcherRecord]:
+        """Take watchers that still wait for events and have no live owner (none, or one
+        whose trigger lease expired); the owner's lease is its trigger lease
+        (`renew_trigger_leases`, `release_triggers` cover both)."""
+
+    @abc.abstractmethod
+    async def owned_asset_watchers(self, owner: str) -> dict[int, int]:
+        """{watcher id: version} of the watchers `owner` holds and that still wait."""
+
+    @abc.abstractmethod
+    async def fire_asset_watcher(
+        self,
+        watcher: AssetWatcherRecord,
+        version: int,
+        event: AssetEventRecord,
+        next_kwargs: dict[str, Any] | None,
+    ) -> bool:
+        """In one transaction: record the watcher's event (queued for its consumers) and
+        store the trigger kwargs of its next wait (None: it is done). Only while the row
+        is still that `version`, owned by `watcher.owner`; else nothing and False."""
 
     # -- processes (heartbeats) ---------------------------------------------------
     @abc.abstractmethod

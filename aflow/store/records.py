@@ -43,6 +43,9 @@ class DagRunRecord:
     owner: str | None = None
     lease_until: datetime | None = None
     note: str | None = None
+    # An asset-triggered (`event`) run: the events it consumed, oldest first. Not a column:
+    # the run driver reads them from the asset queue when it adopts the run.
+    triggering_asset_events: tuple[AssetEventRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +162,37 @@ class TriggerRecord:
     @property
     def ti_key(self) -> tuple[str, str, str, int]:
         return (self.dag_id, self.run_id, self.task_id, self.map_index)
+
+
+@dataclass(frozen=True, slots=True)
+class AssetEventRecord:
+    """One update of an asset. A task's event names its source task (`source_*`); an
+    AssetWatcher's names the watcher (`source_watcher`) and carries the trigger's
+    payload in `extra`."""
+
+    id: int
+    uri: str
+    timestamp: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+    source_dag_id: str | None = None
+    source_run_id: str | None = None
+    source_task_id: str | None = None
+    source_map_index: int = -1
+    source_watcher: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetWatcherRecord:
+    """An AssetWatcher as recorded from its DAG: the trigger to run for the asset. `kwargs`
+    are the trigger's kwargs for its NEXT wait (they move on with each event, see
+    triggers.base.BaseTrigger.next_watch); `initial_kwargs` are the DAG file's."""
+
+    uri: str
+    name: str
+    dag_id: str
+    classpath: str
+    initial_kwargs: dict[str, Any]
+    kwargs: dict[str, Any] | None  # None: a one-shot trigger that has fired (done)
+    owner: str | None = None
+    id: int | None = None
+    version: int = 1

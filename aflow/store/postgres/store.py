@@ -64,6 +64,7 @@ import asyncpg
 
 from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, TaskState
+from aflow.store.asset_rows import consumed_uris, watcher_key, watcher_rows
 from aflow.store.base import (
     BY_HAND_CLASSPATH,
     BY_HAND_EVENT,
@@ -79,6 +80,8 @@ from aflow.store.postgres.commit import PipelinedCommitter
 from aflow.store.postgres.migrate import migrate
 from aflow.store.postgres.url import PostgresTarget, parse_postgres_url, quote_ident
 from aflow.store.records import (
+    AssetEventRecord,
+    AssetWatcherRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
@@ -136,6 +139,87 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 _NOTIFY = "SELECT pg_notify($1, $2)"
+
+# One statement records an asset event, queues it for every DAG that consumes its asset
+# and notifies the assets channel ($9; delivered at COMMIT, equal ones merged). The source
+# TI's key leads its parameters, as in every TI statement, so the group committer knows
+# the rows it touches (a separate NOTIFY statement would make the op run alone).
+_INSERT_ASSET_EVENT = (
+    "WITH e AS (INSERT INTO asset_event (source_dag_id, source_run_id, source_task_id, "
+    "source_map_index, uri, extra, source_watcher, created_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, uri), "
+    "q AS (INSERT INTO asset_queue (dag_id, event_id, uri) "
+    "SELECT c.dag_id, e.id, e.uri FROM e JOIN asset_consumer c ON c.uri = e.uri) "
+    "SELECT e.id FROM e, LATERAL (SELECT pg_notify($9, '')) AS n"
+)
+_ASSET_EVENT_COLS = (
+    "e.id, e.uri, e.created_at, e.extra, e.source_dag_id, e.source_run_id, e.source_task_id, "
+    "e.source_map_index, e.source_watcher"
+)
+_WATCHER_COLS = "uri, name, dag_id, classpath, initial_kwargs, kwargs, owner, id, version"
+_SAME_WATCHER = (
+    "asset_watcher.classpath = excluded.classpath "
+    "AND asset_watcher.initial_kwargs = excluded.initial_kwargs"
+)
+_UPSERT_WATCHER = (
+    "INSERT INTO asset_watcher (uri, name, dag_id, classpath, initial_kwargs, kwargs) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (uri, name) DO UPDATE SET "
+    "dag_id = excluded.dag_id, "
+    # an unchanged definition keeps its position (kwargs), owner and version
+    f"kwargs = CASE WHEN {_SAME_WATCHER} THEN asset_watcher.kwargs ELSE excluded.kwargs END, "
+    f"owner = CASE WHEN {_SAME_WATCHER} THEN asset_watcher.owner ELSE NULL END, "
+    f"version = CASE WHEN {_SAME_WATCHER} THEN asset_watcher.version "
+    "ELSE asset_watcher.version + 1 END, "
+    "classpath = excluded.classpath, initial_kwargs = excluded.initial_kwargs"
+)
+
+
+def _asset_event_row(e: AssetEventRecord, channel: str) -> tuple[Any, ...]:
+    return (
+        e.source_dag_id, e.source_run_id, e.source_task_id, e.source_map_index, e.uri,
+        json_out(e.extra), e.source_watcher, enc.aware(e.timestamp), channel,
+    )
+
+
+def _asset_event_from(r: Sequence[Any]) -> AssetEventRecord:
+    return AssetEventRecord(
+        id=r[0], uri=r[1], timestamp=r[2], extra=json_in(r[3]) or {},
+        source_dag_id=r[4], source_run_id=r[5], source_task_id=r[6], source_map_index=r[7],
+        source_watcher=r[8],
+    )
+
+
+def _watcher_from(r: Sequence[Any]) -> AssetWatcherRecord:
+    return AssetWatcherRecord(
+        uri=r[0], name=r[1], dag_id=r[2], classpath=r[3], initial_kwargs=json_in(r[4]),
+        kwargs=json_in(r[5]), owner=r[6], id=r[7], version=r[8],
+    )
+
+
+def _asset_rows_op(dags: Sequence[DagRecord]) -> Op:
+    """Statements that record what the DAGs consume and the watchers they define."""
+    consumers = [(d.dag_id, uri) for d in dags for uri in consumed_uris(d.structure)]
+    watchers = [row for d in dags for row in watcher_rows(d.dag_id, d.structure)]
+    op: Op = [("DELETE FROM asset_consumer WHERE dag_id=$1", [(d.dag_id,) for d in dags])]
+    if consumers:
+        op.append((
+            "INSERT INTO asset_consumer (dag_id, uri) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            consumers,
+        ))
+    op.append((
+        "DELETE FROM asset_watcher WHERE dag_id=$1 AND NOT (uri || chr(10) || name = ANY($2::text[]))",
+        [
+            (d.dag_id, [watcher_key(r[0], r[1]) for r in watcher_rows(d.dag_id, d.structure)])
+            for d in dags
+        ],
+    ))
+    if watchers:
+        op.append((_UPSERT_WATCHER, [(*row, row[4]) for row in watchers]))
+    return op
+
+
+class _Taken(Exception):
+    """Rolls back a transaction whose rows another process changed first."""
 _MAX_CHANNEL_BYTES = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 
 
@@ -198,6 +282,7 @@ _KEYS_OF_ROW: dict[str, Callable[[Sequence[Any]], Hashable]] = {
     enc.DELETE_TI_TRIGGER: _TI_KEY,
     enc.INSERT_TRIGGER: operator.itemgetter(4, 5, 6, 7),
     enc.UPDATE_RUN: operator.itemgetter(5, 6),
+    _INSERT_ASSET_EVENT: _TI_KEY,
 }
 
 
@@ -552,7 +637,9 @@ class PostgresStore(Store):
                     "ON CONFLICT (dag_id) DO UPDATE SET fileloc=excluded.fileloc, "
                     "structure=excluded.structure, is_active=TRUE, updated_at=excluded.updated_at",
                     rows,
-                )
+                ),
+                *_asset_rows_op(dags),
+                (_NOTIFY, [(self.channel_name(self.WATCHERS_CHANNEL), "")]),
             ]
         )
 
@@ -567,8 +654,13 @@ class PostgresStore(Store):
         await self._write([("UPDATE dag SET is_paused=$1 WHERE dag_id=$2", [(paused, dag_id)])])
 
     async def deactivate_dags(self, keep: Iterable[str]) -> None:
+        keep_list = list(keep)
         await self._write(
-            [("UPDATE dag SET is_active = (dag_id = ANY($1::text[]))", [(list(keep),)])]
+            [
+                ("UPDATE dag SET is_active = (dag_id = ANY($1::text[]))", [(keep_list,)]),
+                ("DELETE FROM asset_consumer WHERE NOT (dag_id = ANY($1::text[]))", [(keep_list,)]),
+                ("DELETE FROM asset_watcher WHERE NOT (dag_id = ANY($1::text[]))", [(keep_list,)]),
+            ]
         )
 
     async def replace_import_errors(
@@ -764,6 +856,7 @@ class PostgresStore(Store):
         run: DagRunRecord | None = None,
         *,
         end_trigger: bool = False,
+        asset_events: Sequence[AssetEventRecord] = (),
     ) -> None:
         op: Op = [(enc.UPSERT_TI, [enc.ti_row(ti)])]
         if xcoms:
@@ -782,6 +875,9 @@ class PostgresStore(Store):
         if end_trigger:
             key = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
             op.append((enc.DELETE_TI_TRIGGER, [key]))
+        if asset_events:
+            channel = self.channel_name(self.ASSETS_CHANNEL)
+            op.append((_INSERT_ASSET_EVENT, [_asset_event_row(e, channel) for e in asset_events]))
         await self._write(op)
 
     async def finish_tis(
@@ -1034,6 +1130,7 @@ class PostgresStore(Store):
             await self._write(
                 [
                     ("UPDATE trigger SET owner=NULL WHERE owner=$1", [(owner,)]),
+                    ("UPDATE asset_watcher SET owner=NULL WHERE owner=$1", [(owner,)]),
                     ("DELETE FROM trigger_lease WHERE owner=$1", [(owner,)]),
                 ]
             )
@@ -1110,11 +1207,164 @@ class PostgresStore(Store):
 
         return await self._transaction(run)
 
-    async def first_webhook(self, key: str) -> tuple[int, Any] | None:
+    async def first_webhook(self, key: str, after_id: int = 0) -> tuple[int, Any] | None:
         rows = await self._read(
-            "SELECT id, payload FROM webhook_event WHERE key=$1 ORDER BY id LIMIT 1", key
+            "SELECT id, payload FROM webhook_event WHERE key=$1 AND id>$2 ORDER BY id LIMIT 1",
+            key,
+            after_id,
         )
         return (int(rows[0][0]), json_in(rows[0][1])) if rows else None
+
+    # -- assets --------------------------------------------------------------------------
+    async def record_asset_events(self, events: Sequence[AssetEventRecord]) -> list[int]:
+        channel = self.channel_name(self.ASSETS_CHANNEL)
+        rows = [_asset_event_row(e, channel) for e in events]
+
+        async def run_tx(conn: asyncpg.Connection) -> list[int]:
+            return [int(await conn.fetchval(_INSERT_ASSET_EVENT, *row)) for row in rows]
+
+        return await self._transaction(run_tx)
+
+    async def list_asset_events(
+        self, uri: str | None = None, limit: int = 100
+    ) -> list[AssetEventRecord]:
+        if uri is None:
+            rows = await self._read(
+                f"SELECT {_ASSET_EVENT_COLS} FROM asset_event e ORDER BY e.id DESC LIMIT $1", limit
+            )
+        else:
+            rows = await self._read(
+                f"SELECT {_ASSET_EVENT_COLS} FROM asset_event e WHERE e.uri=$1 "
+                "ORDER BY e.id DESC LIMIT $2",
+                uri,
+                limit,
+            )
+        return [_asset_event_from(r) for r in rows]
+
+    async def queued_asset_events(
+        self, dag_ids: Iterable[str] | None = None
+    ) -> dict[str, list[AssetEventRecord]]:
+        sql = (
+            f"SELECT q.dag_id, {_ASSET_EVENT_COLS} FROM asset_queue q "
+            "JOIN asset_event e ON e.id = q.event_id WHERE q.run_id IS NULL"
+        )
+        params: list[Any] = []
+        if dag_ids is not None:
+            sql += " AND q.dag_id = ANY($1::text[])"
+            params.append(sorted(dag_ids))
+        out: dict[str, list[AssetEventRecord]] = {}
+        for r in await self._read(sql + " ORDER BY q.dag_id, e.id", *params):
+            out.setdefault(r[0], []).append(_asset_event_from(list(r)[1:]))
+        return out
+
+    async def create_asset_run(self, run: DagRunRecord, event_ids: Sequence[int]) -> bool:
+        run_row = enc.run_row(run)
+        ids = list(event_ids)
+        runs_channel = self.channel_name(self.RUNS_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> None:
+            # Row locks: a second consumer of the same rows waits for the first one's
+            # COMMIT, then finds them consumed (run_id set) and updates fewer.
+            n = _rowcount(
+                await conn.execute(
+                    "UPDATE asset_queue SET run_id=$1 WHERE dag_id=$2 "
+                    "AND event_id = ANY($3::bigint[]) AND run_id IS NULL",
+                    run.run_id,
+                    run.dag_id,
+                    ids,
+                )
+            )
+            if n != len(set(ids)):
+                raise _Taken
+            await conn.execute(enc.INSERT_RUN, *run_row)
+            if run.owner is None:
+                await conn.execute(_NOTIFY, runs_channel, "")
+
+        try:
+            await self._transaction(run_tx)
+        except _Taken:
+            return False
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, asyncpg.UniqueViolationError) and cause.table_name == "dag_run":
+                raise RunAlreadyExists(
+                    f"DAG {run.dag_id!r} already has a run {run.run_id!r}"
+                ) from cause
+            raise
+        return True
+
+    async def asset_events_of_run(self, dag_id: str, run_id: str) -> list[AssetEventRecord]:
+        rows = await self._read(
+            f"SELECT {_ASSET_EVENT_COLS} FROM asset_queue q JOIN asset_event e "
+            "ON e.id = q.event_id WHERE q.dag_id=$1 AND q.run_id=$2 ORDER BY e.id",
+            dag_id,
+            run_id,
+        )
+        return [_asset_event_from(r) for r in rows]
+
+    async def list_asset_watchers(self) -> list[AssetWatcherRecord]:
+        rows = await self._read(f"SELECT {_WATCHER_COLS} FROM asset_watcher ORDER BY id")
+        return [_watcher_from(r) for r in rows]
+
+    async def claim_asset_watchers(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[AssetWatcherRecord]:
+        claim = (
+            "WITH picked AS (SELECT id AS p_id FROM asset_watcher w WHERE kwargs IS NOT NULL "
+            "AND (owner IS NULL OR (owner <> $3 AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
+            "WHERE l.owner = w.owner AND l.lease_until >= $1))) "
+            "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE asset_watcher SET owner=$3 FROM picked WHERE id=p_id RETURNING {_WATCHER_COLS}"
+        )
+        params = (enc.aware(now), limit, owner)
+        until = enc.aware(lease_until)
+
+        async def run_tx(conn: asyncpg.Connection) -> list[Any]:
+            rows = list(await conn.fetch(claim, *params))
+            if rows:
+                await conn.execute(
+                    "INSERT INTO trigger_lease (owner, lease_until) VALUES ($1, $2) "
+                    "ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                    owner,
+                    until,
+                )
+            return rows
+
+        rows = await self._transaction(run_tx)
+        return sorted((_watcher_from(r) for r in rows), key=lambda w: w.id or 0)
+
+    async def owned_asset_watchers(self, owner: str) -> dict[int, int]:
+        rows = await self._read(
+            "SELECT id, version FROM asset_watcher WHERE owner=$1 AND kwargs IS NOT NULL", owner
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    async def fire_asset_watcher(
+        self,
+        watcher: AssetWatcherRecord,
+        version: int,
+        event: AssetEventRecord,
+        next_kwargs: dict[str, Any] | None,
+    ) -> bool:
+        row = _asset_event_row(event, self.channel_name(self.ASSETS_CHANNEL))
+        after = None if next_kwargs is None else json_out(next_kwargs)
+
+        async def run_tx(conn: asyncpg.Connection) -> bool:
+            n = _rowcount(
+                await conn.execute(
+                    "UPDATE asset_watcher SET kwargs=$1 WHERE id=$2 AND version=$3 AND owner=$4",
+                    after,
+                    watcher.id,
+                    version,
+                    watcher.owner,
+                )
+            )
+            if n == 0:
+                return False
+            await conn.fetchval(_INSERT_ASSET_EVENT, *row)
+            return True
+
+        return await self._transaction(run_tx)
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:

@@ -26,6 +26,7 @@ import anyio
 
 from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
 from aflow.states import DagRunState, RunType, TaskState
+from aflow.store.asset_rows import consumed_uris, watcher_key, watcher_rows
 from aflow.store.base import (
     BY_HAND_CLASSPATH,
     BY_HAND_EVENT,
@@ -37,6 +38,8 @@ from aflow.store.base import (
 from aflow.store.codec import dt_in, dt_out, json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
 from aflow.store.records import (
+    AssetEventRecord,
+    AssetWatcherRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
@@ -88,6 +91,57 @@ _DELETE_TI_TRIGGER = (
     "DELETE FROM trigger WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=?"
 )
 _DELETE_TI_XCOMS = "DELETE FROM xcom WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=?"
+# The source TI's key leads (as in every TI statement); the event is queued by the
+# `asset_event_queued` trigger for every DAG that consumes its asset.
+_INSERT_ASSET_EVENT = (
+    "INSERT INTO asset_event (source_dag_id, source_run_id, source_task_id, source_map_index, "
+    "uri, extra, source_watcher, created_at) VALUES (?,?,?,?,?,?,?,?)"
+)
+_ASSET_EVENT_COLS = (
+    "e.id, e.uri, e.created_at, e.extra, e.source_dag_id, e.source_run_id, e.source_task_id, "
+    "e.source_map_index, e.source_watcher"
+)
+_WATCHER_COLS = "uri, name, dag_id, classpath, initial_kwargs, kwargs, owner, id, version"
+_UPSERT_WATCHER = (
+    "INSERT INTO asset_watcher (uri, name, dag_id, classpath, initial_kwargs, kwargs) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uri, name) DO UPDATE SET dag_id=excluded.dag_id, "
+    # an unchanged definition keeps its position (kwargs), owner and version
+    "kwargs = CASE WHEN classpath=excluded.classpath AND initial_kwargs=excluded.initial_kwargs "
+    "THEN kwargs ELSE excluded.kwargs END, "
+    "owner = CASE WHEN classpath=excluded.classpath AND initial_kwargs=excluded.initial_kwargs "
+    "THEN owner ELSE NULL END, "
+    "version = CASE WHEN classpath=excluded.classpath AND initial_kwargs=excluded.initial_kwargs "
+    "THEN version ELSE version + 1 END, "
+    "classpath=excluded.classpath, initial_kwargs=excluded.initial_kwargs"
+)
+
+
+def _asset_event_row(e: AssetEventRecord) -> tuple[Any, ...]:
+    return (
+        e.source_dag_id, e.source_run_id, e.source_task_id, e.source_map_index, e.uri,
+        json_out(e.extra), e.source_watcher, dt_out(e.timestamp),
+    )
+
+
+def _asset_event_from(r: Sequence[Any]) -> AssetEventRecord:
+    return AssetEventRecord(
+        id=r[0], uri=r[1], timestamp=dt_in(r[2]), extra=json_in(r[3]) or {},  # type: ignore[arg-type]
+        source_dag_id=r[4], source_run_id=r[5], source_task_id=r[6], source_map_index=r[7],
+        source_watcher=r[8],
+    )
+
+
+def _watcher_from(r: Sequence[Any]) -> AssetWatcherRecord:
+    return AssetWatcherRecord(
+        uri=r[0], name=r[1], dag_id=r[2], classpath=r[3], initial_kwargs=json_in(r[4]),
+        kwargs=json_in(r[5]), owner=r[6], id=r[7], version=r[8],
+    )
+
+
+class _Taken(Exception):
+    """Rolls back a transaction whose rows another process changed first."""
+
+
 _INSERT_XCOM = "INSERT INTO xcom (dag_id, run_id, task_id, map_index, key, value) VALUES (?,?,?,?,?,?)"
 
 
@@ -466,7 +520,8 @@ class SqliteStore(Store):
                     "fileloc=excluded.fileloc, structure=excluded.structure, is_active=1, "
                     "updated_at=excluded.updated_at",
                     rows,
-                )
+                ),
+                *_asset_rows_op(dags),
             ]
         )
 
@@ -489,14 +544,21 @@ class SqliteStore(Store):
         await self._write([("UPDATE dag SET is_paused=? WHERE dag_id=?", [(int(paused), dag_id)])])
 
     async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        keep_list = list(keep)
-
+        keep_json = json_out(list(keep))
         await self._write(
             [
                 (
                     "UPDATE dag SET is_active = (dag_id IN (SELECT value FROM json_each(?)))",
-                    [(json_out(keep_list),)],
-                )
+                    [(keep_json,)],
+                ),
+                (
+                    "DELETE FROM asset_consumer WHERE dag_id NOT IN (SELECT value FROM json_each(?))",
+                    [(keep_json,)],
+                ),
+                (
+                    "DELETE FROM asset_watcher WHERE dag_id NOT IN (SELECT value FROM json_each(?))",
+                    [(keep_json,)],
+                ),
             ]
         )
 
@@ -680,10 +742,13 @@ class SqliteStore(Store):
         run: DagRunRecord | None = None,
         *,
         end_trigger: bool = False,
+        asset_events: Sequence[AssetEventRecord] = (),
     ) -> None:
         op = _finish_op([(ti, xcoms)], end_trigger)
         if run is not None:
             op.append((_UPDATE_RUN, [_run_update_row(run)]))
+        if asset_events:
+            op.append((_INSERT_ASSET_EVENT, [_asset_event_row(e) for e in asset_events]))
         await self._write(op)
 
     async def finish_tis(
@@ -898,6 +963,7 @@ class SqliteStore(Store):
             await self._write(
                 [
                     ("UPDATE trigger SET owner=NULL WHERE owner=?", [(owner,)]),
+                    ("UPDATE asset_watcher SET owner=NULL WHERE owner=?", [(owner,)]),
                     ("DELETE FROM trigger_lease WHERE owner=?", [(owner,)]),
                 ]
             )
@@ -969,11 +1035,143 @@ class SqliteStore(Store):
             )
         )
 
-    async def first_webhook(self, key: str) -> tuple[int, Any] | None:
+    async def first_webhook(self, key: str, after_id: int = 0) -> tuple[int, Any] | None:
         rows = await self._read(
-            "SELECT id, payload FROM webhook_event WHERE key=? ORDER BY id LIMIT 1", (key,)
+            "SELECT id, payload FROM webhook_event WHERE key=? AND id>? ORDER BY id LIMIT 1",
+            (key, after_id),
         )
         return (int(rows[0][0]), json_in(rows[0][1])) if rows else None
+
+    # -- assets --------------------------------------------------------------------------
+    async def record_asset_events(self, events: Sequence[AssetEventRecord]) -> list[int]:
+        rows = [_asset_event_row(e) for e in events]
+
+        def run_tx(conn: sqlite3.Connection) -> list[int]:
+            return [int(conn.execute(_INSERT_ASSET_EVENT, row).lastrowid or 0) for row in rows]
+
+        return await self._transaction(run_tx)
+
+    async def list_asset_events(
+        self, uri: str | None = None, limit: int = 100
+    ) -> list[AssetEventRecord]:
+        sql = f"SELECT {_ASSET_EVENT_COLS} FROM asset_event e"
+        params: list[Any] = []
+        if uri is not None:
+            sql += " WHERE e.uri=?"
+            params.append(uri)
+        rows = await self._read(sql + " ORDER BY e.id DESC LIMIT ?", [*params, limit])
+        return [_asset_event_from(r) for r in rows]
+
+    async def queued_asset_events(
+        self, dag_ids: Iterable[str] | None = None
+    ) -> dict[str, list[AssetEventRecord]]:
+        sql = (
+            f"SELECT q.dag_id, {_ASSET_EVENT_COLS} FROM asset_queue q "
+            "JOIN asset_event e ON e.id = q.event_id WHERE q.run_id IS NULL"
+        )
+        params: list[Any] = []
+        if dag_ids is not None:
+            sql += " AND q.dag_id IN (SELECT value FROM json_each(?))"
+            params.append(json_out(sorted(dag_ids)))
+        out: dict[str, list[AssetEventRecord]] = {}
+        for r in await self._read(sql + " ORDER BY q.dag_id, e.id", params):
+            out.setdefault(r[0], []).append(_asset_event_from(r[1:]))
+        return out
+
+    async def create_asset_run(self, run: DagRunRecord, event_ids: Sequence[int]) -> bool:
+        run_row = _run_row(run)
+        consume = [(run.run_id, run.dag_id, i) for i in event_ids]
+
+        def run_tx(conn: sqlite3.Connection) -> None:
+            n = conn.executemany(
+                "UPDATE asset_queue SET run_id=? WHERE dag_id=? AND event_id=? AND run_id IS NULL",
+                consume,
+            ).rowcount
+            if n != len(consume):
+                raise _Taken
+            conn.execute(f"INSERT INTO dag_run ({_RUN_COLS}) VALUES ({', '.join('?' * 15)})", run_row)
+
+        try:
+            await self._transaction(run_tx)
+        except _Taken:
+            return False
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError) and "dag_run" in str(exc.__cause__):
+                raise RunAlreadyExists(
+                    f"DAG {run.dag_id!r} already has a run {run.run_id!r}"
+                ) from exc.__cause__
+            raise
+        return True
+
+    async def asset_events_of_run(self, dag_id: str, run_id: str) -> list[AssetEventRecord]:
+        rows = await self._read(
+            f"SELECT {_ASSET_EVENT_COLS} FROM asset_queue q JOIN asset_event e "
+            "ON e.id = q.event_id WHERE q.dag_id=? AND q.run_id=? ORDER BY e.id",
+            (dag_id, run_id),
+        )
+        return [_asset_event_from(r) for r in rows]
+
+    async def list_asset_watchers(self) -> list[AssetWatcherRecord]:
+        rows = await self._read(f"SELECT {_WATCHER_COLS} FROM asset_watcher ORDER BY id")
+        return [_watcher_from(r) for r in rows]
+
+    async def claim_asset_watchers(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[AssetWatcherRecord]:
+        now_s, until_s = dt_out(now), dt_out(lease_until)
+        claimable = (
+            f"SELECT {_WATCHER_COLS} FROM asset_watcher w WHERE kwargs IS NOT NULL AND "
+            "(owner IS NULL OR (owner != ? AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
+            "WHERE l.owner = w.owner AND l.lease_until >= ?))) ORDER BY id LIMIT ?"
+        )
+        # Asked every second by every triggerer: take the write lock only when there is
+        # something to claim.
+        if not await self._read(claimable, (owner, now_s, 1)):
+            return []
+
+        def run_tx(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(claimable, (owner, now_s, limit)).fetchall()
+            if rows:
+                conn.execute(
+                    "INSERT INTO trigger_lease (owner, lease_until) VALUES (?, ?) "
+                    "ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                    (owner, until_s),
+                )
+                conn.executemany(
+                    "UPDATE asset_watcher SET owner=? WHERE id=?", [(owner, r[7]) for r in rows]
+                )
+            return rows
+
+        rows = await self._transaction(run_tx)
+        return [dataclasses.replace(_watcher_from(r), owner=owner) for r in rows]
+
+    async def owned_asset_watchers(self, owner: str) -> dict[int, int]:
+        rows = await self._read(
+            "SELECT id, version FROM asset_watcher WHERE owner=? AND kwargs IS NOT NULL", (owner,)
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    async def fire_asset_watcher(
+        self,
+        watcher: AssetWatcherRecord,
+        version: int,
+        event: AssetEventRecord,
+        next_kwargs: dict[str, Any] | None,
+    ) -> bool:
+        row = _asset_event_row(event)
+        after = None if next_kwargs is None else json_out(next_kwargs)
+
+        def run_tx(conn: sqlite3.Connection) -> bool:
+            n = conn.execute(
+                "UPDATE asset_watcher SET kwargs=? WHERE id=? AND version=? AND owner=?",
+                (after, watcher.id, version, watcher.owner),
+            ).rowcount
+            if n == 0:
+                return False
+            conn.execute(_INSERT_ASSET_EVENT, row)
+            return True
+
+        return await self._transaction(run_tx)
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:
@@ -1015,6 +1213,26 @@ class SqliteStore(Store):
             ProcessRecord(r[0], r[1], r[2], r[3], dt_in(r[4]), dt_in(r[5]))  # type: ignore[arg-type]
             for r in rows
         ]
+
+
+def _asset_rows_op(dags: Sequence[DagRecord]) -> Op:
+    """Statements that record what the DAGs consume and the watchers they define."""
+    consumers = [(d.dag_id, uri) for d in dags for uri in consumed_uris(d.structure)]
+    watchers = [row for d in dags for row in watcher_rows(d.dag_id, d.structure)]
+    op: Op = [("DELETE FROM asset_consumer WHERE dag_id=?", [(d.dag_id,) for d in dags])]
+    if consumers:
+        op.append(("INSERT OR IGNORE INTO asset_consumer (dag_id, uri) VALUES (?, ?)", consumers))
+    op.append((
+        "DELETE FROM asset_watcher WHERE dag_id=? AND uri || char(10) || name NOT IN "
+        "(SELECT value FROM json_each(?))",
+        [
+            (d.dag_id, json_out([watcher_key(r[0], r[1]) for r in watcher_rows(d.dag_id, d.structure)]))
+            for d in dags
+        ],
+    ))
+    if watchers:
+        op.append((_UPSERT_WATCHER, [(*row, row[4]) for row in watchers]))
+    return op
 
 
 def _trigger_from(r: Sequence[Any]) -> TriggerRecord:

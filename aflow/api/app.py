@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from aiohttp import web
 
 from aflow.api import v1
 from aflow.api.errors import error_middleware
-from aflow.api.metrics import METRICS, Metrics, metrics_page
+from aflow.api.metrics import METRICS, Metrics, metrics_page, watch_loop_lag
 from aflow.api.registry import MAX_BODY_BYTES
 from aflow.orchestrator import Orchestrator
 
@@ -29,6 +28,7 @@ def create_app(orchestrator: Orchestrator) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[v1.ORCHESTRATOR] = orchestrator
     app[METRICS] = Metrics(orchestrator)
+    app.cleanup_ctx.append(watch_loop_lag)
     app.router.add_get("/metrics", metrics_page)
     v1.api.add_to(app)
     add_pages(app)
@@ -37,19 +37,19 @@ def create_app(orchestrator: Orchestrator) -> web.Application:
 
 @asynccontextmanager
 async def serve_api(
-    orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 0
+    orchestrator: Orchestrator, *, host: str = "127.0.0.1", port: int = 0,
+    app: web.Application | None = None,
 ) -> AsyncIterator[str]:
-    """Serve the app on `host:port` (0: any free port) until left; yields its base URL."""
-    app = create_app(orchestrator)
+    """Serve the app (`create_app(orchestrator)` unless given) on `host:port` (0: any
+    free port) until left; yields its base URL."""
+    app = app if app is not None else create_app(orchestrator)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(app[METRICS].watch_loop_lag)
-            site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
-            await site.start()
-            bound = runner.addresses[0][1]
-            yield f"http://{host}:{bound}"
-            tg.cancel_scope.cancel()
+        site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
+        await site.start()
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        yield f"http://{shown}:{bound}"  # (no task group around the caller's block)
     finally:
         await runner.cleanup()

@@ -8,8 +8,10 @@ orchestrators in one process (tests, embedding) never mix their figures.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -89,6 +91,15 @@ class Metrics:
 
 
 METRICS = web.AppKey("aflow_metrics", Metrics)
+
+
+async def watch_loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """The app's cleanup context: sample the loop's lag while the app is up."""
+    task = asyncio.get_running_loop().create_task(app[METRICS].watch_loop_lag())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def metrics_page(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from aflow.states import DagRunState, RunType, TaskState
 
@@ -74,7 +74,8 @@ class DagPatch(Input):
 # -- runs ---------------------------------------------------------------------------------
 class RunQuery(Page):
     state: list[DagRunState] | None = Field(None, description="runs in any of these states")
-    logical_date: datetime | None = Field(None, description="runs of exactly this logical date")
+    logical_date: AwareDatetime | None = Field(
+        None, description="runs of exactly this logical date (with an offset or Z)")
 
 
 class DagRun(BaseModel):
@@ -100,7 +101,7 @@ class DagRunCollection(BaseModel):
 class DagRunCreate(Input):
     conf: dict[str, Any] = Field(default_factory=dict, description="validated by the DAG's params")
     dag_run_id: str | None = Field(None, min_length=1, max_length=250)
-    logical_date: datetime | None = Field(None, description="aware (with an offset or Z)")
+    logical_date: AwareDatetime | None = Field(None, description="with an offset or Z")
 
 
 # -- task instances -------------------------------------------------------------------------

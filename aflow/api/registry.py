@@ -44,6 +44,7 @@ class Route:
     headers: tuple[tuple[str, str], ...]  # request headers it reads: (name, description)
     raw_body: bool  # the handler reads the body itself (a signed webhook's raw bytes)
     also: tuple[tuple[int, str], ...]  # other answers it gives: (status, description)
+    same_body: tuple[int, ...]  # statuses (e.g. health's 503) whose body is `response`
 
 
 class ErrorBody(BaseModel):
@@ -71,6 +72,8 @@ class Registry:
         self.title = title
         self.version = version
         self.routes: list[Route] = []
+        self._doc: dict[str, Any] | None = None
+        self._doc_routes = 0
 
     def route(
         self,
@@ -87,6 +90,7 @@ class Registry:
         headers: tuple[tuple[str, str], ...] = (),
         raw_body: bool = False,
         also: tuple[tuple[int, str], ...] = (),
+        same_body: tuple[int, ...] = (),
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Declare a route. The handler is called as `handler(request, **path_params,
         query=..., body=...)` (the last two only when declared) and returns a model of
@@ -95,7 +99,7 @@ class Registry:
         def add(handler: HandlerFn) -> HandlerFn:
             self.routes.append(
                 Route(method.upper(), path, handler, handler.__name__, summary, tag, query,
-                      body, response, status, content_type, headers, raw_body, also)
+                      body, response, status, content_type, headers, raw_body, also, same_body)
             )
             return handler
 
@@ -112,6 +116,11 @@ class Registry:
             if route.query is not None:
                 kwargs["query"] = _validate(route.query, _query_data(route.query, request), "query")
             if route.body is not None:
+                # JSON only: a form or text/plain POST is what another site's page can send
+                # without asking the browser first (CORS), so it never reaches a handler
+                if request.content_type != "application/json":
+                    raise ApiError(415, "unsupported_media_type",
+                                   "send the body as JSON, with Content-Type: application/json")
                 kwargs["body"] = _validate(route.body, parse_json(await read_body(request)), "body")
             result = await route.handler(request, **kwargs)
             if isinstance(result, web.StreamResponse):
@@ -126,6 +135,13 @@ class Registry:
 
     # -- documenting -------------------------------------------------------------------------
     def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document (built once: the routes do not change once declared)."""
+        if self._doc is None or self._doc_routes != len(self.routes):
+            self._doc = self._build_openapi()
+            self._doc_routes = len(self.routes)
+        return self._doc
+
+    def _build_openapi(self) -> dict[str, Any]:
         models: set[type[BaseModel]] = {ErrorResponse}
         for r in self.routes:
             models.update(m for m in (r.body, r.response) if m is not None)
@@ -146,7 +162,7 @@ class Registry:
                 "operationId": r.operation_id,
                 "summary": r.summary,
                 "tags": [r.tag],
-                "parameters": self._parameters(r),
+                "parameters": self._parameters(r, schemas),
                 "responses": self._responses(r, ref_of),
             }
             if r.body is not None:
@@ -165,13 +181,15 @@ class Registry:
             "components": {"schemas": schemas},
         }
 
-    def _parameters(self, r: Route) -> list[dict[str, Any]]:
+    def _parameters(self, r: Route, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+        """Path, query and header parameters; models a query refers to join `schemas`."""
         params: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _PATH_PARAM.findall(r.path)
         ]
         if r.query is not None:
-            schema = r.query.model_json_schema()
+            schema = r.query.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.get("$defs", {}))
             required = set(schema.get("required", []))
             for name, prop in schema.get("properties", {}).items():
                 prop = {k: v for k, v in prop.items() if k != "title"}
@@ -200,9 +218,15 @@ class Registry:
         if r.body is not None or r.query is not None or r.raw_body:
             responses["400"] = {"description": "malformed request", **error}
             responses["422"] = {"description": "the request does not validate", **error}
+        if r.body is not None or r.raw_body:
+            responses["413"] = {"description": f"the body is over {MAX_BODY_BYTES} bytes", **error}
+        if r.body is not None:
+            responses["415"] = {"description": "the body is not sent as application/json", **error}
         if _PATH_PARAM.search(r.path):
             responses["404"] = {"description": "not found", **error}
         responses["503"] = {"description": "the store is unavailable", **error}
+        for status in r.same_body:
+            responses[str(status)] = {**ok, "description": "see the body"}
         return responses
 
 
@@ -237,13 +261,14 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The raw body, at most MAX_BODY_BYTES (413 beyond)."""
+    """The whole raw body, however many reads it arrives in; at most the application's
+    client_max_size (MAX_BODY_BYTES), else a 413."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-    return raw
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes") from None
 
 
 def parse_json(raw: bytes) -> Any:
@@ -251,5 +276,6 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(400, "malformed_body", "the request needs a JSON body")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # (JSON and Unicode errors are ValueErrors;
+        # a number of over 4,300 digits too, and nesting past the recursion limit recurses)
         raise ApiError(400, "malformed_body", f"the body is not valid JSON: {exc}") from None

@@ -20,6 +20,7 @@ from aflow.orchestrator import Orchestrator
 from aflow.runtime.logs import log_path, read_log
 from aflow.runtime.run_factory import with_unstarted
 from aflow.states import RunType
+from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 
 api = Registry("/api/v1", title="aflow REST API", version=__version__)
@@ -141,7 +142,7 @@ def int_param(name: str, text: str) -> int:
 # -- health ---------------------------------------------------------------------------------
 @api.route("GET", "/health", summary="Whether the store is reachable and the scheduler and "
            "triggerer heartbeat (503 when the store is not reachable)", tag="health",
-           response=m.Health)
+           response=m.Health, same_body=(503,))
 async def get_health(request: web.Request) -> web.StreamResponse:
     o = orchestrator(request)
     now = o.clock.now()
@@ -238,16 +239,14 @@ async def list_runs(request: web.Request, dag_id: str, query: m.RunQuery) -> m.D
            "answer). With an Idempotency-Key, a retried request answers the run the first "
            "one created (200) instead of creating another", tag="runs", body=m.DagRunCreate,
            response=m.DagRun, status=201,
-           headers=((IDEMPOTENCY_HEADER, "makes retries safe: one run per key and DAG"),))
+           headers=((IDEMPOTENCY_HEADER, "makes retries safe: one run per key and DAG"),),
+           also=((409, "the run id is taken, or the DAG is not loaded by this server"),))
 async def create_run(request: web.Request, dag_id: str, body: m.DagRunCreate) -> web.StreamResponse:
     o = orchestrator(request)
     if dag_id not in o.dagbag.dags:
         await dag_record(request, dag_id)  # 404 when no one knows it
         raise ApiError(409, "dag_not_loaded",
                        f"DAG {dag_id!r} is not loaded by this server (is its file failing to import?)")
-    if body.logical_date is not None and body.logical_date.tzinfo is None:
-        raise ApiError(422, "validation_error", "logical_date needs a time zone",
-                       [{"loc": "body.logical_date", "message": "naive datetime; add an offset or Z"}])
     key = request.headers.get(IDEMPOTENCY_HEADER)
     run_id = body.dag_run_id
     if key is not None and run_id is None:
@@ -257,9 +256,8 @@ async def create_run(request: web.Request, dag_id: str, body: m.DagRunCreate) ->
         handle = await o.trigger(dag_id, body.conf, run_id=run_id,
                                  logical_date=body.logical_date, triggered_by="api")
     except RunAlreadyExists:
-        if key is None or body.dag_run_id is not None:
+        if key is None or run_id is None:
             raise
-        assert run_id is not None
         existing = await run_record(request, dag_id, run_id)
         if existing.conf != body.conf:
             raise ApiError(422, "idempotency_key_reused",
@@ -350,6 +348,8 @@ async def list_triggers(request: web.Request) -> m.TriggerCollection:
     now = o.clock.now()
     by_type: dict[str, m.TriggerCount] = {}
     for t in await o.store.list_triggers():
+        if t.classpath == BY_HAND_CLASSPATH:
+            continue  # a change made by hand on its way to the run's driver, not a wait
         row = by_type.setdefault(t.classpath, m.TriggerCount(
             classpath=t.classpath, waiting=0, fired=0, oldest_wait_s=0.0))
         if t.event is None:

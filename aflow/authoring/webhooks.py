@@ -90,8 +90,10 @@ class Webhook:
         """Whether `header_value` is `sha256=<hex HMAC of body>` with this secret."""
         if not header_value or not header_value.startswith("sha256="):
             return False
-        expected = hmac.new(self.secret().encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, header_value.removeprefix("sha256=").strip().lower())
+        expected = hmac.new(self.secret().encode(), body, hashlib.sha256).hexdigest().encode()
+        given = header_value.removeprefix("sha256=").strip().lower()
+        # bytes: compare_digest refuses str with non-ASCII characters (a forged header)
+        return hmac.compare_digest(expected, given.encode("utf-8", "replace"))
 
     def describe(self) -> dict[str, Any]:
         """What the DAG's stored structure says of it (never the secret)."""

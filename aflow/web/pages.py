@@ -26,6 +26,7 @@ from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, Sto
 from aflow.orchestrator import Orchestrator
 from aflow.runtime.timetable import DagRunInfo, timetable_for
 from aflow.states import DagRunState, RunType
+from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 from aflow.web import graph
 from aflow.web.states import RUN_COLOURS, TASK_COLOURS, stylesheet
@@ -98,7 +99,8 @@ async def check_csrf(request: web.Request) -> dict[str, str]:
     form = await request.post()
     cookie = request.cookies.get(CSRF_COOKIE)
     sent = form.get(CSRF_FIELD)
-    if not cookie or not isinstance(sent, str) or not secrets.compare_digest(cookie, sent):
+    if (not cookie or not isinstance(sent, str)
+            or not secrets.compare_digest(cookie.encode(), sent.encode("utf-8", "replace"))):
         raise PageError(403, "This form was not sent from an aflow page (missing or wrong "
                              "CSRF token). Reload the page and try again.")
     return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -175,7 +177,16 @@ async def pause_dag(request: web.Request) -> web.StreamResponse:
     dag_id = request.match_info["dag_id"]
     await dag_or_404(request, dag_id)
     await _o(request).store.set_dag_paused(dag_id, form.get("paused") == "true")
-    raise web.HTTPSeeOther(form.get("next") or "/dags")
+    raise web.HTTPSeeOther(local_path(form.get("next")))
+
+
+def local_path(target: str | None) -> str:
+    """A redirect target of this site only (a path), else the DAG list: a form's `next`
+    never sends the browser elsewhere."""
+    if (not target or not target.startswith("/") or target.startswith(("//", "/\\"))
+            or any(c in target for c in "\r\n\\")):
+        return "/dags"
+    return target
 
 
 async def grid_data(o: Orchestrator, dag: DagRecord) -> dict[str, Any]:
@@ -338,6 +349,8 @@ async def triggers_page(request: web.Request) -> web.Response:
     now = o.clock.now()
     by_type: dict[str, dict[str, Any]] = {}
     for t in await o.store.list_triggers():
+        if t.classpath == BY_HAND_CLASSPATH:
+            continue  # a change made by hand on its way to the run's driver, not a wait
         row = by_type.setdefault(t.classpath, {"classpath": t.classpath, "waiting": 0, "fired": 0,
                                                "oldest": None})
         if t.event is None:
@@ -385,24 +398,50 @@ async def dag_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     last = None
     quiet = 0.0
-    while True:  # until the browser goes (the write fails, or the server cancels us)
-        try:
-            snap = await _snapshot(o, dag.dag_id, run_ids)
-        except StoreError:
-            snap = None  # an outage: keep the page's last states and try again
-        if snap is not None and snap != last:
-            await response.write(f"event: states\ndata: {json.dumps(snap)}\n\n".encode())
-            last = snap
-            quiet = 0.0
-        elif quiet >= EVENT_KEEPALIVE_S:
-            await response.write(b": keepalive\n\n")
-            quiet = 0.0
-        await anyio.sleep(EVENT_POLL_S)
-        quiet += EVENT_POLL_S
+    stopping = request.app[STREAMS_STOP]
+    request.app[OPEN_STREAMS].add(response)
+    try:
+        # until the browser goes or the server stops
+        while not stopping.is_set() and not _gone(request):
+            try:
+                snap = await _snapshot(o, dag.dag_id, run_ids)
+            except StoreError:
+                snap = None  # an outage: keep the page's last states and try again
+            if snap is not None and snap != last:
+                await response.write(f"event: states\ndata: {json.dumps(snap)}\n\n".encode())
+                last = snap
+                quiet = 0.0
+            elif quiet >= EVENT_KEEPALIVE_S:
+                await response.write(b": keepalive\n\n")
+                quiet = 0.0
+            with anyio.move_on_after(EVENT_POLL_S):
+                await stopping.wait()
+            quiet += EVENT_POLL_S
+    except ConnectionResetError:
+        pass  # the browser went between our check and the write
+    finally:
+        request.app[OPEN_STREAMS].discard(response)
+    return response
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+STREAMS_STOP = web.AppKey("aflow_streams_stop", anyio.Event)
+OPEN_STREAMS = web.AppKey("aflow_open_streams", set)  # live streams now (for tests, stats)
+
+
+async def _stop_streams(app: web.Application) -> None:
+    app[STREAMS_STOP].set()
 
 
 def add_pages(app: web.Application) -> None:
     app.middlewares.append(page_errors)
+    app[STREAMS_STOP] = anyio.Event()
+    app[OPEN_STREAMS] = set()
+    app.on_shutdown.append(_stop_streams)
     app.router.add_routes(routes)
     static = Path(__file__).parent / "static"
     app.router.add_get("/static/states.css", _states_css)

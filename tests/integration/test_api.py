@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from openapi_spec_validator import validate
 
 from aflow import DAG, Orchestrator, Param, PythonOperator
 from aflow.api import serve_api
@@ -95,6 +96,7 @@ async def test_openapi_document_lists_exactly_the_served_routes(
         assert str(response.status_code) in op["responses"], (method, path, response.text)
         if response.status_code == 404:
             assert "no such route" not in response.text
+    validate(doc)  # a valid OpenAPI 3.1 document: every $ref resolves
     schemas = doc["components"]["schemas"]
     assert {"DagRun", "DagRunCreate", "TaskInstance", "ErrorResponse"} <= set(schemas)
     create = doc["paths"]["/api/v1/dags/{dag_id}/runs"]["post"]
@@ -110,8 +112,11 @@ async def test_unknown_routes_methods_and_malformed_bodies_get_json_errors(
     error_of(await client.get("/nowhere"), 404, "not_found")
     error_of(await client.delete("/dags"), 405, "method_not_allowed")
     error_of(await client.get("/dags/nope"), 404, "not_found")
-    error_of(await client.post("/dags/greet/runs", content=b"{not json"), 400, "malformed_body")
-    error_of(await client.post("/dags/greet/runs", content=b""), 400, "malformed_body")
+    as_json = {"Content-Type": "application/json"}
+    error_of(await client.post("/dags/greet/runs", content=b"{not json", headers=as_json), 400,
+             "malformed_body")
+    error_of(await client.post("/dags/greet/runs", content=b"", headers=as_json), 400,
+             "malformed_body")
     unknown = error_of(await client.post("/dags/greet/runs", json={"conf": {}, "colour": 1}),
                        422, "validation_error")
     assert [d["loc"] for d in unknown["details"]] == ["body.colour"]
@@ -121,7 +126,22 @@ async def test_unknown_routes_methods_and_malformed_bodies_get_json_errors(
     naive = error_of(await client.post("/dags/greet/runs",
                                        json={"logical_date": "2024-05-01T00:00:00"}),
                      422, "validation_error")
-    assert "time zone" in naive["message"]
+    assert naive["details"][0]["loc"] == "body.logical_date"
+    assert "timezone" in naive["details"][0]["message"]
+    error_of(await client.get("/dags/greet/runs", params={"logical_date": "2024-01-01T00:00:00"}),
+             422, "validation_error")
+    as_text = await client.post("/dags/greet/runs", content=b'{"conf": {}}',
+                                headers={"Content-Type": "text/plain"})
+    error_of(as_text, 415, "unsupported_media_type")  # what another site's page could send
+    deep = b"[" * 100_000 + b"]" * 100_000
+    error_of(await client.post("/dags/greet/runs", content=deep,
+                               headers={"Content-Type": "application/json"}), 400, "malformed_body")
+    huge = b'{"conf": {"n": ' + b"9" * 5000 + b"}}"
+    error_of(await client.post("/dags/greet/runs", content=huge,
+                               headers={"Content-Type": "application/json"}), 400, "malformed_body")
+    too_big = b'{"conf": {"s": "' + b"x" * (2 * 1024 * 1024) + b'"}}'
+    error_of(await client.post("/dags/greet/runs", content=too_big,
+                               headers={"Content-Type": "application/json"}), 413, "body_too_large")
     bad_query = error_of(await client.get("/dags", params={"limit": "0", "colour": "x"}), 422,
                          "validation_error")
     assert sorted(d["loc"] for d in bad_query["details"]) == ["query.colour", "query.limit"]

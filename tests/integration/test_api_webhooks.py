@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -157,3 +158,41 @@ async def test_a_name_two_dags_define_is_refused(home: Path) -> None:
         async with httpx.AsyncClient(base_url=f"{url}/api/v1/webhooks") as client:
             answer = await post(client, "same", {})
     assert answer.status_code == 409 and "a, b" in answer.json()["error"]["message"]
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(
+    served: tuple[Orchestrator, httpx.AsyncClient],
+) -> None:
+    """Large payloads reach the server in several reads; the signature covers them all."""
+    o, client = served
+    body = json.dumps({"id": 7, "padding": "x" * 200_000}).encode()
+    head = (
+        "POST /api/v1/webhooks/approve HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Hub-Signature-256: {sign(SECRET, body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    host, port = str(client.base_url.host), int(client.base_url.port or 80)
+    async with await anyio.connect_tcp(host, port) as stream:
+        await stream.send(head + body[:10])
+        await anyio.sleep(0.2)
+        for i in range(10, len(body), 65_536):
+            await stream.send(body[i:i + 65_536])
+            await anyio.sleep(0.01)
+        answer = b""
+        with anyio.fail_after(10):
+            try:
+                while True:
+                    answer += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+
+
+async def test_a_forged_non_ascii_signature_is_a_401(
+    served: tuple[Orchestrator, httpx.AsyncClient],
+) -> None:
+    o, client = served
+    answer = await client.post("/github-push", content=b'{"ref": "main"}',
+                               headers={"X-Hub-Signature-256": "sha256=é".encode()})
+    assert answer.status_code == 401 and code_of(answer) == "bad_signature"
+    assert await o.store.list_runs("deploy") == []

@@ -70,6 +70,7 @@ async function tailLog(pre) {
     try {
       const response = await fetch(pre.dataset.logUrl + "?offset=" + offset);
       if (response.ok) chunk = await response.json();
+      else if (response.status === 404) { pre.dataset.complete = "1"; return; }  // no such try
     } catch (e) { chunk = null; }
     if (chunk && chunk.content) {
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;

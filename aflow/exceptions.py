@@ -97,6 +97,10 @@ class TaskFailure(AflowError):
     """Raise inside a task to fail it at once, without using its remaining retries."""
 
 
+class UserAlreadyExists(AflowError):
+    """A user of that name exists already."""
+
+
 class XComValueError(AflowError):
     """An XCom value cannot be stored as JSON."""
 

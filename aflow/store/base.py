@@ -14,6 +14,7 @@ import anyio
 
 from aflow.states import DagRunState
 from aflow.store.records import (
+    ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
     DagRecord,
@@ -23,6 +24,8 @@ from aflow.store.records import (
     TaskInstanceRecord,
     TaskInstanceRow,
     TriggerRecord,
+    UserRecord,
+    WebSessionRecord,
     XComRecord,
 )
 
@@ -340,6 +343,44 @@ class Store(abc.ABC):
         """In one transaction: record the watcher's event (queued for its consumers) and
         store the trigger kwargs of its next wait (None: it is done). Only while the row
         is still that `version`, owned by `watcher.owner`; else nothing and False."""
+
+    # -- users, API tokens, UI sessions (the web server's) ---------------------------------
+    @abc.abstractmethod
+    async def create_user(self, user: UserRecord) -> None:
+        """UserAlreadyExists if the name is taken."""
+
+    @abc.abstractmethod
+    async def get_user(self, username: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[UserRecord]: ...
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str) -> bool:
+        """Delete the user with its tokens and sessions; False if there was none."""
+
+    @abc.abstractmethod
+    async def create_api_token(self, token: ApiTokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_api_token(self, token_hash: str) -> ApiTokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_api_tokens(self, username: str | None = None) -> list[ApiTokenRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_api_token(self, token_id: str) -> bool:
+        """Delete the token; False if there was none."""
+
+    @abc.abstractmethod
+    async def create_web_session(self, session: WebSessionRecord, now: datetime) -> None:
+        """Record a session (and forget sessions expired at `now`)."""
+
+    @abc.abstractmethod
+    async def get_web_session(self, session_hash: str) -> WebSessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_web_session(self, session_hash: str) -> None: ...
 
     # -- processes (heartbeats) ---------------------------------------------------
     @abc.abstractmethod

@@ -196,3 +196,35 @@ class AssetWatcherRecord:
     owner: str | None = None
     id: int | None = None
     version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A web server user. `password_hash` is scrypt's (see aflow.api.auth)."""
+
+    username: str
+    password_hash: str
+    role: str  # "viewer" | "admin"
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenRecord:
+    """A bearer token of a user; only its SHA-256 is stored."""
+
+    token_id: str
+    token_hash: str
+    username: str
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSessionRecord:
+    """A logged-in UI session; only the SHA-256 of its cookie value is stored."""
+
+    session_hash: str
+    username: str
+    created_at: datetime
+    expires_at: datetime

@@ -62,7 +62,14 @@ from urllib.parse import urlencode
 import anyio
 import asyncpg
 
-from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
+from aflow.exceptions import (
+    RunAlreadyExists,
+    RunBusy,
+    RunNotFound,
+    StoreError,
+    StoreUnavailable,
+    UserAlreadyExists,
+)
 from aflow.states import DagRunState, TaskState
 from aflow.store.asset_rows import consumed_uris, watcher_key, watcher_rows
 from aflow.store.base import (
@@ -80,6 +87,7 @@ from aflow.store.postgres.commit import PipelinedCommitter
 from aflow.store.postgres.migrate import migrate
 from aflow.store.postgres.url import PostgresTarget, parse_postgres_url, quote_ident
 from aflow.store.records import (
+    ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
     DagRecord,
@@ -89,10 +97,14 @@ from aflow.store.records import (
     TaskInstanceRecord,
     TaskInstanceRow,
     TriggerRecord,
+    UserRecord,
+    WebSessionRecord,
     XComRecord,
 )
 
 log = logging.getLogger(__name__)
+
+_TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
 
 T = TypeVar("T")
 
@@ -1365,6 +1377,104 @@ class PostgresStore(Store):
             return True
 
         return await self._transaction(run_tx)
+
+    # -- users, API tokens, UI sessions -------------------------------------------------
+    async def create_user(self, user: UserRecord) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO app_user (username, password_hash, role, created_at) "
+                "VALUES ($1, $2, $3, $4)",
+                user.username, user.password_hash, user.role, enc.aware(user.created_at),
+            )
+
+        try:
+            await self._transaction(tx)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, asyncpg.UniqueViolationError):
+                raise UserAlreadyExists(f"a user {user.username!r} exists already") from None
+            raise
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        rows = await self._read(
+            "SELECT username, password_hash, role, created_at FROM app_user WHERE username=$1",
+            username,
+        )
+        return UserRecord(*rows[0]) if rows else None
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._read(
+            "SELECT username, password_hash, role, created_at FROM app_user ORDER BY username"
+        )
+        return [UserRecord(*r) for r in rows]
+
+    async def delete_user(self, username: str) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            await conn.execute("DELETE FROM api_token WHERE username=$1", username)
+            await conn.execute("DELETE FROM web_session WHERE username=$1", username)
+            status = await conn.execute("DELETE FROM app_user WHERE username=$1", username)
+            return bool(status != "DELETE 0")
+
+        return await self._transaction(tx)
+
+    async def create_api_token(self, token: ApiTokenRecord) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO api_token ({_TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)",
+                token.token_id, token.token_hash, token.username, token.name,
+                enc.aware(token.created_at),
+                enc.aware(token.expires_at) if token.expires_at else None,
+            )
+
+        await self._transaction(tx)
+
+    async def get_api_token(self, token_hash: str) -> ApiTokenRecord | None:
+        rows = await self._read(
+            f"SELECT {_TOKEN_COLS} FROM api_token WHERE token_hash=$1", token_hash
+        )
+        return ApiTokenRecord(*rows[0]) if rows else None
+
+    async def list_api_tokens(self, username: str | None = None) -> list[ApiTokenRecord]:
+        if username is None:
+            rows = await self._read(f"SELECT {_TOKEN_COLS} FROM api_token ORDER BY created_at")
+        else:
+            rows = await self._read(
+                f"SELECT {_TOKEN_COLS} FROM api_token WHERE username=$1 ORDER BY created_at",
+                username,
+            )
+        return [ApiTokenRecord(*r) for r in rows]
+
+    async def revoke_api_token(self, token_id: str) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute("DELETE FROM api_token WHERE token_id=$1", token_id)
+            return bool(status != "DELETE 0")
+
+        return await self._transaction(tx)
+
+    async def create_web_session(self, session: WebSessionRecord, now: datetime) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM web_session WHERE expires_at < $1", enc.aware(now))
+            await conn.execute(
+                "INSERT INTO web_session (session_hash, username, created_at, expires_at) "
+                "VALUES ($1, $2, $3, $4)",
+                session.session_hash, session.username, enc.aware(session.created_at),
+                enc.aware(session.expires_at),
+            )
+
+        await self._transaction(tx)
+
+    async def get_web_session(self, session_hash: str) -> WebSessionRecord | None:
+        rows = await self._read(
+            "SELECT session_hash, username, created_at, expires_at FROM web_session "
+            "WHERE session_hash=$1",
+            session_hash,
+        )
+        return WebSessionRecord(*rows[0]) if rows else None
+
+    async def delete_web_session(self, session_hash: str) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM web_session WHERE session_hash=$1", session_hash)
+
+        await self._transaction(tx)
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:

@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
-from aflow.exceptions import RunAlreadyExists, RunBusy, RunNotFound, StoreError, StoreUnavailable
+from aflow.exceptions import (
+    RunAlreadyExists,
+    RunBusy,
+    RunNotFound,
+    StoreError,
+    StoreUnavailable,
+    UserAlreadyExists,
+)
 from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.asset_rows import consumed_uris, watcher_key, watcher_rows
 from aflow.store.base import (
@@ -38,6 +45,7 @@ from aflow.store.base import (
 from aflow.store.codec import dt_in, dt_out, json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
 from aflow.store.records import (
+    ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
     DagRecord,
@@ -47,10 +55,22 @@ from aflow.store.records import (
     TaskInstanceRecord,
     TaskInstanceRow,
     TriggerRecord,
+    UserRecord,
+    WebSessionRecord,
     XComRecord,
 )
 
 log = logging.getLogger(__name__)
+
+_TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
+
+
+def _user_from(r: Sequence[Any]) -> UserRecord:
+    return UserRecord(r[0], r[1], r[2], dt_in(r[3]))  # type: ignore[arg-type]
+
+
+def _token_from(r: Sequence[Any]) -> ApiTokenRecord:
+    return ApiTokenRecord(r[0], r[1], r[2], r[3], dt_in(r[4]), dt_in(r[5]))  # type: ignore[arg-type]
 
 T = TypeVar("T")
 
@@ -1172,6 +1192,97 @@ class SqliteStore(Store):
             return True
 
         return await self._transaction(run_tx)
+
+    # -- users, API tokens, UI sessions -------------------------------------------------
+    async def create_user(self, user: UserRecord) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO app_user (username, password_hash, role, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (user.username, user.password_hash, user.role, dt_out(user.created_at)),
+            )
+
+        try:
+            await self._transaction(tx)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise UserAlreadyExists(f"a user {user.username!r} exists already") from None
+            raise
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        rows = await self._read(
+            "SELECT username, password_hash, role, created_at FROM app_user WHERE username=?",
+            (username,),
+        )
+        return _user_from(rows[0]) if rows else None
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._read(
+            "SELECT username, password_hash, role, created_at FROM app_user ORDER BY username"
+        )
+        return [_user_from(r) for r in rows]
+
+    async def delete_user(self, username: str) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM api_token WHERE username=?", (username,))
+            conn.execute("DELETE FROM web_session WHERE username=?", (username,))
+            return conn.execute("DELETE FROM app_user WHERE username=?", (username,)).rowcount > 0
+
+        return await self._transaction(tx)
+
+    async def create_api_token(self, token: ApiTokenRecord) -> None:
+        await self._transaction(lambda conn: conn.execute(
+            f"INSERT INTO api_token ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (token.token_id, token.token_hash, token.username, token.name,
+             dt_out(token.created_at), dt_out(token.expires_at)),
+        ))
+
+    async def get_api_token(self, token_hash: str) -> ApiTokenRecord | None:
+        rows = await self._read(
+            f"SELECT {_TOKEN_COLS} FROM api_token WHERE token_hash=?", (token_hash,)
+        )
+        return _token_from(rows[0]) if rows else None
+
+    async def list_api_tokens(self, username: str | None = None) -> list[ApiTokenRecord]:
+        if username is None:
+            rows = await self._read(f"SELECT {_TOKEN_COLS} FROM api_token ORDER BY created_at")
+        else:
+            rows = await self._read(
+                f"SELECT {_TOKEN_COLS} FROM api_token WHERE username=? ORDER BY created_at",
+                (username,),
+            )
+        return [_token_from(r) for r in rows]
+
+    async def revoke_api_token(self, token_id: str) -> bool:
+        return await self._transaction(lambda conn: conn.execute(
+            "DELETE FROM api_token WHERE token_id=?", (token_id,)).rowcount > 0)
+
+    async def create_web_session(self, session: WebSessionRecord, now: datetime) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM web_session WHERE expires_at < ?", (dt_out(now),))
+            conn.execute(
+                "INSERT INTO web_session (session_hash, username, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (session.session_hash, session.username, dt_out(session.created_at),
+                 dt_out(session.expires_at)),
+            )
+
+        await self._transaction(tx)
+
+    async def get_web_session(self, session_hash: str) -> WebSessionRecord | None:
+        rows = await self._read(
+            "SELECT session_hash, username, created_at, expires_at FROM web_session "
+            "WHERE session_hash=?",
+            (session_hash,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return WebSessionRecord(r[0], r[1], dt_in(r[2]), dt_in(r[3]))  # type: ignore[arg-type]
+
+    async def delete_web_session(self, session_hash: str) -> None:
+        await self._transaction(lambda conn: conn.execute(
+            "DELETE FROM web_session WHERE session_hash=?", (session_hash,)))
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from aflow.api import v1
+from aflow.api.auth import auth_middleware
 from aflow.api.errors import error_middleware
 from aflow.api.metrics import METRICS, Metrics, metrics_page, watch_loop_lag
 from aflow.api.registry import MAX_BODY_BYTES
@@ -32,6 +33,11 @@ def create_app(orchestrator: Orchestrator) -> web.Application:
     app.router.add_get("/metrics", metrics_page)
     v1.api.add_to(app)
     add_pages(app)
+    app.middlewares.append(auth_middleware(  # innermost: its errors get the outer handling
+        lambda request: request.app[v1.ORCHESTRATOR].store,
+        lambda request: request.app[v1.ORCHESTRATOR].clock.now(),
+        frozenset(v1.api.prefix + r.path for r in v1.api.routes if r.public),
+    ))
     return app
 
 

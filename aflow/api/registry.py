@@ -45,6 +45,7 @@ class Route:
     raw_body: bool  # the handler reads the body itself (a signed webhook's raw bytes)
     also: tuple[tuple[int, str], ...]  # other answers it gives: (status, description)
     same_body: tuple[int, ...]  # statuses (e.g. health's 503) whose body is `response`
+    public: bool  # needs no credentials (health, the document, signed webhooks)
 
 
 class ErrorBody(BaseModel):
@@ -91,6 +92,7 @@ class Registry:
         raw_body: bool = False,
         also: tuple[tuple[int, str], ...] = (),
         same_body: tuple[int, ...] = (),
+        public: bool = False,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Declare a route. The handler is called as `handler(request, **path_params,
         query=..., body=...)` (the last two only when declared) and returns a model of
@@ -99,7 +101,8 @@ class Registry:
         def add(handler: HandlerFn) -> HandlerFn:
             self.routes.append(
                 Route(method.upper(), path, handler, handler.__name__, summary, tag, query,
-                      body, response, status, content_type, headers, raw_body, also, same_body)
+                      body, response, status, content_type, headers, raw_body, also, same_body,
+                      public)
             )
             return handler
 
@@ -165,6 +168,8 @@ class Registry:
                 "parameters": self._parameters(r, schemas),
                 "responses": self._responses(r, ref_of),
             }
+            if r.public:
+                op["security"] = []
             if r.body is not None:
                 ref = body_refs[(r.body, "validation")]["$ref"]
                 op["requestBody"] = {
@@ -178,7 +183,17 @@ class Registry:
             "openapi": "3.1.0",
             "info": {"title": self.title, "version": self.version},
             "paths": paths,
-            "components": {"schemas": schemas},
+            "components": {
+                "schemas": schemas,
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer",
+                               "description": "a token from `aflow tokens create`"},
+                    "session": {"type": "apiKey", "in": "cookie", "name": "aflow_session",
+                                "description": "the UI's login; changes also need the "
+                                               "X-CSRF-Token header"},
+                },
+            },
+            "security": [{"bearer": []}, {"session": []}],
         }
 
     def _parameters(self, r: Route, schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -222,6 +237,9 @@ class Registry:
             responses["413"] = {"description": f"the body is over {MAX_BODY_BYTES} bytes", **error}
         if r.body is not None:
             responses["415"] = {"description": "the body is not sent as application/json", **error}
+        if not r.public:
+            responses["401"] = {"description": "no valid credentials", **error}
+            responses["403"] = {"description": "the role may not (changes need admin)", **error}
         if _PATH_PARAM.search(r.path):
             responses["404"] = {"description": "not found", **error}
         responses["503"] = {"description": "the store is unavailable", **error}

@@ -142,7 +142,7 @@ def int_param(name: str, text: str) -> int:
 # -- health ---------------------------------------------------------------------------------
 @api.route("GET", "/health", summary="Whether the store is reachable and the scheduler and "
            "triggerer heartbeat (503 when the store is not reachable)", tag="health",
-           response=m.Health, same_body=(503,))
+           response=m.Health, same_body=(503,), public=True)
 async def get_health(request: web.Request) -> web.StreamResponse:
     o = orchestrator(request)
     now = o.clock.now()
@@ -176,7 +176,8 @@ async def get_health(request: web.Request) -> web.StreamResponse:
                         status=200 if store.status == "healthy" else 503)
 
 
-@api.route("GET", "/openapi.json", summary="This API's OpenAPI document", tag="meta")
+@api.route("GET", "/openapi.json", summary="This API's OpenAPI document", tag="meta",
+           public=True)
 async def get_openapi(request: web.Request) -> dict[str, Any]:
     return api.openapi()
 
@@ -366,7 +367,7 @@ async def list_triggers(request: web.Request) -> m.TriggerCollection:
            "signed with its secret (X-Hub-Signature-256: sha256=<HMAC-SHA256 hex>). Creates a "
            "run (201; a redelivery of the same delivery id answers that run, 200) or delivers "
            "the payload to WebhookSensors (202). Needs no other credentials.", tag="webhooks",
-           response=m.WebhookResult, status=201, raw_body=True,
+           response=m.WebhookResult, status=201, raw_body=True, public=True,
            headers=(("X-Hub-Signature-256", "sha256=<hex HMAC-SHA256 of the raw body>"),
                     ("X-GitHub-Delivery", "a delivery id: redeliveries create no second run")),
            also=((202, "delivered to the WebhookSensors waiting on its key"),

@@ -21,6 +21,14 @@ import anyio
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from aflow.api.auth import (
+    SESSION_COOKIE,
+    SESSION_LIFETIME,
+    principal_or_none,
+    secret_hash,
+    start_session,
+    verify_password,
+)
 from aflow.api.v1 import ORCHESTRATOR, run_tis
 from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
@@ -64,7 +72,8 @@ def _o(request: web.Request) -> Orchestrator:
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-    html = _env.get_template(template).render(request=request, csrf_token=token, **context)
+    html = _env.get_template(template).render(request=request, csrf_token=token,
+                                              user=principal_or_none(request), **context)
     response = web.Response(text=html, status=status, content_type="text/html")
     if request.cookies.get(CSRF_COOKIE) != token:
         response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", path="/")
@@ -139,6 +148,43 @@ async def next_run_of(o: Orchestrator, dag_id: str) -> datetime | None:
         )
     info = timetable.next_run(last, now=o.clock.now(), catchup=dag.catchup)
     return info.run_after if info else None
+
+
+# -- logging in and out ---------------------------------------------------------------------------
+@routes.get("/login")
+async def login_form(request: web.Request) -> web.Response:
+    return render(request, "login.html", next=local_path(request.query.get("next")), problem=None)
+
+
+@routes.post("/login")
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    form = await check_csrf(request)
+    o = _o(request)
+    username = form.get("username", "").strip()
+    user = await o.store.get_user(username) if username else None
+    password = form.get("password", "")
+    ok = user is not None and await anyio.to_thread.run_sync(
+        verify_password, password, user.password_hash)
+    if not ok or user is None:
+        # the same answer for an unknown user and a wrong password
+        return render(request, "login.html", status=401, next=local_path(form.get("next")),
+                      problem="Wrong username or password.", username=username)
+    sid = await start_session(o.store, user.username, o.clock.now())
+    response = web.HTTPSeeOther(local_path(form.get("next")))
+    response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Lax", path="/",
+                        secure=request.secure, max_age=int(SESSION_LIFETIME.total_seconds()))
+    raise response
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.StreamResponse:
+    await check_csrf(request)
+    sid = request.cookies.get(SESSION_COOKIE)
+    if sid:
+        await _o(request).store.delete_web_session(secret_hash(sid))
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    raise response
 
 
 # -- pages ---------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ toggle, and the error pages."""
 
 from __future__ import annotations
 
+import re
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import pytest
 
 from aflow import Orchestrator
 from aflow.api import serve_api
+from aflow.api.auth import create_user
+from tests.auth_helpers import PASSWORD
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -68,8 +72,19 @@ async def test_trigger_from_the_form_and_watch_the_graph_turn_green(
     from playwright.async_api import expect
 
     async with Orchestrator(folder, home=home, watch_dags=False) as o, serve_api(o) as url:
+        await create_user(o.store, "ada", "admin", PASSWORD, datetime.now(UTC))
         page = await browser.new_page(viewport={"width": 1280, "height": 800})
         await page.goto(f"{url}/dags")
+        await page.wait_for_url(re.compile(r"/login\?next="))  # not logged in yet
+        await page.fill("#username", "ada")
+        await page.fill("#password", "wrong password")
+        await page.click("#login-submit")
+        await expect(page.locator("#problems")).to_contain_text("Wrong username or password")
+        await shots(page, "login-refused")
+        await page.fill("#password", PASSWORD)
+        await page.click("#login-submit")
+        await page.wait_for_url(f"{url}/dags")
+        await expect(page.locator("#whoami")).to_have_text("ada (admin)")
         await expect(page.locator("#dag-list a.dag-link")).to_have_text(["shop"])
         await shots(page, "dag-list")
 
@@ -122,7 +137,9 @@ async def test_pause_toggle_and_error_pages(
     from playwright.async_api import expect
 
     async with Orchestrator(folder, home=home, watch_dags=False) as o, serve_api(o) as url:
+        await create_user(o.store, "ada", "admin", PASSWORD, datetime.now(UTC))
         page = await browser.new_page()
+        await log_in(page, url)
         await page.goto(f"{url}/dags")
         toggle = page.locator('tr[data-dag-id="shop"] button.pause')
         await expect(toggle).to_have_text("on")
@@ -143,3 +160,16 @@ async def test_pause_toggle_and_error_pages(
         await page.goto(f"{url}/dags/shop/runs/nope")
         await expect(page.locator("#error-message")).to_contain_text("has no run 'nope'")
         await shots(page, "error-page")
+
+        await page.click("#logout")
+        await page.wait_for_url(re.compile(r"/login$"))
+        await page.goto(f"{url}/dags")
+        await page.wait_for_url(re.compile(r"/login\?next="))  # the session is gone
+
+
+async def log_in(page: Any, url: str) -> None:
+    await page.goto(f"{url}/login")
+    await page.fill("#username", "ada")
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-submit")
+    await page.wait_for_url(f"{url}/dags")

@@ -18,6 +18,7 @@ from openapi_spec_validator import validate
 from aflow import DAG, Orchestrator, Param, PythonOperator
 from aflow.api import serve_api
 from aflow.api.v1 import api
+from tests.auth_helpers import bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +56,8 @@ def build_dags() -> list[DAG]:
 @pytest.fixture
 async def served(home: Path) -> AsyncIterator[tuple[Orchestrator, httpx.AsyncClient]]:
     async with Orchestrator(build_dags(), home=home) as o, serve_api(o) as url:
-        async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=30) as client:
+        async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=30,
+                                     headers=await bearer(o.store)) as client:
             yield o, client
 
 
@@ -281,7 +283,7 @@ async def test_health_reports_store_scheduler_and_triggerer(
 
 async def test_health_without_a_triggerer_says_so(home: Path) -> None:
     async with Orchestrator(build_dags(), home=home, triggerer=False) as o, serve_api(o) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=url, headers=await bearer(o.store)) as client:
             health = (await client.get("/api/v1/health")).json()
     assert health["triggerer"] == {"status": "unhealthy", "latest_heartbeat": None,
                                    "detail": "no triggerer is running"}

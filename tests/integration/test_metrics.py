@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aflow import DAG, FileSensor, Orchestrator, PythonOperator
 from aflow.api import serve_api
+from tests.auth_helpers import bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,7 @@ async def test_metrics_show_slots_parked_triggers_and_loop_lag(home: Path, tmp_p
     async with Orchestrator([dag], home=home, parallelism=4) as o, serve_api(o) as url:
         handle = await o.trigger("m")
         await started.wait()
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=url, headers=await bearer(o.store, "viewer")) as client:
             try:
                 with anyio.fail_after(30):
                     while True:

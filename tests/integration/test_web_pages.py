@@ -13,6 +13,7 @@ import pytest
 from aflow import DAG, Orchestrator, PythonOperator
 from aflow.api import create_app, serve_api
 from aflow.web.pages import CSRF_COOKIE, OPEN_STREAMS, local_path
+from tests.auth_helpers import bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,7 @@ def test_redirect_targets_stay_on_this_site() -> None:
 
 async def test_forms_need_the_matching_token_and_redirect_only_locally(home: Path) -> None:
     async with Orchestrator([build()], home=home) as o, serve_api(o) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=url, headers=await bearer(o.store)) as client:
             page = await client.get("/dags")
             token = page.cookies[CSRF_COOKIE]
             assert f'value="{token}"' in page.text
@@ -51,15 +52,16 @@ async def test_forms_need_the_matching_token_and_redirect_only_locally(home: Pat
 async def test_a_live_stream_ends_with_its_client_and_at_shutdown(home: Path) -> None:
     async with Orchestrator([build()], home=home) as o:
         app = create_app(o)
+        headers = await bearer(o.store, "viewer")
         async with serve_api(o, app=app) as url:
-            async with httpx.AsyncClient(base_url=url) as client:
+            async with httpx.AsyncClient(base_url=url, headers=headers) as client:
                 async with client.stream("GET", "/dags/p/events") as stream:
                     assert await stream.aiter_lines().__anext__() == "event: states"
                     assert len(app[OPEN_STREAMS]) == 1
             with anyio.fail_after(5):  # (keepalives come every 15 s: it must not wait for one)
                 while app[OPEN_STREAMS]:  # noqa: ASYNC110 - watching the server's own state
                     await anyio.sleep(0.02)
-            client = httpx.AsyncClient(base_url=url)
+            client = httpx.AsyncClient(base_url=url, headers=headers)
             stream_cm = client.stream("GET", "/dags/p/events")
             stream = await stream_cm.__aenter__()
             await stream.aiter_lines().__anext__()

@@ -9,6 +9,8 @@
     ├── InvalidConfError          `conf` or params do not validate
     ├── DagNotFound / RunNotFound / TaskNotFound
     ├── RunAlreadyExists
+    ├── PoolError                 a pool change is refused (default_pool, tasks in it)
+    │   └── PoolNotFound
     ├── StoreError                the store failed (driver errors are chained)
     │   └── StoreUnavailable      cannot reach the database
     ├── TaskFailure               raised by a task to fail without a retry
@@ -134,3 +136,11 @@ class TaskReschedule(Exception):  # noqa: N818 - a signal, named like Airflow's 
 
 class SensorTimeout(AflowError):
     """A sensor waited longer than its timeout."""
+
+
+class PoolError(AflowError):
+    """A pool cannot be changed that way (deleting default_pool, or a pool in use)."""
+
+
+class PoolNotFound(PoolError):
+    pass

@@ -21,7 +21,7 @@ from aflow.authoring.taskflow import task
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
-from aflow.states import DagRunState, RunType, TaskState, TriggerRule
+from aflow.states import DagRunState, RunType, TaskState, TriggerRule, WeightRule
 
 __version__ = "0.1.0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "TimeDeltaSensor",
     "TriggerRule",
     "WebhookSensor",
+    "WeightRule",
     "chain",
     "dag",
     "task",

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from aflow.runtime.dag_processor import (
     BagChange,
     DagProcessor,
 )
+from aflow.runtime.pools import PoolSpec, PoolSync, parse_pools
 from aflow.runtime.run_driver import RunDriver
 from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import (
@@ -118,6 +119,7 @@ class Orchestrator:
         watch_dags: bool = True,
         parse_processes: int = DEFAULT_PARSE_PROCESSES,
         parse_timeout_s: float = DEFAULT_PARSE_TIMEOUT_S,
+        pools: Mapping[str, PoolSpec] | None = None,
     ) -> None:
         """`lease_s`: how long a run stays owned by a process that stopped renewing it
         (renewed every third of it), so how soon other schedulers adopt a dead one's
@@ -126,7 +128,10 @@ class Orchestrator:
         loads before it fails. `hostname` names this host in process records and TIs
         (default: the system's); dead processes of the same host are detected by pid.
         A DAG folder is parsed by `parse_processes` parser processes, `parse_timeout_s` per
-        file, and with `watch_dags` followed live (see aflow.runtime.dag_processor)."""
+        file, and with `watch_dags` followed live (see aflow.runtime.dag_processor).
+        `pools` (`{"etl": 4, "api": {"slots": 2, "include_deferred": True}}`) are written
+        to the store at start; pools are re-read from the store while running (see
+        aflow.runtime.pools), so a change made elsewhere (`aflow pools set`) applies live."""
         self.home = Path(home).expanduser() if home is not None else DEFAULT_HOME
         self._dags_arg = dags
         self._store_arg = store
@@ -146,6 +151,8 @@ class Orchestrator:
         self.watch_dags = watch_dags
         self.parse_processes = parse_processes
         self.parse_timeout_s = parse_timeout_s
+        self.pools = parse_pools(pools or {})  # checked now: a bad pool fails the constructor
+        self.pool_sync: PoolSync | None = None
         self.dag_processor: DagProcessor | None = None
         # Called after each change of a watched DAG folder (tests and tools wait on it).
         self.on_dags_changed: list[Callable[[BagChange], None]] = []
@@ -169,6 +176,13 @@ class Orchestrator:
     def slots_in_use(self) -> int:
         """Tries holding an execution slot now (a deferred or waiting TI holds none)."""
         return self._slots.running if self._slots is not None else 0
+
+    def pool_slots_in_use(self) -> dict[str, int]:
+        """Slots of each pool held in this process now (by running tries, and by deferred
+        ones in pools with include_deferred); pools with none held are left out."""
+        if self._slots is None:
+            return {}
+        return {name: n for name, n in self._slots.pool_used.items() if n}
 
     @property
     def log_dir(self) -> Path:
@@ -217,7 +231,13 @@ class Orchestrator:
         stack.callback(logs.uninstall_log_routing)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.push_async_callback(self._drain, tg)
-        self._slots = Slots(self.parallelism, tg)
+        for pool in self.pools:
+            await store.set_pool(pool)
+        self._slots = Slots(
+            self.parallelism, tg, pools={p.name: p for p in await store.list_pools()}
+        )
+        self.pool_sync = PoolSync(store, self._slots, poll_s=self.poll_s, sweep_s=self.sweep_s)
+        await tg.start(self.pool_sync.run)
         self.driver = RunDriver(
             store=store,
             clock=self.clock,

@@ -10,17 +10,17 @@ import pytest
 from aflow.exceptions import PoolError, PoolNotFound
 from aflow.states import DagRunState, TaskState
 from aflow.store.records import DEFAULT_POOL, DEFAULT_POOL_SLOTS, PoolRecord
-from tests.integration.test_store_contract import (  # noqa: F401
+from tests.integration.test_store_contract import (
     StoreFactory,
     a_run,
     a_ti,
-    store_factory,
+    store_factory,  # noqa: F401 - the fixture
 )
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_default_pool_exists_after_migration(store_factory: StoreFactory) -> None:
+async def test_default_pool_exists_after_migration(store_factory: StoreFactory) -> None:  # noqa: F811
     store = await store_factory()
     assert await store.list_pools() == [
         PoolRecord(DEFAULT_POOL, DEFAULT_POOL_SLOTS, "Default pool", False)
@@ -31,7 +31,7 @@ async def test_default_pool_exists_after_migration(store_factory: StoreFactory) 
     assert await store.get_pool("nope") is None
 
 
-async def test_set_creates_and_replaces_and_other_stores_see_it(store_factory: StoreFactory) -> None:
+async def test_set_creates_and_replaces_and_other_stores_see_it(store_factory: StoreFactory) -> None:  # noqa: F811
     store = await store_factory()
     other = await store_factory()
     await store.set_pool(PoolRecord("etl", 4, "nightly loads", include_deferred=True))
@@ -44,7 +44,7 @@ async def test_set_creates_and_replaces_and_other_stores_see_it(store_factory: S
     assert (await other.get_pool(DEFAULT_POOL)) == PoolRecord(DEFAULT_POOL, 7)
 
 
-async def test_delete_refuses_default_unknown_and_busy_pools(store_factory: StoreFactory) -> None:
+async def test_delete_refuses_default_unknown_and_busy_pools(store_factory: StoreFactory) -> None:  # noqa: F811
     store = await store_factory()
     await store.set_pool(PoolRecord("etl", 2))
     with pytest.raises(PoolError, match="default_pool cannot be deleted"):
@@ -69,7 +69,7 @@ async def test_delete_refuses_default_unknown_and_busy_pools(store_factory: Stor
         await store.delete_pool("etl")
 
 
-async def test_pool_changes_are_announced(store_factory: StoreFactory) -> None:
+async def test_pool_changes_are_announced(store_factory: StoreFactory) -> None:  # noqa: F811
     """On a store with notifications (PostgreSQL), set and delete wake POOLS_CHANNEL
     listeners of other stores; on SQLite nothing is announced (readers poll)."""
     store = await store_factory()

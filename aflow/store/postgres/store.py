@@ -71,9 +71,9 @@ from aflow.store.postgres.commit import PipelinedCommitter
 from aflow.store.postgres.migrate import migrate
 from aflow.store.postgres.url import PostgresTarget, parse_postgres_url, quote_ident
 from aflow.store.records import (
+    DEFAULT_POOL,
     DagRecord,
     DagRunRecord,
-    DEFAULT_POOL,
     ImportErrorRecord,
     PoolRecord,
     ProcessRecord,

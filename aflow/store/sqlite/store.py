@@ -30,9 +30,9 @@ from aflow.store.base import Store
 from aflow.store.codec import dt_in, dt_out, json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
 from aflow.store.records import (
+    DEFAULT_POOL,
     DagRecord,
     DagRunRecord,
-    DEFAULT_POOL,
     ImportErrorRecord,
     PoolRecord,
     ProcessRecord,

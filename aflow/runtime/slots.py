@@ -96,7 +96,6 @@ class Slots:
         self.pool_used: dict[str, int] = defaultdict(int)  # slots held per pool
         self._heap_pool_slots: dict[str, int] = defaultdict(int)  # slots candidates need
         self.pools: dict[str, PoolRecord] = {}
-        self.set_pools(pools or {})
         self._seq = itertools.count()
         self._idle: deque[asyncio.Future[Entry | None]] = deque()
         self.running = 0
@@ -104,6 +103,7 @@ class Slots:
         # Called with (entry, reason) when a try is parked because of its pool's definition.
         self.on_unrunnable: Callable[[Entry, str], None] | None = None
         self._drained = anyio.Event()
+        self.set_pools(pools or {})
         for _ in range(parallelism):
             task_group.start_soon(self._worker)
 

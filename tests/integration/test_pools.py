@@ -327,3 +327,25 @@ async def test_waiting_tries_start_highest_effective_weight_first(home: Path) ->
     # a1 and c0 weigh 2 alike: c0 has waited longer
     assert spans.order == ["start", "heavy", "up", "a0", "c0", "a1", "b", "c1", "a2"]
     assert result.tis["a0"].priority_weight == 3  # the effective weight is on the row
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_pool_change_arrives_by_notification(
+    orchestrator_factory: Any, pg_schema_url: str
+) -> None:
+    """The periodic re-reads are an hour apart: only the NOTIFY of the change can start it."""
+    from aflow.store.postgres import PostgresStore
+
+    spans = Spans()
+    with DAG("pgpool", start_date=START) as dag:
+        PythonOperator(task_id="t", python_callable=spans.task("t"), pool="later")
+    o = await orchestrator_factory([dag], store=pg_schema_url, poll_s=3600, sweep_s=3600)
+    handle = await o.trigger("pgpool")
+    await wait_ti(o, "pgpool", handle.run_id, "t", lambda t: t.error)
+    with anyio.fail_after(30):
+        while not o.store.notifications_live:  # noqa: ASYNC110 - the listener connects
+            await anyio.sleep(0.01)
+    async with PostgresStore(pg_schema_url) as elsewhere:
+        await elsewhere.set_pool(PoolRecord("later", 1))
+    final = await handle.wait(timeout=30)
+    assert final.state.value == "success"

@@ -148,7 +148,7 @@ class Slots:
             holder.pool_hold = PoolHold(pool, slots)
             self.pool_used[pool] += slots
 
-    def release_hold(self, holder: Any) -> None:
+    def release_hold(self, holder: Any, *, dispatch: bool = True) -> None:
         """`holder` gives its pool slots back (no effect if it holds none)."""
         hold: PoolHold | None = holder.pool_hold
         if hold is None:
@@ -156,7 +156,8 @@ class Slots:
         holder.pool_hold = None
         self.pool_used[hold.pool] -= hold.slots
         self._refill_pool(hold.pool)
-        self._dispatch()
+        if dispatch:
+            self._dispatch()
 
     # -- queueing ---------------------------------------------------------------------
     def submit(
@@ -293,7 +294,7 @@ class Slots:
         self._refill_dag(dag_id, entry.dag_limit)
         holder = entry.holder
         if not keep and entry.hold is not None and holder.pool_hold is entry.hold:
-            self.release_hold(holder)
+            self.release_hold(holder, dispatch=False)  # the worker takes the next try itself
         if not self.accepting and self.running == 0:
             self._drained.set()
 
@@ -301,11 +302,15 @@ class Slots:
         loop = asyncio.get_running_loop()
         while True:
             entry: Entry | None = None
-            if self.accepting and not self._idle:
+            if self.accepting:
+                # This worker is free: it takes the next runnable try itself (no hand-off
+                # to an idle worker), then hands out what else its release made runnable.
                 item = self._next_runnable()
                 if item is not None:
                     entry = item[2]
                     self._claim(entry)
+                    if self._idle:
+                        self._dispatch()
             if entry is None:
                 waiter: asyncio.Future[Entry | None] = loop.create_future()
                 self._idle.append(waiter)
@@ -319,4 +324,3 @@ class Slots:
                 log.exception("a try crashed its slot")
             finally:
                 self._release(entry, keep)
-            self._dispatch()

@@ -5,7 +5,8 @@
         final = await run.wait()
 
 Start order (left in reverse): DAG processor (parses a DAG folder in parser processes)
-→ store (migrations) → log routing → task group → slots and run driver → scheduler
+→ store (migrations) → log routing → task group → configured pools written, slots (with
+the store's pools, kept current by PoolSync) and run driver → scheduler
 (claims runs, creates scheduled ones) → triggerer → the DAG folder watcher. Leaving is
 graceful: start nothing new, let running tries finish for `shutdown_grace_s`, then
 cancel them (they are recorded to run again), release leases, flush the store.

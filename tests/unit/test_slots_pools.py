@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aflow.runtime.slots import Slots
@@ -44,7 +45,7 @@ class Tracker:
 async def until(predicate: Any) -> None:
     with anyio.fail_after(10):
         while not predicate():  # noqa: ASYNC110 - polls in-memory state
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
 
 async def test_a_try_blocked_by_its_pool_lets_its_dag_go_on() -> None:
@@ -104,7 +105,7 @@ async def test_a_start_that_keeps_its_hold_holds_until_released() -> None:
         slots.submit("d", 1, 10, t.start("next", "p"), pool="p", holder=Holder())
         t.gates["defers"].set()
         await until(lambda: t.done == 1)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         assert t.started == ["defers"] and slots.running == 0
         assert slots.pool_used["p"] == 1  # kept by the deferred TI
         slots.release_hold(deferred)

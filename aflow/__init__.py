@@ -24,7 +24,7 @@ from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
 from aflow.runtime.backfill import BackfillProgress, BackfillResult, BackfillRun
-from aflow.states import DagRunState, RunType, TaskState, TriggerRule
+from aflow.states import DagRunState, RunType, TaskState, TriggerRule, WeightRule
 
 __version__ = "0.1.0"
 
@@ -66,6 +66,7 @@ __all__ = [
     "TriggerRule",
     "Webhook",
     "WebhookSensor",
+    "WeightRule",
     "chain",
     "dag",
     "task",

@@ -33,9 +33,11 @@ from aflow.orchestrator import DEFAULT_HOME, Orchestrator
 from aflow.runtime import logs
 from aflow.runtime.dag_loader import DagBag
 from aflow.runtime.dag_processor import DagProcessor
+from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
 from aflow.states import DagRunState, TaskState
 from aflow.store.factory import open_store_url
+from aflow.store.records import UNLIMITED_SLOTS
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -157,7 +159,52 @@ async def cmd_db_init(args: argparse.Namespace) -> int:
     home_of(args).mkdir(parents=True, exist_ok=True)
     async with _open_store(args) as store:
         version = await store.schema_version()
+        for pool in args.config.pools:  # the config file's [pools]
+            await store.set_pool(pool)
     print(f"store {store_url_of(args)} is at schema version {version}")
+    return 0
+
+
+# -- pools -----------------------------------------------------------------------------------------
+async def cmd_pools_list(args: argparse.Namespace) -> int:
+    async with _open_store(args) as store:
+        pools = await store.list_pools()
+        usage = await store.pool_usage()
+    rows = [
+        {
+            "pool": p.name,
+            "slots": "unlimited" if p.slots == UNLIMITED_SLOTS and args.output == "table" else p.slots,
+            "include_deferred": p.include_deferred,
+            "running": usage.get(p.name, {}).get("running", 0) + usage.get(p.name, {}).get("queued", 0),
+            "deferred": usage.get(p.name, {}).get("deferred", 0),
+            "description": p.description,
+        }
+        for p in pools
+    ]
+    emit(rows, ["pool", "slots", "include_deferred", "running", "deferred", "description"],
+         args.output)
+    return 0
+
+
+async def cmd_pools_set(args: argparse.Namespace) -> int:
+    async with _open_store(args) as store:
+        old = await store.get_pool(args.name)
+        description = args.description if args.description is not None else (
+            old.description if old else "")
+        include_deferred = args.include_deferred if args.include_deferred is not None else (
+            old.include_deferred if old else False)
+        pool = check_pool(args.name, args.slots, description, include_deferred)
+        await store.set_pool(pool)
+    slots = "no limit" if pool.slots == UNLIMITED_SLOTS else f"{pool.slots} slots"
+    print(f"pool {pool.name} {'updated' if old else 'created'}: {slots}, "
+          f"include_deferred={'true' if pool.include_deferred else 'false'}")
+    return 0
+
+
+async def cmd_pools_delete(args: argparse.Namespace) -> int:
+    async with _open_store(args) as store:
+        await store.delete_pool(args.name)
+    print(f"pool {args.name} deleted")
     return 0
 
 
@@ -273,6 +320,7 @@ async def cmd_dags_test(args: argparse.Namespace) -> int:
         sqlite_synchronous=args.config.get("core.sqlite_synchronous"),
         parse_processes=args.config.get("dag_processor.parse_processes"),
         parse_timeout_s=args.config.get("dag_processor.parse_timeout_seconds"),
+        pools={p.name: p for p in args.config.pools},
     ) as o:
         dag = o.dagbag.get_dag(args.dag_id)
         handle = await o.trigger(
@@ -669,6 +717,7 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         watch_dags=args.config.get("dag_processor.watch"),
         parse_processes=args.config.get("dag_processor.parse_processes"),
         parse_timeout_s=args.config.get("dag_processor.parse_timeout_seconds"),
+        pools={p.name: p for p in args.config.pools} if drives_runs else None,
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as watchers:
@@ -826,6 +875,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_backfill_parser(groups, [common, output, running],
                         _setting_help("seconds running tasks get to finish on SIGTERM/Ctrl-C",
                                       "core.shutdown_grace_seconds"))
+    pools = groups.add_parser("pools", help="named pools of slots").add_subparsers(
+        dest="cmd", required=True)
+    p = pools.add_parser("list", parents=[common, output],
+                         help="pools: slots, and task instances running or deferred in each")
+    p.set_defaults(handler=cmd_pools_list)
+    p = pools.add_parser("set", parents=[common],
+                         help="create or change a pool (a running scheduler applies it live)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("slots", metavar="SLOTS", type=int, help="slots (-1: no limit)")
+    p.add_argument("--description", help="what the pool is for (default: unchanged)")
+    p.add_argument("--include-deferred", action=argparse.BooleanOptionalAction, default=None,
+                   help="deferred tasks keep counting against the pool (default: unchanged; "
+                        "false for a new pool)")
+    p.set_defaults(handler=cmd_pools_set)
+    p = pools.add_parser("delete", parents=[common],
+                         help="delete a pool (not default_pool, nor one with tasks in it)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_pools_delete)
 
     conf = groups.add_parser("config", help="settings: $AFLOW_HOME/aflow.toml, AFLOW__SECTION__KEY")
     conf_cmds = conf.add_subparsers(dest="cmd", required=True)

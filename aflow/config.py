@@ -9,6 +9,9 @@ Every setting has a section and a key (`core.parallelism`) and is read, first ma
 5. its built-in default.
 
 `AFLOW_HOME` itself comes from `--home` or the environment (the file lives in it).
+The file may also hold a `[pools]` table (`etl = 4` or `etl = { slots = 4,
+include_deferred = true, description = "..." }`): pools that `scheduler`, `standalone`,
+`dags test` and `db init` write to the store when they start (`Config.pools`).
 An empty environment variable counts as unset. A bad value, an unknown key or a
 malformed file raises `ConfigError` naming the file or variable and the value.
 
@@ -32,12 +35,14 @@ from aflow.orchestrator import (
     DEFAULT_TRIGGERER_CAPACITY,
 )
 from aflow.runtime.dag_processor import DEFAULT_PARSE_PROCESSES, DEFAULT_PARSE_TIMEOUT_S
+from aflow.runtime.pools import parse_pools
 from aflow.runtime.scheduler import (
     DEFAULT_LEASE_S,
     DEFAULT_ORPHAN_GRACE_S,
     DEFAULT_POLL_S,
     DEFAULT_SWEEP_S,
 )
+from aflow.store.records import PoolRecord
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -51,6 +56,7 @@ __all__ = [
 
 CONFIG_FILE_NAME = "aflow.toml"
 ENV_PREFIX = "AFLOW__"
+POOLS_SECTION = "pools"
 HOME_ENV = "AFLOW_HOME"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SQLITE_SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -155,6 +161,7 @@ class Config:
     home_source: str
     file: Path
     values: Mapping[str, Value]
+    pools: tuple[PoolRecord, ...] = ()  # the file's [pools] table
 
     def get(self, name: str) -> Any:
         """The effective value of `section.key` (or `home`)."""
@@ -187,7 +194,9 @@ def load_config(
     command line (None: not given)."""
     flags = flags or {}
     file = home / CONFIG_FILE_NAME
-    from_file = _read_file(file)
+    from_file, pool_specs = _read_file(file)
+    pools = tuple(parse_pools(pool_specs, where=f"config file {file}: [{POOLS_SECTION}]",
+                              error=ConfigError))
     from_env = _read_prefixed_env(env)
     values: dict[str, Value] = {}
     for s in SETTINGS:
@@ -209,7 +218,7 @@ def load_config(
             value = Path(value).expanduser()
         values[s.name] = Value(s, value, source)
     _fill_derived(values, home)
-    return Config(home=home, home_source=home_source, file=file, values=values)
+    return Config(home=home, home_source=home_source, file=file, values=values, pools=pools)
 
 
 def _fill_derived(values: dict[str, Value], home: Path) -> None:
@@ -221,11 +230,12 @@ def _fill_derived(values: dict[str, Value], home: Path) -> None:
         values["core.dags_folder"] = Value(folder.setting, home / "dags", "default")
 
 
-def _read_file(file: Path) -> dict[str, Any]:
+def _read_file(file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The file's settings by `section.key`, and its [pools] table."""
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {file}: {exc}") from None
     try:
@@ -233,14 +243,18 @@ def _read_file(file: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
     out: dict[str, Any] = {}
+    pools: dict[str, Any] = {}
     for section, table in data.items():
-        if section not in _SECTIONS:
+        if section not in _SECTIONS and section != POOLS_SECTION:
             raise ConfigError(
                 f"config file {file}: unknown section [{section}]"
-                f" (known sections: {', '.join(_SECTIONS)})"
+                f" (known sections: {', '.join([*_SECTIONS, POOLS_SECTION])})"
             )
         if not isinstance(table, dict):
             raise ConfigError(f"config file {file}: {section} must be a [{section}] table")
+        if section == POOLS_SECTION:
+            pools = table
+            continue
         for key, value in table.items():
             if key not in _SECTIONS[section]:
                 hint = (" (AFLOW_HOME is where the file lives: set it with --home or the environment)"
@@ -250,7 +264,7 @@ def _read_file(file: Path) -> dict[str, Any]:
                     f" (known keys: {', '.join(_SECTIONS[section])})"
                 )
             out[f"{section}.{key}"] = value
-    return out
+    return out, pools
 
 
 def _read_prefixed_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -11,6 +11,8 @@
     ├── RunAlreadyExists
     ├── RunBusy                   a run or TI cannot be changed by hand now
     ├── BackfillError             a backfill's range or DAG cannot be backfilled
+    ├── PoolError                 a pool change is refused (default_pool, tasks in it)
+    │   └── PoolNotFound
     ├── StoreError                the store failed (driver errors are chained)
     │   └── StoreUnavailable      cannot reach the database
     ├── TaskFailure               raised by a task to fail without a retry
@@ -150,3 +152,11 @@ class TaskReschedule(Exception):  # noqa: N818 - a signal, named like Airflow's 
 
 class SensorTimeout(AflowError):
     """A sensor waited longer than its timeout."""
+
+
+class PoolError(AflowError):
+    """A pool cannot be changed that way (deleting default_pool, or a pool in use)."""
+
+
+class PoolNotFound(PoolError):
+    pass

@@ -5,7 +5,8 @@
         final = await run.wait()
 
 Start order (left in reverse): DAG processor (parses a DAG folder in parser processes)
-→ store (migrations) → log routing → task group → slots and run driver → scheduler
+→ store (migrations) → log routing → task group → configured pools written, slots (with
+the store's pools, kept current by PoolSync) and run driver → scheduler
 (claims runs, creates scheduled ones) → triggerer → the DAG folder watcher. Leaving is
 graceful: start nothing new, let running tries finish for `shutdown_grace_s`, then
 cancel them (they are recorded to run again), release leases, flush the store.
@@ -18,7 +19,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from aflow.runtime.dag_processor import (
     BagChange,
     DagProcessor,
 )
+from aflow.runtime.pools import PoolSpec, PoolSync, parse_pools
 from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import with_unstarted
 from aflow.runtime.scheduler import (
@@ -130,6 +132,7 @@ class Orchestrator:
         watch_dags: bool = True,
         parse_processes: int = DEFAULT_PARSE_PROCESSES,
         parse_timeout_s: float = DEFAULT_PARSE_TIMEOUT_S,
+        pools: Mapping[str, PoolSpec] | None = None,
     ) -> None:
         """`lease_s`: how long a run stays owned by a process that stopped renewing it
         (renewed every third of it), so how soon other schedulers adopt a dead one's
@@ -140,7 +143,10 @@ class Orchestrator:
         A DAG folder is parsed by `parse_processes` parser processes, `parse_timeout_s` per
         file, and with `watch_dags` followed live (see aflow.runtime.dag_processor).
         `claim_dags` limits claiming to the runs of these DAGs (as `aflow backfill` does);
-        such a process is no scheduler peer and fails no other DAG's orphaned runs."""
+        such a process is no scheduler peer and fails no other DAG's orphaned runs.
+        `pools` (`{"etl": 4, "api": {"slots": 2, "include_deferred": True}}`) are written
+        to the store at start; pools are re-read from the store while running (see
+        aflow.runtime.pools), so a change made elsewhere (`aflow pools set`) applies live."""
         self.home = Path(home).expanduser() if home is not None else DEFAULT_HOME
         self._dags_arg = dags
         self._store_arg = store
@@ -161,6 +167,8 @@ class Orchestrator:
         self.watch_dags = watch_dags
         self.parse_processes = parse_processes
         self.parse_timeout_s = parse_timeout_s
+        self.pools = parse_pools(pools or {})  # checked now: a bad pool fails the constructor
+        self.pool_sync: PoolSync | None = None
         self.dag_processor: DagProcessor | None = None
         # Called after each change of a watched DAG folder (tests and tools wait on it).
         self.on_dags_changed: list[Callable[[BagChange], None]] = []
@@ -185,6 +193,13 @@ class Orchestrator:
     def slots_in_use(self) -> int:
         """Tries holding an execution slot now (a deferred or waiting TI holds none)."""
         return self._slots.running if self._slots is not None else 0
+
+    def pool_slots_in_use(self) -> dict[str, int]:
+        """Slots of each pool held in this process now (by running tries, and by deferred
+        ones in pools with include_deferred); pools with none held are left out."""
+        if self._slots is None:
+            return {}
+        return {name: n for name, n in self._slots.pool_used.items() if n}
 
     @property
     def log_dir(self) -> Path:
@@ -235,7 +250,13 @@ class Orchestrator:
         stack.callback(logs.uninstall_log_routing)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.push_async_callback(self._drain, tg)
-        self._slots = Slots(self.parallelism, tg)
+        for pool in self.pools:
+            await store.set_pool(pool)
+        self._slots = Slots(
+            self.parallelism, tg, pools={p.name: p for p in await store.list_pools()}
+        )
+        self.pool_sync = PoolSync(store, self._slots, poll_s=self.poll_s, sweep_s=self.sweep_s)
+        await tg.start(self.pool_sync.run)
         self.driver = RunDriver(
             store=store,
             clock=self.clock,

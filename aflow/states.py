@@ -66,3 +66,11 @@ class TriggerRule(StrEnum):
     NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
     NONE_SKIPPED = "none_skipped"
     ALWAYS = "always"
+
+
+class WeightRule(StrEnum):
+    """How a task's effective priority weight is computed (Airflow's `weight_rule`)."""
+
+    DOWNSTREAM = "downstream"  # its own weight plus every downstream task's (the default)
+    UPSTREAM = "upstream"  # its own weight plus every upstream task's
+    ABSOLUTE = "absolute"  # its own weight only

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 from aflow.authoring.assets import as_outlets
 from aflow.authoring.dag import DAG, current_dag, validate_id
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
-from aflow.states import TriggerRule
+from aflow.states import TriggerRule, WeightRule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,6 +26,10 @@ DEFAULT_RETRY_DELAY = timedelta(seconds=300)
 DEFAULT_MAX_RETRY_DELAY = timedelta(hours=24)
 
 Callback = Callable[[dict[str, Any]], Any]
+
+
+def _bad_pool(task_id: str, pool: Any) -> NoReturn:
+    raise DagDefinitionError(f"task {task_id!r}: pool must be a pool's name, got {pool!r}")
 
 
 def _own_param_names(init: Callable[..., None]) -> set[str]:
@@ -83,6 +87,7 @@ class BaseOperator:
         pool: str = "default_pool",
         pool_slots: int = 1,
         priority_weight: int = 1,
+        weight_rule: str | WeightRule = WeightRule.DOWNSTREAM,
         on_success_callback: Callback | list[Callback] | None = None,
         on_failure_callback: Callback | list[Callback] | None = None,
         on_retry_callback: Callback | list[Callback] | None = None,
@@ -124,9 +129,24 @@ class BaseOperator:
         if run_in not in _RUN_IN:
             raise DagDefinitionError(f"task {task_id!r}: run_in must be one of {_RUN_IN}")
         self.run_in: RunIn = run_in
-        self.pool = pool
+        self.pool = validate_id("pool", pool) if isinstance(pool, str) else _bad_pool(task_id, pool)
+        if isinstance(pool_slots, bool) or not isinstance(pool_slots, int) or pool_slots < 1:
+            raise DagDefinitionError(
+                f"task {task_id!r}: pool_slots must be an integer >= 1, got {pool_slots!r}"
+            )
         self.pool_slots = pool_slots
+        if isinstance(priority_weight, bool) or not isinstance(priority_weight, int):
+            raise DagDefinitionError(
+                f"task {task_id!r}: priority_weight must be an integer, got {priority_weight!r}"
+            )
         self.priority_weight = priority_weight
+        try:
+            self.weight_rule = WeightRule(weight_rule)
+        except ValueError:
+            raise DagDefinitionError(
+                f"task {task_id!r}: unknown weight_rule {weight_rule!r}; "
+                f"use one of {', '.join(r.value for r in WeightRule)}"
+            ) from None
         self.on_success_callback = _as_list(on_success_callback)
         self.on_failure_callback = _as_list(on_failure_callback)
         self.on_retry_callback = _as_list(on_retry_callback)

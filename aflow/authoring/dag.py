@@ -122,6 +122,7 @@ class DAG:
         self.fileloc: str | None = _caller_file()
         self.task_dict: dict[str, BaseOperator] = {}
         self._topo_cache: list[BaseOperator] | None = None
+        self._weights: dict[str, int] | None = None
         self._token: contextvars.Token[list[DAG]] | None = None
 
     # -- context manager -------------------------------------------------
@@ -161,6 +162,7 @@ class DAG:
         self.task_dict[task.task_id] = task
         task.dag = self
         self._topo_cache = None
+        self._weights = None
 
     def get_task(self, task_id: str) -> BaseOperator:
         from aflow.exceptions import TaskNotFound
@@ -184,6 +186,16 @@ class DAG:
     def invalidate_order(self) -> None:
         """Forget the cached task order (tasks or dependencies changed)."""
         self._topo_cache = None
+        self._weights = None
+
+    def priority_weights(self) -> dict[str, int]:
+        """Each task's effective priority weight under its `weight_rule` (Airflow's):
+        `downstream` adds the weights of every task downstream of it (so a long branch
+        starts first), `upstream` those of every task upstream, `absolute` nothing.
+        Computed once per DAG (until its tasks change); waiting tries start highest first."""
+        if self._weights is None:
+            self._weights = _effective_weights(self.topological_order())
+        return self._weights
 
     def topological_order(self) -> list[BaseOperator]:
         """Tasks in an order where each comes after its upstream; raises CycleError."""
@@ -225,6 +237,7 @@ class DAG:
 
         for task in self.task_dict.values():  # once, at load, rather than at each first try
             task._aflow_templated = has_templates(task)
+        self.priority_weights()
         if self.schedule is not None:
             from aflow.runtime.timetable import timetable_for
 
@@ -282,6 +295,46 @@ class DAG:
 
     def __repr__(self) -> str:
         return f"<DAG {self.dag_id}>"
+
+
+def _effective_weights(order: list[BaseOperator]) -> dict[str, int]:
+    """Effective weights from the tasks in topological order. The tasks reachable from
+    each one are a bitset (an int with one bit per task), so a chain of 10,000 costs
+    10,000 big-int ORs, not 50 million set insertions; a sum of weights is a popcount per
+    distinct weight."""
+    index = {t.task_id: i for i, t in enumerate(order)}
+    rules = {str(t.weight_rule) for t in order}
+    by_weight: dict[int, int] = {}
+    for i, t in enumerate(order):
+        by_weight[t.priority_weight] = by_weight.get(t.priority_weight, 0) | (1 << i)
+
+    def total(mask: int) -> int:
+        return sum(w * (mask & m).bit_count() for w, m in by_weight.items())
+
+    reach: dict[str, list[int]] = {}
+    if "downstream" in rules:
+        below = [0] * len(order)
+        for i in range(len(order) - 1, -1, -1):
+            mask = 0
+            for d in order[i].downstream_task_ids:
+                j = index[d]
+                mask |= below[j] | (1 << j)
+            below[i] = mask
+        reach["downstream"] = below
+    if "upstream" in rules:
+        above = [0] * len(order)
+        for i, t in enumerate(order):
+            mask = 0
+            for u in t.upstream_task_ids:
+                j = index[u]
+                mask |= above[j] | (1 << j)
+            above[i] = mask
+        reach["upstream"] = above
+    weights: dict[str, int] = {}
+    for i, t in enumerate(order):
+        masks = reach.get(str(t.weight_rule))
+        weights[t.task_id] = t.priority_weight + (total(masks[i]) if masks else 0)
+    return weights
 
 
 def _schedule_repr(schedule: ScheduleArg) -> str | None:

@@ -85,6 +85,7 @@ class TIState:
     next_kwargs: dict[str, Any] | None = None
     next_event: dict[str, Any] | None = None  # in memory only: read from the trigger row
     same_try: bool = False  # in memory: the next start goes on with this try (reschedule)
+    pool_hold: Any = None  # in memory: the PoolHold of the pool slots it holds (slots.py)
 
     @classmethod
     def from_record(cls, r: TaskInstanceRecord) -> TIState:
@@ -190,6 +191,7 @@ class RunDriver:
         self.log_dir = log_dir
         self.thread_limiter = thread_limiter
         self.runs: dict[tuple[str, str], RunState] = {}
+        slots.on_unrunnable = self._on_unrunnable
         self.on_run_finished: list[Any] = []  # callables(RunState), e.g. the scheduler's
         self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
         self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
@@ -282,12 +284,16 @@ class RunDriver:
                     trigger.map_index,
                 )
         # Deferred TIs keep waiting on their triggers (any triggerer adopts those); one
-        # whose trigger fired while no one drove the run goes on now.
+        # whose trigger fired while no one drove the run goes on now. In a pool that
+        # counts deferred tasks, each holds its slots here from now on.
         for ti in [t for t in rs.tis.values() if t.state is TaskState.DEFERRED]:
+            if self.slots.include_deferred(ti.pool):
+                self.slots.take_hold(ti, ti.pool, dag.task_dict[ti.task_id].pool_slots)
             trigger = await self.store.get_trigger(run.dag_id, run.run_id, ti.task_id, ti.map_index)
             if trigger is not None and trigger.event is not None:
                 self.resume(trigger)
             elif trigger is None:
+                self.slots.release_hold(ti)
                 ti.state = TaskState.FAILED
                 ti.end_date = now
                 ti.error = "deferred, but its trigger row is gone"
@@ -319,6 +325,9 @@ class RunDriver:
         rs = self.runs.pop(key, None)
         if rs is not None:
             rs.lost = True
+            for ti in rs.tis.values():
+                if ti.state is not TaskState.RUNNING:  # a running try gives its own back
+                    self.slots.release_hold(ti)
             rs.done.set()
 
     # -- changes by hand (clear, mark) ------------------------------------------------
@@ -574,24 +583,40 @@ class RunDriver:
     def _submit(self, rs: RunState, ti: TIState) -> None:
         if rs.lost:
             return
-        task = rs.dag.task_dict[ti.task_id]
+        dag = rs.dag
         self.slots.submit(
             rs.run.dag_id,
-            task.priority_weight,
-            rs.dag.max_active_tasks,
+            dag.priority_weights()[ti.task_id],
+            dag.max_active_tasks,
             lambda: self._run_ti_or_fail(rs, ti),
+            pool=ti.pool,
+            pool_slots=dag.task_dict[ti.task_id].pool_slots,
+            holder=ti,
         )
 
-    async def _run_ti_or_fail(self, rs: RunState, ti: TIState) -> None:
+    def _on_unrunnable(self, entry: Any, reason: str) -> None:
+        """A TI waits for a pool that does not exist or is too small for it: say so in
+        the log and on its row (state `scheduled`, `error`), once per reason. It starts
+        when the pools change so that it fits."""
+        ti = entry.holder
+        if not isinstance(ti, TIState) or ti.error == reason:
+            return
+        log.warning("task %s of run %s (DAG %s) is %s", ti.task_id, ti.run_id, ti.dag_id, reason)
+        ti.error = reason
+        self._tg.start_soon(self._durably, self.store.save_tis, [ti])
+
+    async def _run_ti_or_fail(self, rs: RunState, ti: TIState) -> bool:
         """`_run_ti`, and if it breaks on a bug of aflow's own (not the task's: those are
         outcomes), the TI fails with that error instead of staying `running` in memory
-        with its run never ending."""
+        with its run never ending. True when the TI deferred keeping its pool slots."""
+        if rs.lost:
+            return False  # another process took the run over while this try waited
         try:
-            await self._run_ti(rs, ti)
+            return await self._run_ti(rs, ti)
         except Exception as exc:
             log.exception("internal error while running %s of %s", ti.task_id, rs.run.run_id)
             if ti.state in FINISHED_TASK_STATES or rs.lost or rs.key not in self.runs:
-                return  # its end is recorded (the error came after): nothing is left open
+                return False  # its end is recorded (the error came after): nothing is left open
             ti.state = TaskState.FAILED
             ti.end_date = self.clock.now()
             ti.error = f"aflow internal error: {type(exc).__name__}: {exc}"
@@ -602,9 +627,11 @@ class RunDriver:
             )
             rs.unfinished -= 1
             await self._after_end(rs, [ti])
+            return False
 
-    async def _run_ti(self, rs: RunState, ti: TIState) -> None:
-        """Runs in a slot: the try (or a deferred try going on) and its outcome's commit."""
+    async def _run_ti(self, rs: RunState, ti: TIState) -> bool:
+        """Runs in a slot: the try (or a deferred try going on) and its outcome's commit.
+        True when the TI deferred and keeps its pool slots (an include_deferred pool)."""
         task = rs.dag.task_dict[ti.task_id]
         now = self.clock.now()
         resume: Resume | None = None
@@ -659,14 +686,14 @@ class RunDriver:
         if resume is not None:
             ti.next_method = ti.next_kwargs = None
         if result.deferred is not None:
-            await self._defer(rs, ti, result.deferred, now)  # replaces the old trigger row
-            return
+            return await self._defer(rs, ti, result.deferred, now)  # replaces the old trigger row
         # The trigger row goes with the outcome, not before: until the outcome is committed,
         # the event must stay to go on from after a crash.
         ended = await self._record_outcome(rs, ti, task, result, now, end_trigger=resume is not None)
         if ended:
             rs.unfinished -= 1
             await self._after_end(rs, [ti])
+        return False
 
     async def _record_outcome(
         self, rs: RunState, ti: TIState, task: Any, result: Any, now: datetime, end_trigger: bool
@@ -734,9 +761,11 @@ class RunDriver:
                 self.store.delete_trigger, ti.dag_id, ti.run_id, ti.task_id, ti.map_index
             )
 
-    async def _defer(self, rs: RunState, ti: TIState, deferral: TaskDeferred, now: datetime) -> None:
-        """Park the TI on its trigger: the TI row and the trigger row commit together; the
-        slot is already free. The triggerer fires it; `resume` picks it up from there."""
+    async def _defer(self, rs: RunState, ti: TIState, deferral: TaskDeferred, now: datetime) -> bool:
+        """Park the TI on its trigger: the TI row and the trigger row commit together; its
+        slot is free once this returns. The triggerer fires it; `resume` picks it up from
+        there. Returns True when the TI keeps its pool slots while deferred (its pool has
+        include_deferred): it holds them until it ends (see `_end_batch`, `abandon`)."""
         try:
             classpath, kwargs = deferral.trigger.serialize()
             check_kwargs(classpath, kwargs)
@@ -748,7 +777,10 @@ class RunDriver:
             await self._durably(self.store.finish_ti, ti, [])
             rs.unfinished -= 1
             await self._after_end(rs, [ti])
-            return
+            return False
+        keep = self.slots.include_deferred(ti.pool) and not rs.lost
+        if not keep:
+            self.slots.release_hold(ti)  # now, before the TI can be resumed
         ti.state = TaskState.DEFERRED
         ti.next_method = deferral.method_name
         ti.next_kwargs = deferral.kwargs or None  # most defer without any: no dict per TI
@@ -766,6 +798,7 @@ class RunDriver:
         await self._durably(self.store.defer_ti, ti, trigger)
         for listener in self.on_deferred:
             listener()
+        return keep
 
     def resume(self, trigger: TriggerRecord) -> bool:
         """A trigger fired (its event is committed): send its TI on, if this process
@@ -839,6 +872,8 @@ class RunDriver:
         ]
         await self._durably(functools.partial(self.store.finish_tis, end_trigger=True), ends)
         handed_on.update(id(ti) for _, ti, _ in ended)  # committed: theirs to finish here
+        for _, ti, _ in ended:
+            self.slots.release_hold(ti)  # the slots an include_deferred pool kept
         by_run: dict[tuple[str, str], tuple[RunState, list[TIState]]] = {}
         for rs, ti, xcoms in ended:
             if xcoms:

@@ -63,7 +63,7 @@ def new_ti(task: BaseOperator, run_id: str) -> TaskInstanceRecord:
         state=TaskState.NONE,
         max_tries=task.retries,
         operator=type(task).__name__,
-        priority_weight=task.priority_weight,
+        priority_weight=task.dag.priority_weights()[task.task_id],
         pool=task.pool,
     )
 

@@ -128,6 +128,7 @@ class Scheduler:
         self.claim_stagger_s = claim_stagger_s
         self.claim_passes = 0  # how many claim passes ran (for tests and stats)
         self._claim_now = anyio.Event()
+        self._admit_lock = anyio.Lock()
         self._peers = LivePeers(
             store, clock, kind="scheduler", me=owner, fresh_s=lease_s, reread_s=lease_s / 3
         )
@@ -262,12 +263,19 @@ class Scheduler:
         """Drive a claimed run, unless it is queued and its DAG is at max_active_runs.
         `tis` are the run's TI rows when the caller has them (a run it just created)."""
         if run.state is DagRunState.QUEUED and check_max_active_runs:
-            active = await self.store.list_runs(
-                dag.dag_id, states=[DagRunState.RUNNING], limit=dag.max_active_runs
-            )
-            if len(active) >= dag.max_active_runs:
-                await self.store.release_runs(self.owner, [(run.dag_id, run.run_id)])
-                return False
+            # One admission at a time in this process: a claim pass and a trigger() must
+            # not both see room for the last run allowed (adopt commits it as running).
+            async with self._admit_lock:
+                active = await self.store.list_runs(
+                    dag.dag_id, states=[DagRunState.RUNNING], limit=dag.max_active_runs
+                )
+                if len(active) >= dag.max_active_runs:
+                    await self.store.release_runs(self.owner, [(run.dag_id, run.run_id)])
+                    return False
+                if tis is None:
+                    tis = await self.store.get_tis(run.dag_id, run.run_id)
+                await self.driver.adopt(dag, run, tis)
+                return True
         if tis is None:
             tis = await self.store.get_tis(run.dag_id, run.run_id)
         await self.driver.adopt(dag, run, tis)

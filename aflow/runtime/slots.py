@@ -1,9 +1,18 @@
 """Execution slots: at most `parallelism` tries run at once in this process, at most
-`max_active_tasks` per DAG; waiting tries start in priority_weight order (then FIFO).
-A deferred or retry-waiting TI holds no slot.
+`max_active_tasks` per DAG, and the tries of a pool together take at most its slots
+(`pool_slots` each); waiting tries start in priority_weight order (then FIFO). A
+deferred or retry-waiting TI holds no execution slot; a deferred TI keeps its pool slots
+only when its pool has `include_deferred` (the run driver decides, see `PoolHold`).
 
 The slots are `parallelism` long-lived worker coroutines in the owner's task group, so
 starting a try costs a queue hand-off, not a new task.
+
+Waiting tries are in one heap (the candidates). A candidate that meets a full DAG or a
+full pool is parked in that DAG's or pool's own heap, and comes back to the candidates
+only when there is room for it again: never all of them at once, so 10,000 tries
+waiting for a pool of 4 cost a few heap operations per try, not a scan each. A try
+whose pool does not exist or is smaller than its `pool_slots` is parked apart
+(`on_unrunnable` says why) until the pools change.
 """
 
 from __future__ import annotations
@@ -13,42 +22,159 @@ import heapq
 import itertools
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from aflow.store.records import DEFAULT_POOL, DEFAULT_POOL_SLOTS, UNLIMITED_SLOTS, PoolRecord
+
 log = logging.getLogger(__name__)
 
-Start = Callable[[], Awaitable[None]]
-# A waiting try: (-priority_weight, sequence, dag_id, dag_limit, start). The unique
-# sequence number breaks ties FIFO and keeps tuple comparison off the later fields.
-_Waiting = tuple[int, int, str, int, Start]
+# A try's start: returns True when the pool slots it took stay held after the slot is
+# free (the TI deferred into an include_deferred pool); the holder gives them back.
+Start = Callable[[], Awaitable[bool | None]]
+
+
+class PoolHold:
+    """Slots of one pool held by one TI (the `pool_hold` of its holder)."""
+
+    __slots__ = ("pool", "slots")
+
+    def __init__(self, pool: str, slots: int) -> None:
+        self.pool = pool
+        self.slots = slots
+
+
+class Entry:
+    """A waiting try."""
+
+    __slots__ = ("counted", "dag_id", "dag_limit", "hold", "holder", "pool", "pool_slots", "start")
+
+    def __init__(
+        self, dag_id: str, dag_limit: int, pool: str, pool_slots: int, holder: Any, start: Start
+    ) -> None:
+        self.dag_id = dag_id
+        self.dag_limit = dag_limit
+        self.pool = pool
+        self.pool_slots = pool_slots
+        self.holder = holder  # has a `pool_hold: PoolHold | None` attribute
+        self.start = start
+        self.counted = False  # its pool slots are in the candidates' count
+        self.hold: PoolHold | None = None  # what it held when it was claimed
+
+
+# (-priority_weight, sequence, entry): the unique sequence breaks ties FIFO and keeps
+# tuple comparison off the entry.
+_Item = tuple[int, int, Entry]
+
+
+class _Holder:
+    __slots__ = ("pool_hold",)
+
+    def __init__(self) -> None:
+        self.pool_hold: PoolHold | None = None
 
 
 class Slots:
-    def __init__(self, parallelism: int, task_group: TaskGroup) -> None:
+    def __init__(
+        self,
+        parallelism: int,
+        task_group: TaskGroup,
+        pools: Mapping[str, PoolRecord] | None = None,
+    ) -> None:
         if parallelism < 1:
             raise ValueError("parallelism must be >= 1")
         self.parallelism = parallelism
-        self._heap: list[_Waiting] = []
-        self._blocked: dict[str, list[_Waiting]] = defaultdict(list)
-        self._per_dag: dict[str, int] = defaultdict(int)
+        self._heap: list[_Item] = []
+        self._dag_wait: dict[str, list[_Item]] = {}  # parked: the DAG is at max_active_tasks
+        self._pool_wait: dict[str, list[_Item]] = {}  # parked: the pool has too few free slots
+        self._unrunnable: list[_Item] = []  # parked: no such pool, or it is too small
+        self._per_dag: dict[str, int] = defaultdict(int)  # running tries per DAG
+        self._heap_per_dag: dict[str, int] = defaultdict(int)  # candidates per DAG
+        self.pool_used: dict[str, int] = defaultdict(int)  # slots held per pool
+        self._heap_pool_slots: dict[str, int] = defaultdict(int)  # slots candidates need
+        self.pools: dict[str, PoolRecord] = {}
         self._seq = itertools.count()
-        self._idle: deque[asyncio.Future[_Waiting | None]] = deque()
+        self._idle: deque[asyncio.Future[Entry | None]] = deque()
         self.running = 0
         self.accepting = True
+        # Called with (entry, reason) when a try is parked because of its pool's definition.
+        self.on_unrunnable: Callable[[Entry, str], None] | None = None
         self._drained = anyio.Event()
+        self.set_pools(pools or {})
         for _ in range(parallelism):
             task_group.start_soon(self._worker)
 
     @property
     def waiting(self) -> int:
-        return len(self._heap) + sum(len(v) for v in self._blocked.values())
+        return (
+            len(self._heap)
+            + sum(len(v) for v in self._dag_wait.values())
+            + sum(len(v) for v in self._pool_wait.values())
+            + len(self._unrunnable)
+        )
 
-    def submit(self, dag_id: str, priority_weight: int, dag_limit: int, start: Start) -> None:
-        """Queue a try; `start()` runs in a slot, which is free again when it returns."""
-        heapq.heappush(self._heap, (-priority_weight, next(self._seq), dag_id, dag_limit, start))
+    # -- pools ------------------------------------------------------------------------
+    def set_pools(self, pools: Mapping[str, PoolRecord]) -> bool:
+        """Replace the pool definitions (from the store). Tries parked because of a pool
+        are considered again if anything changed. Returns whether anything did."""
+        new = dict(pools)
+        if DEFAULT_POOL not in new:
+            new[DEFAULT_POOL] = PoolRecord(DEFAULT_POOL, DEFAULT_POOL_SLOTS)
+        if new == self.pools:
+            return False
+        self.pools = new
+        parked = self._unrunnable
+        self._unrunnable = []
+        for items in self._pool_wait.values():
+            parked.extend(items)
+        self._pool_wait = {}
+        for item in parked:
+            self._push(item)
+        if parked:
+            self._dispatch()
+        return True
+
+    def include_deferred(self, pool: str) -> bool:
+        record = self.pools.get(pool)
+        return record is not None and record.include_deferred
+
+    def take_hold(self, holder: Any, pool: str, slots: int) -> None:
+        """`holder` holds `slots` of `pool` from now on, whatever is free (a deferred TI
+        found at adoption)."""
+        if holder.pool_hold is None:
+            holder.pool_hold = PoolHold(pool, slots)
+            self.pool_used[pool] += slots
+
+    def release_hold(self, holder: Any, *, dispatch: bool = True) -> None:
+        """`holder` gives its pool slots back (no effect if it holds none)."""
+        hold: PoolHold | None = holder.pool_hold
+        if hold is None:
+            return
+        holder.pool_hold = None
+        self.pool_used[hold.pool] -= hold.slots
+        self._refill_pool(hold.pool)
+        if dispatch:
+            self._dispatch()
+
+    # -- queueing ---------------------------------------------------------------------
+    def submit(
+        self,
+        dag_id: str,
+        priority_weight: int,
+        dag_limit: int,
+        start: Start,
+        *,
+        pool: str = DEFAULT_POOL,
+        pool_slots: int = 1,
+        holder: Any = None,
+    ) -> None:
+        """Queue a try; `start()` runs in a slot, which is free again when it returns.
+        A `holder` that already holds its pool slots (`pool_hold`) skips the pool."""
+        entry = Entry(dag_id, dag_limit, pool, pool_slots, holder or _Holder(), start)
+        self._push((-priority_weight, next(self._seq), entry))
         self._dispatch()
 
     def stop_accepting(self) -> None:
@@ -61,15 +187,84 @@ class Slots:
         """After stop_accepting: wait until no try is running."""
         await self._drained.wait()
 
-    def _next_runnable(self) -> _Waiting | None:
+    def _push(self, item: _Item) -> None:
+        entry = item[2]
+        self._heap_per_dag[entry.dag_id] += 1
+        entry.counted = entry.holder.pool_hold is None
+        if entry.counted:
+            self._heap_pool_slots[entry.pool] += entry.pool_slots
+        heapq.heappush(self._heap, item)
+
+    def _pop(self) -> _Item:
+        item = heapq.heappop(self._heap)
+        entry = item[2]
+        self._heap_per_dag[entry.dag_id] -= 1
+        if entry.counted:
+            self._heap_pool_slots[entry.pool] -= entry.pool_slots
+        return item
+
+    def _pool_limit(self, pool: str) -> int | None:
+        record = self.pools.get(pool)
+        return None if record is None else record.slots
+
+    def _next_runnable(self) -> _Item | None:
         while self._heap:
-            item = heapq.heappop(self._heap)
-            dag_id, dag_limit = item[2], item[3]
-            if self._per_dag[dag_id] >= dag_limit:
-                self._blocked[dag_id].append(item)
+            item = self._pop()
+            entry = item[2]
+            dag_id = entry.dag_id
+            if self._per_dag[dag_id] >= entry.dag_limit:
+                heapq.heappush(self._dag_wait.setdefault(dag_id, []), item)
+                self._refill_pool(entry.pool)
                 continue
+            if entry.holder.pool_hold is None:
+                pool = entry.pool
+                limit = self._pool_limit(pool)
+                if limit is None or (limit != UNLIMITED_SLOTS and entry.pool_slots > limit):
+                    self._unrunnable.append(item)
+                    self._refill_dag(dag_id, entry.dag_limit)
+                    self._refill_pool(pool)
+                    if self.on_unrunnable is not None:
+                        self.on_unrunnable(entry, self._why_unrunnable(entry, limit))
+                    continue
+                if limit != UNLIMITED_SLOTS and self.pool_used[pool] + entry.pool_slots > limit:
+                    heapq.heappush(self._pool_wait.setdefault(pool, []), item)
+                    self._refill_dag(dag_id, entry.dag_limit)
+                    continue
             return item
         return None
+
+    @staticmethod
+    def _why_unrunnable(entry: Entry, limit: int | None) -> str:
+        if limit is None:
+            return (f"waiting for pool {entry.pool!r}, which does not exist "
+                    f"(create it with `aflow pools set {entry.pool} SLOTS`)")
+        return (f"waiting: it needs {entry.pool_slots} slots of pool {entry.pool!r}, which "
+                f"has {limit} (grow it with `aflow pools set {entry.pool} SLOTS`)")
+
+    def _refill_dag(self, dag_id: str, dag_limit: int) -> None:
+        """Bring parked tries of `dag_id` back while the DAG has room for them."""
+        parked = self._dag_wait.get(dag_id)
+        while parked and self._per_dag[dag_id] + self._heap_per_dag[dag_id] < dag_limit:
+            self._push(heapq.heappop(parked))
+        if parked is not None and not parked:
+            del self._dag_wait[dag_id]
+
+    def _refill_pool(self, pool: str) -> None:
+        """Bring parked tries of `pool` back while the pool has room for them (in priority
+        order: one that does not fit yet keeps those behind it parked)."""
+        parked = self._pool_wait.get(pool)
+        if not parked:
+            return
+        limit = self._pool_limit(pool)
+        if limit is None:
+            return
+        while parked and (
+            limit == UNLIMITED_SLOTS
+            or self.pool_used[pool] + self._heap_pool_slots[pool] + parked[0][2].pool_slots <= limit
+        ):
+            self._push(heapq.heappop(parked))
+        if not parked:
+            del self._pool_wait[pool]
 
     def _dispatch(self) -> None:
         while self.accepting and self._idle and self._heap:
@@ -78,47 +273,54 @@ class Slots:
                 return
             waiter = self._idle.popleft()
             if waiter.done():  # its worker was cancelled
-                self._requeue(item)
+                self._push(item)
                 continue
-            self._claim(item)
-            waiter.set_result(item)
+            self._claim(item[2])
+            waiter.set_result(item[2])
 
-    def _claim(self, item: _Waiting) -> None:
+    def _claim(self, entry: Entry) -> None:
         self.running += 1
-        self._per_dag[item[2]] += 1
+        self._per_dag[entry.dag_id] += 1
+        holder = entry.holder
+        if holder.pool_hold is None:
+            holder.pool_hold = PoolHold(entry.pool, entry.pool_slots)
+            self.pool_used[entry.pool] += entry.pool_slots
+        entry.hold = holder.pool_hold
 
-    def _requeue(self, item: _Waiting) -> None:
-        heapq.heappush(self._heap, item)
-
-    def _release(self, item: _Waiting) -> None:
+    def _release(self, entry: Entry, keep: bool) -> None:
         self.running -= 1
-        dag_id = item[2]
+        dag_id = entry.dag_id
         self._per_dag[dag_id] -= 1
-        blocked = self._blocked.pop(dag_id, None)
-        if blocked:
-            for waiting in blocked:
-                heapq.heappush(self._heap, waiting)
+        self._refill_dag(dag_id, entry.dag_limit)
+        holder = entry.holder
+        if not keep and entry.hold is not None and holder.pool_hold is entry.hold:
+            self.release_hold(holder, dispatch=False)  # the worker takes the next try itself
         if not self.accepting and self.running == 0:
             self._drained.set()
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            item: _Waiting | None = None
-            if self.accepting and not self._idle:
+            entry: Entry | None = None
+            if self.accepting:
+                # This worker is free: it takes the next runnable try itself (no hand-off
+                # to an idle worker), then hands out what else its release made runnable.
                 item = self._next_runnable()
                 if item is not None:
-                    self._claim(item)
-            if item is None:
-                waiter: asyncio.Future[_Waiting | None] = loop.create_future()
+                    entry = item[2]
+                    self._claim(entry)
+                    if self._idle:
+                        self._dispatch()
+            if entry is None:
+                waiter: asyncio.Future[Entry | None] = loop.create_future()
                 self._idle.append(waiter)
-                item = await waiter
-                if item is None:
+                entry = await waiter
+                if entry is None:
                     continue
+            keep = False
             try:
-                await item[4]()
+                keep = bool(await entry.start())
             except Exception:  # noqa: BLE001 - a try's own errors are handled inside it
                 log.exception("a try crashed its slot")
             finally:
-                self._release(item)
-            self._dispatch()
+                self._release(entry, keep)

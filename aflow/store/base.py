@@ -20,6 +20,7 @@ from aflow.store.records import (
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
+    PoolRecord,
     ProcessRecord,
     TaskInstanceRecord,
     TaskInstanceRow,
@@ -47,6 +48,7 @@ class Store(abc.ABC):
     TRIGGERS_NEW_CHANNEL = "triggers_new"  # a TI deferred: a trigger row waits to be claimed
     ASSETS_CHANNEL = "assets"  # asset events were queued for DAGs: see if a run is due
     WATCHERS_CHANNEL = "asset_watchers"  # DAGs recorded (maybe new watchers): claim them
+    POOLS_CHANNEL = "pools"  # a pool was created, changed or deleted: re-read the pools
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -277,6 +279,31 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_triggers(self) -> list[TriggerRecord]: ...
+
+    # -- pools ---------------------------------------------------------------------------
+    # TI states that occupy a pool (`pool_usage`, `delete_pool`).
+    POOL_BUSY_STATES = ("queued", "running", "deferred")
+
+    @abc.abstractmethod
+    async def list_pools(self) -> list[PoolRecord]:
+        """Every pool, by name; `default_pool` is always among them."""
+
+    @abc.abstractmethod
+    async def get_pool(self, name: str) -> PoolRecord | None: ...
+
+    @abc.abstractmethod
+    async def set_pool(self, pool: PoolRecord) -> None:
+        """Create or replace a pool (committed on return; POOLS_CHANNEL is notified)."""
+
+    @abc.abstractmethod
+    async def delete_pool(self, name: str) -> None:
+        """Delete a pool; PoolError for `default_pool` or a pool with task instances
+        queued, running or deferred in it, PoolNotFound for an unknown one."""
+
+    @abc.abstractmethod
+    async def pool_usage(self) -> dict[str, dict[str, int]]:
+        """Per pool, how many task instances are in each of POOL_BUSY_STATES (every
+        process's, as the store has them; pools without any are left out)."""
 
     # -- webhook events ---------------------------------------------------------------
     @abc.abstractmethod

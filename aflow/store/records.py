@@ -228,3 +228,20 @@ class WebSessionRecord:
     username: str
     created_at: datetime
     expires_at: datetime
+
+
+DEFAULT_POOL = "default_pool"
+DEFAULT_POOL_SLOTS = 128  # Airflow's default_pool size
+UNLIMITED_SLOTS = -1
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    """A named pool: its tasks together take at most `slots` slots at once in one
+    scheduler process (-1: no limit). With `include_deferred`, a deferred task keeps
+    counting against it until it ends."""
+
+    name: str
+    slots: int
+    description: str = ""
+    include_deferred: bool = False

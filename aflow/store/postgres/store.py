@@ -63,6 +63,8 @@ import anyio
 import asyncpg
 
 from aflow.exceptions import (
+    PoolError,
+    PoolNotFound,
     RunAlreadyExists,
     RunBusy,
     RunNotFound,
@@ -87,12 +89,14 @@ from aflow.store.postgres.commit import PipelinedCommitter
 from aflow.store.postgres.migrate import migrate
 from aflow.store.postgres.url import PostgresTarget, parse_postgres_url, quote_ident
 from aflow.store.records import (
+    DEFAULT_POOL,
     ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
+    PoolRecord,
     ProcessRecord,
     TaskInstanceRecord,
     TaskInstanceRow,
@@ -1201,6 +1205,73 @@ class PostgresStore(Store):
     async def list_triggers(self) -> list[TriggerRecord]:
         rows = await self._read(f"SELECT {enc.TRIGGER_COLS} FROM trigger ORDER BY id")
         return [enc.trigger_from(r) for r in rows]
+
+    # -- pools ---------------------------------------------------------------------------
+    async def list_pools(self) -> list[PoolRecord]:
+        rows = await self._read(
+            "SELECT name, slots, description, include_deferred FROM pool ORDER BY name"
+        )
+        return [PoolRecord(r[0], int(r[1]), r[2], bool(r[3])) for r in rows]
+
+    async def get_pool(self, name: str) -> PoolRecord | None:
+        rows = await self._read(
+            "SELECT name, slots, description, include_deferred FROM pool WHERE name=$1", name
+        )
+        return PoolRecord(rows[0][0], int(rows[0][1]), rows[0][2], bool(rows[0][3])) if rows else None
+
+    async def set_pool(self, pool: PoolRecord) -> None:
+        channel = self.channel_name(self.POOLS_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO pool (name, slots, description, include_deferred) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET slots=excluded.slots, "
+                "description=excluded.description, include_deferred=excluded.include_deferred",
+                pool.name, pool.slots, pool.description, pool.include_deferred,
+            )
+            await conn.execute(_NOTIFY, channel, pool.name)
+
+        await self._transaction(run_tx)
+
+    async def delete_pool(self, name: str) -> None:
+        if name == DEFAULT_POOL:
+            raise PoolError(f"{DEFAULT_POOL} cannot be deleted (set its slots instead)")
+        channel = self.channel_name(self.POOLS_CHANNEL)
+        busy = list(self.POOL_BUSY_STATES)
+
+        async def run_tx(conn: asyncpg.Connection) -> str | None:
+            # the row lock makes a concurrent `set` of this pool wait for the outcome
+            if await conn.fetchval("SELECT 1 FROM pool WHERE name=$1 FOR UPDATE", name) is None:
+                return "missing"
+            n = await conn.fetchval(
+                "SELECT COUNT(*) FROM task_instance WHERE pool=$1 AND state = ANY($2::text[])",
+                name, busy,
+            )
+            if n:
+                return f"{n}"
+            await conn.execute("DELETE FROM pool WHERE name=$1", name)
+            await conn.execute(_NOTIFY, channel, name)
+            return None
+
+        refused = await self._transaction(run_tx)
+        if refused == "missing":
+            raise PoolNotFound(f"no pool {name!r}")
+        if refused is not None:
+            raise PoolError(
+                f"pool {name!r} has {refused} task instance(s) queued, running or deferred in it; "
+                "delete it once they have ended"
+            )
+
+    async def pool_usage(self) -> dict[str, dict[str, int]]:
+        rows = await self._read(
+            "SELECT pool, state, COUNT(*) FROM task_instance WHERE state = ANY($1::text[]) "
+            "GROUP BY pool, state",
+            list(self.POOL_BUSY_STATES),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for pool, state, n in rows:
+            out.setdefault(pool, {})[state] = int(n)
+        return out
 
     # -- webhook events ------------------------------------------------------------------
     async def deliver_webhook(self, key: str, payload: Any, now: datetime) -> int:

@@ -25,6 +25,8 @@ import aiosqlite
 import anyio
 
 from aflow.exceptions import (
+    PoolError,
+    PoolNotFound,
     RunAlreadyExists,
     RunBusy,
     RunNotFound,
@@ -45,12 +47,14 @@ from aflow.store.base import (
 from aflow.store.codec import dt_in, dt_out, json_in, json_out
 from aflow.store.group_commit import GroupCommitter, Op
 from aflow.store.records import (
+    DEFAULT_POOL,
     ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
+    PoolRecord,
     ProcessRecord,
     TaskInstanceRecord,
     TaskInstanceRow,
@@ -1041,6 +1045,68 @@ class SqliteStore(Store):
     async def list_triggers(self) -> list[TriggerRecord]:
         rows = await self._read(f"SELECT {_TRIGGER_COLS} FROM trigger ORDER BY id")
         return [_trigger_from(r) for r in rows]
+
+    # -- pools ---------------------------------------------------------------------------
+    async def list_pools(self) -> list[PoolRecord]:
+        rows = await self._read(
+            "SELECT name, slots, description, include_deferred FROM pool ORDER BY name"
+        )
+        return [PoolRecord(r[0], int(r[1]), r[2], bool(r[3])) for r in rows]
+
+    async def get_pool(self, name: str) -> PoolRecord | None:
+        rows = await self._read(
+            "SELECT name, slots, description, include_deferred FROM pool WHERE name=?", (name,)
+        )
+        return PoolRecord(rows[0][0], int(rows[0][1]), rows[0][2], bool(rows[0][3])) if rows else None
+
+    async def set_pool(self, pool: PoolRecord) -> None:
+        row = (pool.name, pool.slots, pool.description, int(pool.include_deferred))
+        await self._transaction(
+            lambda conn: conn.execute(
+                "INSERT INTO pool (name, slots, description, include_deferred) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET slots=excluded.slots, "
+                "description=excluded.description, include_deferred=excluded.include_deferred",
+                row,
+            )
+        )
+
+    async def delete_pool(self, name: str) -> None:
+        if name == DEFAULT_POOL:
+            raise PoolError(f"{DEFAULT_POOL} cannot be deleted (set its slots instead)")
+        busy = self.POOL_BUSY_STATES
+
+        def run_tx(conn: sqlite3.Connection) -> str | None:
+            if conn.execute("SELECT 1 FROM pool WHERE name=?", (name,)).fetchone() is None:
+                return "missing"
+            n = conn.execute(
+                f"SELECT COUNT(*) FROM task_instance WHERE pool=? AND state IN ({', '.join('?' * len(busy))})",
+                (name, *busy),
+            ).fetchone()[0]
+            if n:
+                return f"{n}"
+            conn.execute("DELETE FROM pool WHERE name=?", (name,))
+            return None
+
+        refused = await self._transaction(run_tx)
+        if refused == "missing":
+            raise PoolNotFound(f"no pool {name!r}")
+        if refused is not None:
+            raise PoolError(
+                f"pool {name!r} has {refused} task instance(s) queued, running or deferred in it; "
+                "delete it once they have ended"
+            )
+
+    async def pool_usage(self) -> dict[str, dict[str, int]]:
+        busy = self.POOL_BUSY_STATES
+        rows = await self._read(
+            f"SELECT pool, state, COUNT(*) FROM task_instance "
+            f"WHERE state IN ({', '.join('?' * len(busy))}) GROUP BY pool, state",
+            busy,
+        )
+        out: dict[str, dict[str, int]] = {}
+        for pool, state, n in rows:
+            out.setdefault(pool, {})[state] = int(n)
+        return out
 
     # -- webhook events ------------------------------------------------------------------
     async def deliver_webhook(self, key: str, payload: Any, now: datetime) -> int:

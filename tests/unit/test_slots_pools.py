@@ -1,0 +1,115 @@
+"""Slots alone: pool slots and DAG limits gate tries without blocking the others, a
+held pool hold skips its pool, and tries parked for a missing pool start once it exists."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from aflow.runtime.slots import Slots
+from aflow.store.records import PoolRecord
+
+pytestmark = pytest.mark.anyio
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.pool_hold: Any = None
+
+
+class Tracker:
+    def __init__(self) -> None:
+        self.now: dict[str, int] = defaultdict(int)
+        self.peak: dict[str, int] = defaultdict(int)
+        self.started: list[str] = []
+        self.gates: dict[str, anyio.Event] = defaultdict(anyio.Event)
+        self.done = 0
+
+    def start(self, name: str, key: str, slots: int = 1, keep: bool = False) -> Any:
+        async def run() -> bool:
+            self.started.append(name)
+            self.now[key] += slots
+            self.peak[key] = max(self.peak[key], self.now[key])
+            await self.gates[name].wait()
+            self.now[key] -= slots
+            self.done += 1
+            return keep
+
+        return run
+
+
+async def until(predicate: Any) -> None:
+    with anyio.fail_after(10):
+        while not predicate():  # noqa: ASYNC110 - polls in-memory state
+            await anyio.lowlevel.checkpoint()
+
+
+async def test_a_try_blocked_by_its_pool_lets_its_dag_go_on() -> None:
+    """DAG limit 1: the heaviest waiting try names a pool that does not exist; the next
+    one must still get the DAG's slot when it frees."""
+    t = Tracker()
+    reasons: list[str] = []
+    async with anyio.create_task_group() as tg:
+        slots = Slots(4, tg, pools={"p": PoolRecord("p", 2)})
+        slots.on_unrunnable = lambda entry, why: reasons.append(why)
+        slots.submit("d", 1, 1, t.start("z", "d"))
+        await until(lambda: t.started == ["z"])
+        slots.submit("d", 9, 1, t.start("x", "d"), pool="nowhere", holder=Holder())
+        slots.submit("d", 5, 1, t.start("y", "d"), pool="p", holder=Holder())
+        t.gates["z"].set()
+        await until(lambda: t.started == ["z", "y"])
+        assert reasons == ["waiting for pool 'nowhere', which does not exist "
+                           "(create it with `aflow pools set nowhere SLOTS`)"]
+        t.gates["y"].set()
+        t.gates["x"].set()
+        slots.set_pools({"p": PoolRecord("p", 2), "nowhere": PoolRecord("nowhere", 1)})
+        await until(lambda: t.done == 3)
+        assert slots.pool_used == {"default_pool": 0, "p": 0, "nowhere": 0}
+        tg.cancel_scope.cancel()
+
+
+async def test_pool_slots_gate_and_a_held_hold_skips_the_pool() -> None:
+    t = Tracker()
+    async with anyio.create_task_group() as tg:
+        slots = Slots(8, tg, pools={"p": PoolRecord("p", 3)})
+        for i in range(6):
+            slots.submit("d", 1, 100, t.start(f"t{i}", "p", 2), pool="p", pool_slots=2,
+                         holder=Holder())
+        await until(lambda: len(t.started) == 1)
+        assert slots.pool_used["p"] == 2
+        # a TI that kept its hold while deferred goes on without waiting for the pool
+        held = Holder()
+        slots.take_hold(held, "p", 1)
+        assert slots.pool_used["p"] == 3
+        slots.submit("d", 1, 100, t.start("resumed", "p", 1), pool="p", holder=held)
+        await until(lambda: "resumed" in t.started)
+        t.gates["resumed"].set()
+        for i in range(6):
+            t.gates[f"t{i}"].set()
+        await until(lambda: t.done == 7)
+        assert t.peak["p"] <= 3
+        assert slots.pool_used["p"] == 0 and held.pool_hold is None
+        tg.cancel_scope.cancel()
+
+
+async def test_a_start_that_keeps_its_hold_holds_until_released() -> None:
+    t = Tracker()
+    async with anyio.create_task_group() as tg:
+        slots = Slots(2, tg, pools={"p": PoolRecord("p", 1, include_deferred=True)})
+        deferred = Holder()
+        slots.submit("d", 1, 10, t.start("defers", "p", keep=True), pool="p", holder=deferred)
+        slots.submit("d", 1, 10, t.start("next", "p"), pool="p", holder=Holder())
+        t.gates["defers"].set()
+        await until(lambda: t.done == 1)
+        await anyio.lowlevel.checkpoint()
+        assert t.started == ["defers"] and slots.running == 0
+        assert slots.pool_used["p"] == 1  # kept by the deferred TI
+        slots.release_hold(deferred)
+        t.gates["next"].set()
+        await until(lambda: t.done == 2)
+        assert slots.pool_used["p"] == 0
+        tg.cancel_scope.cancel()

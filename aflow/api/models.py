@@ -96,6 +96,7 @@ class DagRun(BaseModel):
 
 class DagRunCollection(BaseModel):
     dag_runs: list[DagRun]
+    total_entries: int
 
 
 class DagRunCreate(Input):

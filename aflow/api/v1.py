@@ -226,14 +226,12 @@ async def patch_dag(request: web.Request, dag_id: str, body: m.DagPatch) -> m.Da
 async def list_runs(request: web.Request, dag_id: str, query: m.RunQuery) -> m.DagRunCollection:
     if dag_id != ALL_DAGS:
         await dag_record(request, dag_id)
-    runs = await orchestrator(request).store.list_runs(
-        None if dag_id == ALL_DAGS else dag_id,
-        states=query.state,
-        limit=query.limit,
-        offset=query.offset,
-        logical_date=query.logical_date,
-    )
-    return m.DagRunCollection(dag_runs=[run_out(r) for r in runs])
+    store = orchestrator(request).store
+    which = None if dag_id == ALL_DAGS else dag_id
+    runs = await store.list_runs(which, states=query.state, limit=query.limit,
+                                 offset=query.offset, logical_date=query.logical_date)
+    total = await store.count_runs(which, states=query.state, logical_date=query.logical_date)
+    return m.DagRunCollection(dag_runs=[run_out(r) for r in runs], total_entries=total)
 
 
 @api.route("POST", "/dags/{dag_id}/runs", summary="Trigger a run (committed before the "

@@ -88,8 +88,7 @@ class AssetRuns:
             record = await self.store.get_dag(dag_id)
             if record is not None and record.is_paused:
                 continue  # stays queued until it is unpaused
-            active = await self.store.list_runs(dag_id, states=_ACTIVE, limit=dag.max_active_runs)
-            if len(active) >= dag.max_active_runs:
+            if await self.store.count_runs(dag_id, states=_ACTIVE) >= dag.max_active_runs:
                 continue  # stays queued until a run ends
             now = self.scheduler.clock.now()
             run, tis = new_run(

@@ -266,10 +266,8 @@ class Scheduler:
             # One admission at a time in this process: a claim pass and a trigger() must
             # not both see room for the last run allowed (adopt commits it as running).
             async with self._admit_lock:
-                active = await self.store.list_runs(
-                    dag.dag_id, states=[DagRunState.RUNNING], limit=dag.max_active_runs
-                )
-                if len(active) >= dag.max_active_runs:
+                active = await self.store.count_runs(dag.dag_id, states=[DagRunState.RUNNING])
+                if active >= dag.max_active_runs:
                     await self.store.release_runs(self.owner, [(run.dag_id, run.run_id)])
                     return False
                 if tis is None:

@@ -126,6 +126,16 @@ class Store(abc.ABC):
         """Newest logical date first; `logical_date` keeps the runs of that moment."""
 
     @abc.abstractmethod
+    async def count_runs(
+        self,
+        dag_id: str | None = None,
+        states: Iterable[DagRunState] | None = None,
+        logical_date: datetime | None = None,
+    ) -> int:
+        """How many runs `list_runs` with the same filters would give without a limit (one
+        count, no rows read out: admitting a run counts a DAG's running runs)."""
+
+    @abc.abstractmethod
     async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:
         """The run with the latest logical date (of `run_type`, if given)."""
 

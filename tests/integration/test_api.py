@@ -231,6 +231,7 @@ async def test_trigger_a_run_then_read_its_task_instances_logs_and_xcoms(
 
     listed = (await client.get("/dags/greet/runs", params={"state": ["success", "failed"]})).json()
     assert [r["dag_run_id"] for r in listed["dag_runs"]] == [run_id]
+    assert listed["total_entries"] == 1
     assert (await client.get("/dags/greet/runs", params={"state": "running"})).json()["dag_runs"] == []
     everyone = (await client.get("/dags/~/runs")).json()
     assert [r["dag_run_id"] for r in everyone["dag_runs"]] == [run_id]

@@ -1610,3 +1610,21 @@ async def test_triggers_owned_before_0003_keep_their_owner_until_its_lease_ends(
         (taken,) = await store.claim_triggers("new2", later, later + timedelta(minutes=1), 10)
         assert taken.task_id == "held"
         assert await store.renew_trigger_leases("old-triggerer", later) == 0
+
+
+async def test_runs_are_counted_with_the_filters_of_list_runs(store: Store) -> None:
+    base = DagRunRecord("c", "x", RunType.MANUAL, DagRunState.RUNNING, T0, None, None, created_at=T0)
+    runs = [
+        base,
+        dataclasses.replace(base, run_id="y", state=DagRunState.SUCCESS),
+        dataclasses.replace(base, run_id="z", logical_date=T0 + timedelta(days=1)),
+        dataclasses.replace(base, dag_id="other", run_id="w"),
+    ]
+    for run in runs:
+        await store.create_run(run, [])
+    assert await store.count_runs() == 4
+    assert await store.count_runs("c") == 3
+    assert await store.count_runs("c", states=[DagRunState.RUNNING]) == 2
+    assert await store.count_runs("c", states=[DagRunState.RUNNING], logical_date=T0) == 1
+    assert await store.count_runs("c", states=[]) == 0
+    assert await store.count_runs("nobody") == 0

@@ -110,6 +110,24 @@ log = logging.getLogger(__name__)
 
 _TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
 
+
+def _run_filter(
+    dag_id: str | None, states: Iterable[DagRunState] | None, logical_date: datetime | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (with its leading space, or empty) of a runs query, and its params."""
+    where: list[str] = []
+    params: list[Any] = []
+    if logical_date is not None:
+        params.append(enc.aware(logical_date))
+        where.append(f"logical_date=${len(params)}")
+    if dag_id is not None:
+        params.append(dag_id)
+        where.append(f"dag_id=${len(params)}")
+    if states is not None:
+        params.append([DagRunState(s).value for s in states])
+        where.append(f"state = ANY(${len(params)}::text[])")
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
 T = TypeVar("T")
 
 class _ConnectionLost(Exception):
@@ -745,20 +763,8 @@ class PostgresStore(Store):
         offset: int = 0,
         logical_date: datetime | None = None,
     ) -> list[DagRunRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if logical_date is not None:
-            params.append(enc.aware(logical_date))
-            where.append(f"logical_date=${len(params)}")
-        if dag_id is not None:
-            params.append(dag_id)
-            where.append(f"dag_id=${len(params)}")
-        if states is not None:
-            params.append([DagRunState(s).value for s in states])
-            where.append(f"state = ANY(${len(params)}::text[])")
-        sql = f"SELECT {enc.RUN_COLS} FROM dag_run"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = _run_filter(dag_id, states, logical_date)
+        sql = f"SELECT {enc.RUN_COLS} FROM dag_run{where}"
         params.extend([limit, offset])
         # NULLS LAST: as SQLite, which sorts NULL lowest.
         sql += (
@@ -766,6 +772,16 @@ class PostgresStore(Store):
             f"LIMIT ${len(params) - 1} OFFSET ${len(params)}"
         )
         return [enc.run_from(r) for r in await self._read(sql, *params)]
+
+    async def count_runs(
+        self,
+        dag_id: str | None = None,
+        states: Iterable[DagRunState] | None = None,
+        logical_date: datetime | None = None,
+    ) -> int:
+        where, params = _run_filter(dag_id, states, logical_date)
+        rows = await self._read(f"SELECT COUNT(*) FROM dag_run{where}", *params)
+        return int(rows[0][0])
 
     async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:
         sql = f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1"

@@ -69,6 +69,25 @@ log = logging.getLogger(__name__)
 _TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
 
 
+def _run_filter(
+    dag_id: str | None, states: Iterable[DagRunState] | None, logical_date: datetime | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (with its leading space, or empty) of a runs query, and its params."""
+    where: list[str] = []
+    params: list[Any] = []
+    if logical_date is not None:
+        where.append("logical_date=?")
+        params.append(dt_out(logical_date))
+    if dag_id is not None:
+        where.append("dag_id=?")
+        params.append(dag_id)
+    if states is not None:
+        state_list = [DagRunState(s).value for s in states]
+        where.append(f"state IN ({', '.join('?' * len(state_list))})")
+        params.extend(state_list)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 def _user_from(r: Sequence[Any]) -> UserRecord:
     return UserRecord(r[0], r[1], r[2], dt_in(r[3]))  # type: ignore[arg-type]
 
@@ -644,24 +663,21 @@ class SqliteStore(Store):
         offset: int = 0,
         logical_date: datetime | None = None,
     ) -> list[DagRunRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if logical_date is not None:
-            where.append("logical_date=?")
-            params.append(dt_out(logical_date))
-        if dag_id is not None:
-            where.append("dag_id=?")
-            params.append(dag_id)
-        if states is not None:
-            state_list = [DagRunState(s).value for s in states]
-            where.append(f"state IN ({', '.join('?' * len(state_list))})")
-            params.extend(state_list)
-        sql = f"SELECT {_RUN_COLS} FROM dag_run"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = _run_filter(dag_id, states, logical_date)
+        sql = f"SELECT {_RUN_COLS} FROM dag_run{where}"
         sql += " ORDER BY logical_date DESC, created_at DESC LIMIT ? OFFSET ?"
         params.extend([limit, offset])
         return [_run_from(r) for r in await self._read(sql, params)]
+
+    async def count_runs(
+        self,
+        dag_id: str | None = None,
+        states: Iterable[DagRunState] | None = None,
+        logical_date: datetime | None = None,
+    ) -> int:
+        where, params = _run_filter(dag_id, states, logical_date)
+        rows = await self._read(f"SELECT COUNT(*) FROM dag_run{where}", params)
+        return int(rows[0][0])
 
     async def latest_run(self, dag_id: str, run_type: str | None = None) -> DagRunRecord | None:
         sql = f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=?"

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import anyio
 
 from aflow import __version__
 from aflow.cli_backfill import add_parser as add_backfill_parser
+from aflow.cli_web import add_parsers as add_web_parsers
 from aflow.config import SETTINGS, Config, load_config, resolve_home
 from aflow.exceptions import AflowError
 from aflow.orchestrator import DEFAULT_HOME, Orchestrator
@@ -696,8 +698,10 @@ async def cmd_config_get(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, what: str) -> int:
     folder = dags_folder_of(args)
     # scheduler: schedules and drives runs; triggerer: only parks deferred waits;
-    # standalone: both in one process.
+    # webserver: the UI and REST API (runs it creates are left to the schedulers);
+    # standalone: all of them in one process.
     drives_runs = what in ("scheduler", "standalone")
+    serves_web = what in ("webserver", "standalone")
     orchestrator = Orchestrator(
         folder,
         store=store_url_of(args),
@@ -706,6 +710,7 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         shutdown_grace_s=args.grace,
         schedule=drives_runs,
         claim=drives_runs,
+        drive_runs=what != "webserver",
         triggerer=what in ("triggerer", "standalone"),
         triggerer_capacity=args.capacity,
         lease_s=args.lease,
@@ -720,8 +725,16 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
         pools={p.name: p for p in args.config.pools} if drives_runs else None,
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with anyio.create_task_group() as watchers:
+        async with anyio.create_task_group() as watchers, AsyncExitStack() as web:
             async with orchestrator as o:
+                url = password = None
+                if serves_web:  # (imported here: other commands need no web stack)
+                    from aflow.api import serve_api
+                    from aflow.cli_web import ensure_admin
+
+                    password = await ensure_admin(o.store) if what == "standalone" else None
+                    url = await web.enter_async_context(
+                        serve_api(o, host=args.host, port=args.port))
                 print(f"aflow {what} {__version__} running (pid {os.getpid()})", flush=True)
                 print(f"  home:        {o.home}", flush=True)
                 print(f"  store:       {store_url_of(args)}", flush=True)
@@ -729,6 +742,11 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
                 print(f"  config:      {args.config.file}{exists}", flush=True)
                 print(f"  DAG folder:  {folder} ({len(o.dagbag.dags)} DAGs, {len(o.dagbag.import_errors)} import errors)", flush=True)
                 print(f"  task logs:   {o.log_dir}", flush=True)
+                if url is not None:
+                    print(f"  web UI:      {url}  (REST API: {url}/api/v1)", flush=True)
+                    if password is not None:
+                        print(f"  login:       admin / {password}  (created now, shown "
+                              "once: only its hash is stored; see aflow users)", flush=True)
                 for message in o.dagbag.import_errors.values():
                     print(f"  import error: {message.splitlines()[0]}", flush=True)
                 async for signum in signals:
@@ -743,6 +761,7 @@ async def _serve(args: argparse.Namespace, what: str) -> int:
                         o.cut_grace_short()
 
                 watchers.start_soon(second_signal)
+                await web.aclose()  # the web server stops before the orchestrator drains
             watchers.cancel_scope.cancel()
     print("stopped", flush=True)
     return 0
@@ -862,8 +881,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("scheduler", "schedule and drive runs until SIGTERM/Ctrl-C"),
                        ("triggerer", "park deferred waits (triggers) until SIGTERM/Ctrl-C"),
-                       ("standalone", "run every part of aflow in one process")):
+                       ("webserver", "serve the web UI and REST API until SIGTERM/Ctrl-C"),
+                       ("standalone", "run every part of aflow in one process, with the web "
+                                      "UI (creates an admin user on first start)")):
         p = groups.add_parser(name, parents=[common, running], help=text)
+        if name in ("webserver", "standalone"):
+            p.add_argument("--host", help=_setting_help("address to listen on", "webserver.host"))
+            p.add_argument("--port", type=int, help=_setting_help("port", "webserver.port"))
         p.add_argument("--grace", type=float,
                        help=_setting_help("seconds running tasks get to finish on shutdown",
                                           "core.shutdown_grace_seconds"))
@@ -872,6 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_scale_out_options(p)
         p.set_defaults(handler=lambda a, name=name: _serve(a, name))
 
+    add_web_parsers(groups, common, output)
     add_backfill_parser(groups, [common, output, running],
                         _setting_help("seconds running tasks get to finish on SIGTERM/Ctrl-C",
                                       "core.shutdown_grace_seconds"))

@@ -135,6 +135,11 @@ SETTINGS: tuple[Setting, ...] = (
             default_text="the CPUs less one, from 1 to 4"),
     Setting("dag_processor", "watch", "bool", True,
             "re-parse the DAG folder live when a file changes (false: load once at start)"),
+    Setting("webserver", "host", "str", "127.0.0.1",
+            "the address the web UI and REST API listen on (aflow webserver, standalone)",
+            flag="--host"),
+    Setting("webserver", "port", "int", 8080,
+            "the port of the web UI and REST API (0: any free port)", flag="--port", minimum=0),
     Setting("logging", "level", "str", "WARNING",
             "what aflow's own log prints on stderr (-v means DEBUG)", choices=LOG_LEVELS),
 )

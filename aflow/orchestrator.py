@@ -119,6 +119,7 @@ class Orchestrator:
         clock: Clock | None = None,
         schedule: bool = True,
         claim: bool = True,
+        drive_runs: bool = True,
         claim_dags: Iterable[str] | None = None,
         triggerer: bool = True,
         triggerer_capacity: int = DEFAULT_TRIGGERER_CAPACITY,
@@ -154,6 +155,7 @@ class Orchestrator:
         self.clock: Clock = clock or SystemClock()
         self.schedule = schedule
         self.claim = claim
+        self.drive_runs = drive_runs
         self.claim_dags = frozenset(claim_dags) if claim_dags is not None else None
         self.run_triggerer = triggerer
         self.triggerer_capacity = triggerer_capacity
@@ -279,6 +281,7 @@ class Orchestrator:
             orphan_grace_s=self.orphan_grace_s,
             create_scheduled_runs=self.schedule,
             claim_runs=self.claim,
+            drive_created_runs=self.drive_runs,
             claim_dag_ids=self.claim_dags,
         )
         await tg.start(self.scheduler.run)

@@ -105,6 +105,7 @@ class Scheduler:
         orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
         create_scheduled_runs: bool = True,
         claim_runs: bool = True,
+        drive_created_runs: bool = True,
         claim_dag_ids: Iterable[str] | None = None,
         claim_batch: int = DEFAULT_CLAIM_BATCH,
         claim_stagger_s: float = CLAIM_STAGGER_S,
@@ -121,6 +122,7 @@ class Scheduler:
         self.orphan_grace_s = orphan_grace_s
         self.create_scheduled_runs = create_scheduled_runs
         self.claim_runs = claim_runs
+        self.drive_created_runs = drive_created_runs
         # Claim only the runs of these DAGs (a backfill process); None: of every loaded DAG.
         # A scheduler limited so fails no orphans: that is the full schedulers' duty.
         self.claim_dag_ids = frozenset(claim_dag_ids) if claim_dag_ids is not None else None
@@ -468,7 +470,9 @@ class Scheduler:
     ) -> DagRunRecord:
         """Create and commit a run owned by this scheduler, then start driving it (at
         once unless the DAG is at max_active_runs; a caller with a limit of its own, a
-        backfill, passes `check_max_active_runs=False`)."""
+        backfill, passes `check_max_active_runs=False`). A scheduler that does not drive
+        the runs it creates (a web server's) commits it unowned instead, for any scheduler
+        to claim (PostgreSQL tells them at once; on SQLite their next sweep finds it)."""
         now = self.clock.now()
         logical_date = logical_date or now
         if data_interval is None:
@@ -482,10 +486,12 @@ class Scheduler:
             conf=conf,
             run_id=run_id or run_id_for(run_type, logical_date),
             triggered_by=triggered_by,
-            owner=self.owner,
-            lease_until=self.lease_until(),
+            owner=self.owner if self.drive_created_runs else None,
+            lease_until=self.lease_until() if self.drive_created_runs else None,
         )
         await self.store.create_run(run, [])  # TI rows are written as they first change
+        if not self.drive_created_runs:
+            return dataclasses.replace(run)
         if not await self._admit(dag, run, tis, check_max_active_runs=check_max_active_runs):
             log.info("run %s of %s is queued: max_active_runs reached", run.run_id, dag.dag_id)
         return dataclasses.replace(run)

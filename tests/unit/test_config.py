@@ -124,7 +124,7 @@ def test_home_from_flag_env_or_default() -> None:
         ({"AFLOW__DAG_PROCESSOR__WATCH": "maybe"},
          "AFLOW__DAG_PROCESSOR__WATCH=maybe: not a boolean"),
         ({"AFLOW__CORE__PARALELISM": "4"}, "AFLOW__CORE__PARALELISM: unknown setting"),
-        ({"AFLOW__NOPE__X": "4"}, "known sections: core, scheduler, triggerer, dag_processor, logging"),
+        ({"AFLOW__NOPE__X": "4"}, "known sections: core, scheduler, triggerer, dag_processor, webserver, logging"),
     ],
 )
 def test_bad_environment_values(home: Path, env: dict[str, str], message: str) -> None:
@@ -144,8 +144,8 @@ def test_unknown_key_names_the_file_and_the_known_keys(home: Path) -> None:
 
 
 def test_unknown_section_and_home_in_the_file(home: Path) -> None:
-    write_file(home, "[webserver]\nport = 8080\n")
-    with pytest.raises(ConfigError, match=r"unknown section \[webserver\]"):
+    write_file(home, "[web]\nport = 8080\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[web\]"):
         load_config(home, env={})
     write_file(home, "[core]\nhome = '/elsewhere'\n")
     with pytest.raises(ConfigError, match="AFLOW_HOME is where the file lives"):

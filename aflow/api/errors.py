@@ -18,6 +18,7 @@ from aflow.exceptions import (
     DagNotFound,
     InvalidConfError,
     RunAlreadyExists,
+    RunBusy,
     RunNotFound,
     StoreError,
     TaskNotFound,
@@ -74,6 +75,8 @@ def translate(exc: BaseException) -> ApiError | None:
         return not_found(str(exc))
     if isinstance(exc, RunAlreadyExists):
         return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, RunBusy):
+        return ApiError(409, "run_busy", str(exc))
     if isinstance(exc, StoreError):
         return ApiError(503, "store_unavailable", f"the store cannot be used now: {exc}")
     return None

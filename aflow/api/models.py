@@ -6,7 +6,7 @@ Names follow Airflow's REST API where one exists (`dag_run_id`, `total_entries`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -195,3 +195,40 @@ class WebhookResult(BaseModel):
     dag_run_id: str | None = None
     key: str | None = None
     event_id: int | None = None
+
+
+# -- changes by hand ------------------------------------------------------------------------
+class ClearRequest(Input):
+    dag_run_id: str = Field(min_length=1)
+    task_ids: list[str] | None = Field(None, description="these tasks (default: every task)")
+    include_downstream: bool = False
+    include_upstream: bool = False
+    only_failed: bool = False
+    dry_run: bool = Field(False, description="say what would be cleared; change nothing")
+
+
+class ClearResult(BaseModel):
+    task_ids: list[str]
+    dry_run: bool
+
+
+class RunStatePatch(Input):
+    state: Literal["success", "failed"]
+
+
+class TaskStatePatch(Input):
+    new_state: Literal["success", "failed"]
+    map_index: int = -1
+
+
+class MarkResult(BaseModel):
+    task_ids: list[str]  # the marked task, then the downstream ones cleared to re-decide
+
+
+class TryEntry(BaseModel):
+    try_number: int
+    log_size: int
+
+
+class TryCollection(BaseModel):
+    tries: list[TryEntry]

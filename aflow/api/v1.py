@@ -5,6 +5,7 @@ and documented)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import anyio
@@ -428,3 +429,63 @@ def _mapped(name: str, what: str, mapper: Any, payload: Any, request: web.Reques
         raise ApiError(422, "webhook_mapping_failed",
                        f"webhook {name!r}: its {what} mapping failed on this payload: "
                        f"{type(exc).__name__}: {exc}") from None
+
+
+# -- changes by hand ----------------------------------------------------------------------------
+BUSY = (409, "the run or task instance cannot be changed now (running, or driven by a "
+             "process that cannot take the change)")
+
+
+@api.route("POST", "/dags/{dag_id}/clearTaskInstances", summary="Make task instances of a "
+           "run run again (as Airflow's clear): the chosen tasks, with their downstream and/or "
+           "upstream if asked, or only the failed ones; dry_run says what would be cleared",
+           tag="task instances", body=m.ClearRequest, response=m.ClearResult, also=(BUSY,))
+async def clear_task_instances(request: web.Request, dag_id: str, body: m.ClearRequest) -> m.ClearResult:
+    o = orchestrator(request)
+    await run_record(request, dag_id, body.dag_run_id)
+    kwargs: dict[str, Any] = {"downstream": body.include_downstream,
+                              "upstream": body.include_upstream, "only_failed": body.only_failed}
+    if body.dry_run:
+        tis = await o.tasks_to_clear(dag_id, body.dag_run_id, body.task_ids, **kwargs)
+        return m.ClearResult(task_ids=[t.task_id for t in tis], dry_run=True)
+    cleared = await o.clear_tasks(dag_id, body.dag_run_id, body.task_ids, **kwargs)
+    return m.ClearResult(task_ids=cleared, dry_run=False)
+
+
+@api.route("PATCH", "/dags/{dag_id}/runs/{dag_run_id}", summary="Mark a run success or "
+           "failed by hand", tag="runs", body=m.RunStatePatch, response=m.DagRun, also=(BUSY,))
+async def mark_run(request: web.Request, dag_id: str, dag_run_id: str,
+                   body: m.RunStatePatch) -> m.DagRun:
+    await run_record(request, dag_id, dag_run_id)
+    return run_out(await orchestrator(request).mark_run(dag_id, dag_run_id, body.state))
+
+
+@api.route("PATCH", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}",
+           summary="Mark an ended task instance success or failed by hand; its failed "
+           "downstream is cleared to be decided again", tag="task instances",
+           body=m.TaskStatePatch, response=m.MarkResult, also=(BUSY,))
+async def mark_task_instance(request: web.Request, dag_id: str, dag_run_id: str, task_id: str,
+                             body: m.TaskStatePatch) -> m.MarkResult:
+    await task_instance(request, dag_id, dag_run_id, task_id, body.map_index)
+    changed = await orchestrator(request).mark_task(dag_id, dag_run_id, task_id, body.new_state,
+                                                    map_index=body.map_index)
+    return m.MarkResult(task_ids=changed)
+
+
+@api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}/tries",
+           summary="A task instance's tries, each with the size of its log",
+           tag="task instances", response=m.TryCollection)
+async def list_tries(request: web.Request, dag_id: str, dag_run_id: str,
+                     task_id: str) -> m.TryCollection:
+    ti = await task_instance(request, dag_id, dag_run_id, task_id)
+    base = orchestrator(request).log_dir
+
+    def sizes() -> list[m.TryEntry]:
+        out = []
+        for n in range(1, ti.try_number + 1):
+            path = log_path(base, dag_id, dag_run_id, task_id, n, ti.map_index)
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            out.append(m.TryEntry(try_number=n, log_size=size))
+        return out
+
+    return m.TryCollection(tries=await anyio.to_thread.run_sync(sizes))

@@ -384,6 +384,48 @@ async def trigger_submit(request: web.Request) -> web.StreamResponse:
                   problems=problems, values=form)
 
 
+# -- changes by hand (admin; the auth middleware refuses them to viewers) -------------------------
+def _back_to(dag_id: str, run_id: str, task_id: str | None = None) -> str:
+    base = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return f"{base}/tasks/{quote(task_id, safe='')}" if task_id else base
+
+
+async def _by_hand(change: Any) -> Any:
+    """Run a change by hand; what refuses it is shown as the page's error."""
+    try:
+        return await change
+    except AflowError as exc:
+        raise PageError(409, str(exc)) from None
+
+
+@routes.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear")
+async def clear_task(request: web.Request) -> web.StreamResponse:
+    form = await check_csrf(request)
+    dag_id, run_id, task_id = (request.match_info[k] for k in ("dag_id", "run_id", "task_id"))
+    await run_or_404(request, dag_id, run_id)
+    await _by_hand(_o(request).clear_tasks(
+        dag_id, run_id, [task_id], downstream=form.get("downstream") == "on"))
+    raise web.HTTPSeeOther(_back_to(dag_id, run_id, task_id))
+
+
+@routes.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/mark")
+async def mark_task(request: web.Request) -> web.StreamResponse:
+    form = await check_csrf(request)
+    dag_id, run_id, task_id = (request.match_info[k] for k in ("dag_id", "run_id", "task_id"))
+    await run_or_404(request, dag_id, run_id)
+    await _by_hand(_o(request).mark_task(dag_id, run_id, task_id, form.get("state", "")))
+    raise web.HTTPSeeOther(_back_to(dag_id, run_id, task_id))
+
+
+@routes.post("/dags/{dag_id}/runs/{run_id}/mark")
+async def mark_run(request: web.Request) -> web.StreamResponse:
+    form = await check_csrf(request)
+    dag_id, run_id = request.match_info["dag_id"], request.match_info["run_id"]
+    await run_or_404(request, dag_id, run_id)
+    await _by_hand(_o(request).mark_run(dag_id, run_id, form.get("state", "")))
+    raise web.HTTPSeeOther(_back_to(dag_id, run_id))
+
+
 @routes.get("/import-errors")
 async def import_errors_page(request: web.Request) -> web.Response:
     return render(request, "import_errors.html", errors=await _o(request).store.list_import_errors())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from urllib.parse import quote
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,68 @@ async def log_in(page: Any, url: str) -> None:
     await page.fill("#password", PASSWORD)
     await page.click("#login-submit")
     await page.wait_for_url(f"{url}/dags")
+
+
+FLAKY = '''
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aflow import DAG, PythonOperator
+
+FIXED = Path({fixed!r})
+
+
+def transform():
+    if not FIXED.exists():
+        raise ValueError("bad input row 42")
+    return "ok"
+
+
+with DAG("etl", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc)):
+    extract = PythonOperator(task_id="extract", python_callable=lambda: 1)
+    fix = PythonOperator(task_id="transform", python_callable=transform)
+    load = PythonOperator(task_id="load", python_callable=lambda: 3)
+    extract >> fix >> load
+'''
+
+
+async def test_open_a_failed_tasks_log_clear_it_and_watch_it_run_again(
+    browser: Any, shots: Any, home: Path, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    folder = tmp_path / "etl_dags"
+    folder.mkdir()
+    (folder / "etl.py").write_text(textwrap.dedent(FLAKY.format(fixed=str(tmp_path / "fixed"))))
+    async with Orchestrator(folder, home=home, watch_dags=False) as o, serve_api(o) as url:
+        await create_user(o.store, "ada", "admin", PASSWORD, datetime.now(UTC))
+        handle = await o.trigger("etl")
+        assert (await handle.wait(timeout=30)).state == "failed"
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await log_in(page, url)
+        await page.goto(f"{url}/dags/etl")
+        node = page.locator('#graph .node[data-task-id="transform"]')
+        await expect(node).to_have_attribute("data-state", "failed")
+        await expect(page.locator('#graph .node[data-task-id="load"]')).to_have_attribute(
+            "data-state", "upstream_failed")
+        await shots(page, "failed-run")
+
+        await node.click()
+        await expect(page.locator("#log")).to_contain_text("ValueError: bad input row 42")
+        await shots(page, "failed-log")
+
+        (tmp_path / "fixed").touch()  # the fix
+        await page.click("#clear")
+        await expect(page.locator("#ti-state")).to_have_text("success", timeout=30_000)
+        await expect(page.locator(".tries a")).to_have_text(["try 1", "try 2"])
+        await shots(page, "cleared-and-green")
+        final = await o.store.get_run("etl", handle.run_id)
+        assert final is not None
+        with_runs = {t.task_id: (t.state.value, t.try_number)
+                     for t in await o.store.get_tis("etl", handle.run_id)}
+        assert with_runs == {"extract": ("success", 1), "transform": ("success", 2),
+                             "load": ("success", 1)}
+        await page.goto(f"{url}/dags/etl?run_id={quote(handle.run_id, safe='')}")
+        await expect(page.locator('#graph .node[data-task-id="load"]')).to_have_attribute(
+            "data-state", "success")
+        await expect(page.locator("#selected-run-state")).to_have_text("success")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import textwrap
-from urllib.parse import quote
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 

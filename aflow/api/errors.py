@@ -17,6 +17,8 @@ from aiohttp import web
 from aflow.exceptions import (
     DagNotFound,
     InvalidConfError,
+    PoolError,
+    PoolNotFound,
     RunAlreadyExists,
     RunBusy,
     RunNotFound,
@@ -77,6 +79,10 @@ def translate(exc: BaseException) -> ApiError | None:
         return ApiError(409, "conflict", str(exc))
     if isinstance(exc, RunBusy):
         return ApiError(409, "run_busy", str(exc))
+    if isinstance(exc, PoolNotFound):
+        return not_found(str(exc))
+    if isinstance(exc, PoolError):
+        return ApiError(409, "pool_refused", str(exc))
     if isinstance(exc, StoreError):
         return ApiError(503, "store_unavailable", f"the store cannot be used now: {exc}")
     return None

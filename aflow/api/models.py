@@ -232,3 +232,23 @@ class TryEntry(BaseModel):
 
 class TryCollection(BaseModel):
     tries: list[TryEntry]
+
+
+# -- pools ----------------------------------------------------------------------------------
+class Pool(BaseModel):
+    name: str
+    slots: int = Field(description="-1: no limit")
+    description: str
+    include_deferred: bool
+    running: int = Field(description="task instances queued or running in it (every process)")
+    deferred: int
+
+
+class PoolCollection(BaseModel):
+    pools: list[Pool]
+
+
+class PoolPut(Input):
+    slots: int = Field(ge=-1, description="-1: no limit")
+    description: str = ""
+    include_deferred: bool = False

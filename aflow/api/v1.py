@@ -16,9 +16,10 @@ from aflow.api import models as m
 from aflow.api.errors import ApiError, not_found
 from aflow.api.registry import Registry, parse_json, read_body
 from aflow.authoring.webhooks import WebhookSecretMissing
-from aflow.exceptions import RunAlreadyExists, StoreError
+from aflow.exceptions import AflowError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
 from aflow.runtime.logs import log_path, read_log
+from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
 from aflow.states import RunType
 from aflow.store.base import BY_HAND_CLASSPATH
@@ -489,3 +490,49 @@ async def list_tries(request: web.Request, dag_id: str, dag_run_id: str,
         return out
 
     return m.TryCollection(tries=await anyio.to_thread.run_sync(sizes))
+
+
+# -- pools -----------------------------------------------------------------------------------------
+async def pools_with_usage(request: web.Request) -> list[m.Pool]:
+    store = orchestrator(request).store
+    usage = await store.pool_usage()
+    return [
+        m.Pool(name=p.name, slots=p.slots, description=p.description,
+               include_deferred=p.include_deferred,
+               running=usage.get(p.name, {}).get("running", 0) + usage.get(p.name, {}).get("queued", 0),
+               deferred=usage.get(p.name, {}).get("deferred", 0))
+        for p in await store.list_pools()
+    ]
+
+
+@api.route("GET", "/pools", summary="Pools, with the task instances in each", tag="pools",
+           response=m.PoolCollection)
+async def list_pools(request: web.Request) -> m.PoolCollection:
+    return m.PoolCollection(pools=await pools_with_usage(request))
+
+
+@api.route("GET", "/pools/{name}", summary="One pool", tag="pools", response=m.Pool)
+async def get_pool(request: web.Request, name: str) -> m.Pool:
+    for pool in await pools_with_usage(request):
+        if pool.name == name:
+            return pool
+    raise not_found(f"no pool {name!r}")
+
+
+@api.route("PUT", "/pools/{name}", summary="Create or replace a pool (running schedulers "
+           "apply it live)", tag="pools", body=m.PoolPut, response=m.Pool)
+async def put_pool(request: web.Request, name: str, body: m.PoolPut) -> m.Pool:
+    try:
+        pool = check_pool(name, body.slots, body.description, body.include_deferred)
+    except AflowError as exc:
+        raise ApiError(422, "validation_error", str(exc)) from None
+    await orchestrator(request).store.set_pool(pool)
+    return await get_pool(request, name)
+
+
+@api.route("DELETE", "/pools/{name}", summary="Delete a pool (not default_pool, nor one "
+           "with task instances in it)", tag="pools", status=204,
+           also=((409, "default_pool, or task instances are in the pool"),))
+async def delete_pool(request: web.Request, name: str) -> web.StreamResponse:
+    await orchestrator(request).store.delete_pool(name)
+    return web.Response(status=204)

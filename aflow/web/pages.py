@@ -426,6 +426,13 @@ async def mark_run(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(_back_to(dag_id, run_id))
 
 
+@routes.get("/pools")
+async def pools_page(request: web.Request) -> web.Response:
+    from aflow.api.v1 import pools_with_usage
+
+    return render(request, "pools.html", pools=await pools_with_usage(request))
+
+
 @routes.get("/import-errors")
 async def import_errors_page(request: web.Request) -> web.Response:
     return render(request, "import_errors.html", errors=await _o(request).store.list_import_errors())

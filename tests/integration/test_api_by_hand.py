@@ -102,3 +102,26 @@ async def test_mark_a_task_and_a_run(served: tuple[Orchestrator, httpx.AsyncClie
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
     no_run = await client.post("/dags/fix/clearTaskInstances", json={"dag_run_id": "nope"})
     assert no_run.status_code == 404
+
+
+async def test_pools_are_listed_set_and_deleted(
+    served: tuple[Orchestrator, httpx.AsyncClient, Path],
+) -> None:
+    o, client, _gate = served
+    listed = (await client.get("/pools")).json()["pools"]
+    assert [p["name"] for p in listed] == ["default_pool"]
+    made = await client.put("/pools/etl", json={"slots": 3, "description": "loads",
+                                                "include_deferred": True})
+    assert made.status_code == 200, made.text
+    assert made.json() == {"name": "etl", "slots": 3, "description": "loads",
+                           "include_deferred": True, "running": 0, "deferred": 0}
+    stored = await o.store.get_pool("etl")
+    assert stored is not None and stored.slots == 3
+    assert (await client.put("/pools/etl", json={"slots": -2})).status_code == 422
+    assert (await client.put("/pools/bad name", json={"slots": 1})).status_code == 422
+    assert (await client.delete("/pools/default_pool")).status_code == 409
+    assert (await client.delete("/pools/etl")).status_code == 204
+    assert (await client.get("/pools/etl")).status_code == 404
+    assert (await client.delete("/pools/etl")).status_code == 404
+    page = await client.get(client.base_url.copy_with(path="/pools"))
+    assert page.status_code == 200 and 'data-pool="default_pool"' in page.text

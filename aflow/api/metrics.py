@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from aflow.orchestrator import Orchestrator
 
 LAG_PERIOD_S = 0.25
+DELAY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -58,6 +59,19 @@ class OrchestratorCollector(Collector):
                          len(triggerer.running))
             yield _gauge("aflow_triggerer_capacity_left", "more triggers it can park",
                          triggerer.capacity_left)
+        slots = o._slots  # noqa: SLF001 - same package
+        if slots is not None:
+            used = GaugeMetricFamily("aflow_pool_running_slots", "slots of each pool held by "
+                                     "tries of this process (deferred holds included)",
+                                     labels=["pool"])
+            free = GaugeMetricFamily("aflow_pool_open_slots", "free slots of each pool in this "
+                                     "process (-1: no limit)", labels=["pool"])
+            for name, pool in sorted(slots.pools.items()):
+                held = slots.pool_used.get(name, 0)
+                used.add_metric([name], held)
+                free.add_metric([name], -1 if pool.slots < 0 else max(pool.slots - held, 0))
+            yield used
+            yield free
         yield _gauge("aflow_dag_processing_import_errors", "DAG files that failed to import",
                      len(o.dagbag.import_errors))
         yield _gauge("aflow_dagbag_size", "DAGs loaded", len(o.dagbag.dags))
@@ -73,11 +87,32 @@ class Metrics:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(OrchestratorCollector(orchestrator))
+        self.start_delay = Histogram(
+            "aflow_task_start_delay_seconds",
+            "a ready try's wait for an execution slot (its pool and DAG limits included)",
+            buckets=DELAY_BUCKETS, registry=self.registry,
+        )
+        self.commit = Histogram(
+            "aflow_store_commit_seconds", "one group-committed store transaction",
+            buckets=DELAY_BUCKETS, registry=self.registry,
+        )
+        self.commit_ops = Histogram(
+            "aflow_store_commit_ops", "writes in one group-committed transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=self.registry,
+        )
+        slots = orchestrator._slots  # noqa: SLF001 - same package: the process's slots
+        if slots is not None:
+            slots.on_start = self.start_delay.observe
+        orchestrator.store.observe_commits(self._commit)
         self.loop_lag = Histogram(
             "aflow_event_loop_lag_seconds",
             f"how late a {LAG_PERIOD_S}s sleep of the event loop wakes up",
             buckets=LAG_BUCKETS, registry=self.registry,
         )
+
+    def _commit(self, seconds: float, ops: int) -> None:
+        self.commit.observe(seconds)
+        self.commit_ops.observe(ops)
 
     async def watch_loop_lag(self) -> None:
         """Until cancelled: sample the event loop's lag."""

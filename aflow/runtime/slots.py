@@ -21,6 +21,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -50,7 +51,8 @@ class PoolHold:
 class Entry:
     """A waiting try."""
 
-    __slots__ = ("counted", "dag_id", "dag_limit", "hold", "holder", "pool", "pool_slots", "start")
+    __slots__ = ("counted", "dag_id", "dag_limit", "hold", "holder", "pool", "pool_slots",
+                 "queued_at", "start")
 
     def __init__(
         self, dag_id: str, dag_limit: int, pool: str, pool_slots: int, holder: Any, start: Start
@@ -63,6 +65,7 @@ class Entry:
         self.start = start
         self.counted = False  # its pool slots are in the candidates' count
         self.hold: PoolHold | None = None  # what it held when it was claimed
+        self.queued_at = time.monotonic()
 
 
 # (-priority_weight, sequence, entry): the unique sequence breaks ties FIFO and keeps
@@ -100,6 +103,8 @@ class Slots:
         self._idle: deque[asyncio.Future[Entry | None]] = deque()
         self.running = 0
         self.accepting = True
+        # called with how long a try waited from submit to its slot (e.g. a histogram)
+        self.on_start: Callable[[float], None] | None = None
         # Called with (entry, reason) when a try is parked because of its pool's definition.
         self.on_unrunnable: Callable[[Entry, str], None] | None = None
         self._drained = anyio.Event()
@@ -279,6 +284,8 @@ class Slots:
             waiter.set_result(item[2])
 
     def _claim(self, entry: Entry) -> None:
+        if self.on_start is not None:
+            self.on_start(time.monotonic() - entry.queued_at)
         self.running += 1
         self._per_dag[entry.dag_id] += 1
         holder = entry.holder

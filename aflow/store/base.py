@@ -432,6 +432,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_processes(self, kind: str | None = None) -> list[ProcessRecord]: ...
 
+    # -- observing ------------------------------------------------------------------------------
+    def observe_commits(self, callback: Callable[[float, int], None]) -> None:
+        """Call `callback(seconds, ops)` after each group-committed transaction of this
+        open store (for metrics). A backend without group commit calls nothing."""
+        committer = getattr(self, "_committer", None)
+        if committer is not None:
+            committer.observers.append(callback)
+
     # -- wake-ups across processes (optional) ----------------------------------------
     # A backend that can tell other processes about a committed change (PostgreSQL's
     # LISTEN/NOTIFY) overrides these three. The defaults do nothing, which is right for a

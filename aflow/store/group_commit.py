@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,14 @@ class GroupCommitter:
         self._closed = False
         self.batches = 0
         self.ops = 0
+        # called with (seconds, ops) after each batch's transaction (e.g. a histogram)
+        self.observers: list[Callable[[float, int], None]] = []
+
+    def _observe(self, started: float, ops: int) -> None:
+        if self.observers:
+            took = time.perf_counter() - started
+            for observe in self.observers:
+                observe(took, ops)
 
     async def submit(self, op: Op) -> None:
         if self._closed:
@@ -52,11 +61,13 @@ class GroupCommitter:
                 continue
             batch = self._queue[: self._max_batch_ops]
             del self._queue[: len(batch)]
+            started = time.perf_counter()
             with anyio.CancelScope(shield=True):
                 try:
                     results = await self._apply([op for op, _ in batch])
                 except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                     results = [exc] * len(batch)
+            self._observe(started, len(batch))
             self.batches += 1
             self.ops += len(batch)
             for (_, fut), result in zip(batch, results, strict=True):

@@ -19,7 +19,14 @@ pytestmark = pytest.mark.anyio
 
 
 def samples(text: str) -> dict[str, float]:
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    """name -> value; a labelled sample as name{label=value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "le")
+            if "le" not in s.labels:
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
 
 
 async def test_metrics_show_slots_parked_triggers_and_loop_lag(home: Path, tmp_path: Path) -> None:
@@ -61,9 +68,15 @@ async def test_metrics_show_slots_parked_triggers_and_loop_lag(home: Path, tmp_p
             assert got["aflow_scheduler_dagruns_running"] == 1
             assert got["aflow_triggerer_capacity_left"] == o.triggerer_capacity - 1
             assert got["aflow_dagbag_size"] == 1
+            assert got["aflow_task_start_delay_seconds_count"] >= 2  # both tasks got a slot
+            assert got["aflow_store_commit_seconds_count"] >= 1
+            assert got["aflow_store_commit_ops_sum"] >= got["aflow_store_commit_ops_count"]
+            assert got["aflow_pool_running_slots{pool=default_pool}"] == 1  # hold
             (tmp_path / "never").touch()
             assert (await handle.wait(timeout=30)).state == "success"
             after = samples((await client.get("/metrics")).text)
     assert after["aflow_executor_running_tasks"] == 0
+    assert after["aflow_pool_running_slots{pool=default_pool}"] == 0
+    assert after["aflow_pool_open_slots{pool=default_pool}"] == 128
     assert after["aflow_triggers_running"] == 0
     assert after["aflow_scheduler_dagruns_running"] == 0

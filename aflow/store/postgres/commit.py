@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -131,11 +132,13 @@ class PipelinedCommitter(GroupCommitter):
             self._taken += 1
             if self._pending:
                 self._wake.set()  # another worker may take the rest
+            started = time.perf_counter()
             with anyio.CancelScope(shield=True):
                 try:
                     results: list[Any] = await self._apply([p.op for p in batch])
                 except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                     results = [exc] * len(batch)
+            self._observe(started, len(batch))
             self._in_flight -= keys
             self._batches_in_flight -= 1
             if any(p.keys is None for p in batch):

@@ -171,3 +171,12 @@ def test_webhook_small() -> None:
     assert rec["client_statuses"] == {"201": 20} and rec["client_failed"] == 0
     assert 0 <= rec["webhook_to_start_ms_p50"] <= rec["webhook_to_start_ms_p99"]
     assert "[bench webhook]" in stderr
+
+
+def test_ui_small() -> None:
+    rec, stderr = run_bench("ui", "--n", "5", "--requests", "1")
+    assert REQUIRED <= rec.keys(), REQUIRED - rec.keys()
+    assert rec["scenario"] == "ui" and rec["task_instances"] == 500
+    for page in ("dag_list", "dag_graph_grid", "run_gantt", "task_instance", "api_runs_all_dags"):
+        assert 0 < rec[f"{page}_ms_p50"] <= rec[f"{page}_ms_p99"], page
+    assert "[bench ui]" in stderr

@@ -85,6 +85,9 @@ class TIState:
     next_kwargs: dict[str, Any] | None = None
     next_event: dict[str, Any] | None = None  # in memory only: read from the trigger row
     same_try: bool = False  # in memory: the next start goes on with this try (reschedule)
+    # in memory: the end state added to the downstream tasks' counts (None: no end of
+    # this TI is counted now), so a clear or mark takes out exactly what was added
+    counted: TaskState | None = None
 
     @classmethod
     def from_record(cls, r: TaskInstanceRecord) -> TIState:
@@ -232,6 +235,7 @@ class RunDriver:
         # Counts from end states that were committed before this adoption.
         for ti in rs.tis.values():
             if ti.state in FINISHED_TASK_STATES:
+                ti.counted = ti.state
                 for down in dag.task_dict[ti.task_id].downstream_task_ids:
                     rs.counts_for(down).add(ti.state)
 
@@ -334,11 +338,23 @@ class RunDriver:
         )
 
     def _forget_end(self, rs: RunState, ti: TIState) -> None:
-        """Take an ended TI's state out of its downstream tasks' counts."""
+        """Take an ended TI's state out of its downstream tasks' counts: the state that
+        was added (none if its end is still being committed, which `_after_end` then
+        leaves uncounted since the TI is no longer in that end state)."""
+        state, ti.counted = ti.counted, None
+        if state is None:
+            return
         for down_id in rs.dag.task_dict[ti.task_id].downstream_task_ids:
             counts = rs.counts.get(down_id)
             if counts is not None:
-                counts.add(ti.state, -1)
+                counts.add(state, -1)
+
+    @staticmethod
+    def settling(rs: RunState, task_ids: Iterable[str]) -> list[str]:
+        """Of `task_ids`, the TIs whose end is being committed or decided on right now
+        (ended in memory, not yet counted downstream): a clear or mark waits for them."""
+        return [t for t in task_ids
+                if (ti := rs.tis[t]).state in FINISHED_TASK_STATES and ti.counted is None]
 
     async def clear(self, rs: RunState, task_ids: list[str]) -> None:
         """Make these ended TIs (in topological order; `none` ones are left alone) run
@@ -504,6 +520,10 @@ class RunDriver:
         delay = 0.1
         while True:  # as `_durably`: the run is no longer driven here, its end must commit
             try:
+                # Writes of this run still queued for the group commit (a `running` row, a
+                # deferral's trigger row) commit first, so none lands over the mark; none
+                # is made from now on (`rs.lost`).
+                await self.store.flush()
                 rs.run = await self.store.rewrite_run(
                     rs.run.dag_id, rs.run.run_id, rows, owner=owner, now=now, run_state=state
                 )
@@ -552,6 +572,9 @@ class RunDriver:
             ready: list[TIState] = []
             decided: list[TIState] = []
             for ti in frontier:
+                if ti.counted is not None or ti.state not in FINISHED_TASK_STATES:
+                    continue  # counted already, or cleared or marked while it committed
+                ti.counted = ti.state
                 task = rs.dag.task_dict[ti.task_id]
                 for down_id in task.downstream_task_ids:
                     counts = rs.counts_for(down_id)
@@ -605,6 +628,8 @@ class RunDriver:
 
     async def _run_ti(self, rs: RunState, ti: TIState) -> None:
         """Runs in a slot: the try (or a deferred try going on) and its outcome's commit."""
+        if rs.lost:
+            return  # marked by hand (the TI with it) or taken over while it waited for a slot
         task = rs.dag.task_dict[ti.task_id]
         now = self.clock.now()
         resume: Resume | None = None
@@ -626,6 +651,10 @@ class RunDriver:
         ti.error = None
         if resume is None or not _resumes_at_once(task, resume):
             await self._durably(self.store.save_tis, [ti])
+            if rs.lost:
+                # the run was marked by hand (committed after this row) or taken over
+                # while the row committed: the try does not start
+                return
         # else the row stays `deferred` with its fired trigger until the outcome commits:
         # a crash in between resumes it again, exactly as a committed `running` row would.
         self.tries_started += 1
@@ -676,7 +705,7 @@ class RunDriver:
         if result.reschedule_at is not None:
             ti.state = TaskState.UP_FOR_RESCHEDULE
             ti.next_retry_at = result.reschedule_at
-            await self._save_waiting(ti, end_trigger)
+            await self._save_waiting(rs, ti, end_trigger)
             self._tg.start_soon(self._retry_later, rs, ti)
             return False
         ti.end_date = now
@@ -684,7 +713,7 @@ class RunDriver:
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
             ti.state = TaskState.UP_FOR_RETRY
             ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
-            await self._save_waiting(ti, end_trigger)
+            await self._save_waiting(rs, ti, end_trigger)
             self._tg.start_soon(self._retry_later, rs, ti)
             return False
         ti.state = result.state
@@ -699,7 +728,7 @@ class RunDriver:
             await self._durably(
                 functools.partial(self.store.finish_ti, end_trigger=end_trigger), ti, xcoms
             )
-        if result.xcoms:
+        if result.xcoms and ti.state is result.state:  # (not cleared as it committed)
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         return True
 
@@ -726,10 +755,10 @@ class RunDriver:
         for listener in self.on_asset_events:
             listener()
 
-    async def _save_waiting(self, ti: TIState, end_trigger: bool) -> None:
+    async def _save_waiting(self, rs: RunState, ti: TIState, end_trigger: bool) -> None:
         """A TI that will run again (retry, reschedule): its row, then its spent trigger."""
         await self._durably(self.store.save_tis, [ti])
-        if end_trigger:
+        if end_trigger and not rs.lost:  # (a mark by hand deleted it with the rest)
             await self._durably(
                 self.store.delete_trigger, ti.dag_id, ti.run_id, ti.task_id, ti.map_index
             )

@@ -155,12 +155,20 @@ class Scheduler:
                     subscriptions.append(await self.store.listen(channel, self._notified))
                 await self._reap_dead_local_owners()
                 await self.claim_once()
+            else:
+                # The runs it drives (created here) still get changes made by hand in
+                # another process, as fired trigger rows (Store.change_for_owner).
+                subscriptions.append(
+                    await self.store.listen(Store.TRIGGERS_FIRED_CHANNEL, self._notified)
+                )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._lease_loop)
                 if self.claim_runs:
                     tg.start_soon(self._claim_loop)
                     if self.claim_dag_ids is None:
                         tg.start_soon(self._orphan_loop)
+                else:
+                    tg.start_soon(self._fired_loop)
                 if self.create_scheduled_runs:
                     tg.start_soon(self.assets.loop)
                 self._tg = tg
@@ -213,6 +221,19 @@ class Scheduler:
                 await self.claim_once()
             except StoreError:
                 log.exception("claiming runs failed; retrying")
+
+    async def _fired_loop(self) -> None:
+        """Without claiming: resume the TIs of driven runs whose triggers fired in another
+        process, and apply the changes other processes made by hand in those runs."""
+        while True:
+            wait = self.sweep_s if self.store.notifications_live else self.poll_s
+            with anyio.move_on_after(wait):
+                await self._claim_now.wait()
+            self._claim_now = anyio.Event()
+            try:
+                await self.resume_fired()
+            except StoreError:
+                log.exception("looking for fired triggers failed; retrying")
 
     def wake(self) -> None:
         """Claim at once (e.g. a run of a DAG at max_active_runs ended), and see whether

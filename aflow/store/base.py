@@ -188,6 +188,12 @@ class Store(abc.ABC):
             for ti, xcoms in ends:
                 tg.start_soon(functools.partial(self.finish_ti, ti, xcoms, end_trigger=end_trigger))
 
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Return once every group-committed write submitted before this call has
+        committed (a write in a transaction of its own, such as `rewrite_run`, then
+        commits after them)."""
+
     # -- runs and TIs changed by hand (clear, mark) ------------------------------------
     @abc.abstractmethod
     async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:

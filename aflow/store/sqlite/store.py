@@ -761,6 +761,9 @@ class SqliteStore(Store):
             await self._write(_finish_op(ends, end_trigger))
 
     # -- runs and TIs changed by hand ---------------------------------------------------
+    async def flush(self) -> None:
+        await self._write([])  # answered once every op queued before it has committed
+
     async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
         if tis:
             await self._write(_reset_op(tis))

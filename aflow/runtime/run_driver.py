@@ -438,9 +438,9 @@ class RunDriver:
                 marked.append(ti)
         rs.unfinished += 1  # the run stays open until all of this is done
         try:
-            for event in events:
-                await self._durably(self.store.delete_trigger, event.dag_id, event.run_id,
-                                    event.task_id, event.map_index)
+            # by id: a newer change of the same TI (another row) stays, to be applied next
+            await self._durably(self.store.delete_triggers,
+                                [e.id for e in events if e.id is not None])
             if rs.lost or rs.key not in self.runs:
                 return
             changed = [t.task_id for t in marked + held]
@@ -934,10 +934,18 @@ class RunDriver:
             rs.tis[t.task_id].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for t in leaves
         )
         state = DagRunState.FAILED if failed else DagRunState.SUCCESS
-        rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
-        await self._durably(self.store.save_run, rs.run)
+        ended = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
+        # One transaction: the end, or, if another process changed TIs of the run by hand
+        # in the store meanwhile (before its rows were applied here), `queued` again.
+        rs.run = await self._durably(self.store.end_run, ended)
         self.runs.pop(rs.key, None)
-        if await self._changed_meanwhile(rs):
+        if rs.run.state is DagRunState.QUEUED:
+            log.info("run %s of %s: TIs were changed by hand as it ended; queued again",
+                     rs.run.run_id, rs.run.dag_id)
+            rs.lost = True  # waiters follow it in the store; a scheduler adopts it afresh
+            for listener in self.on_run_finished:
+                listener(rs)
+            rs.done.set()
             return
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
@@ -946,32 +954,6 @@ class RunDriver:
         for listener in self.on_run_finished:
             listener(rs)
         rs.done.set()
-
-    async def _changed_meanwhile(self, rs: RunState) -> bool:
-        """Another process cleared or marked TIs of this run in the store while it ended here
-        (before its events were applied): the run goes back to `queued`, released, so a
-        scheduler adopts it afresh with the cleared TIs. True if it did."""
-        try:
-            events = [t for t in await self.store.fired_triggers([rs.key])
-                      if t.classpath == BY_HAND_CLASSPATH]
-            if not events:
-                return False
-            cleared = {e.task_id for e in events}
-            rows = [r for r in await self.store.get_tis(*rs.key) if r.task_id in cleared]
-            rs.run = await self.store.rewrite_run(
-                rs.run.dag_id, rs.run.run_id, rows, owner=rs.run.owner or "",
-                now=self.clock.now(), run_state=DagRunState.QUEUED,
-            )
-        except StoreError:
-            log.exception("could not check run %s for clears made meanwhile", rs.run.run_id)
-            return False
-        log.info("run %s of %s: TIs changed by hand as it ended (%s); queued again", rs.run.run_id,
-                 rs.run.dag_id, ", ".join(sorted(cleared)))
-        rs.lost = True  # waiters follow it in the store
-        for listener in self.on_run_finished:
-            listener(rs)
-        rs.done.set()
-        return True
 
     async def _dag_callback(self, rs: RunState, cb: Any) -> None:
         context = {
@@ -985,14 +967,14 @@ class RunDriver:
         except Exception:  # noqa: BLE001 - a callback never changes the run
             log.exception("DAG %s callback failed", rs.dag.dag_id)
 
-    async def _durably(self, write: Callable[..., Awaitable[None]], *args: Any) -> None:
+    async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """A state write the run cannot go on without: retried with backoff until it commits
-        (a store outage pauses the run instead of losing or wedging it)."""
+        (a store outage pauses the run instead of losing or wedging it). Returns what it
+        returns."""
         delay = 0.1
         while True:
             try:
-                await write(*args)
-                return
+                return await write(*args)
             except StoreError as exc:
                 log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
                 await anyio.sleep(delay)

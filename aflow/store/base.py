@@ -236,6 +236,16 @@ class Store(abc.ABC):
         changes it as any other run). RunNotFound if there is no such run. Returns the
         run's row."""
 
+    @abc.abstractmethod
+    async def end_run(self, run: DagRunRecord) -> DagRunRecord:
+        """One transaction, for the process that drives `run` and has ended all of its
+        TIs: the run's row as given (its end state and dates), unless fired by-hand rows
+        of the run (BY_HAND_CLASSPATH, see `change_for_owner`) are there, left by a change
+        that driver has not applied yet; then those rows are deleted and the run goes
+        back to `queued` instead (dates cleared, owner released; RUNS_CHANNEL is
+        notified), so a scheduler adopts it afresh with the TIs as changed in the store.
+        Returns the run's row as it is afterwards (`queued` in the second case)."""
+
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod
     async def get_xcoms(
@@ -277,6 +287,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_trigger(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
         """Group-committed: the TI has resumed; its trigger row goes."""
+
+    @abc.abstractmethod
+    async def delete_triggers(self, trigger_ids: Iterable[int]) -> None:
+        """Group-committed: delete these trigger rows (by id; gone ones are no matter)."""
 
     @abc.abstractmethod
     async def list_triggers(self) -> list[TriggerRecord]: ...

@@ -1025,6 +1025,36 @@ class PostgresStore(Store):
             )
         return run
 
+    async def end_run(self, run: DagRunRecord) -> DagRunRecord:
+        key = (run.dag_id, run.run_id)
+        update = enc.run_update_row(run)
+        select = f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1 AND run_id=$2"
+        channel = self.channel_name(self.RUNS_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> DagRunRecord | None:
+            # FOR UPDATE: a change for the owner (change_for_owner) waits for this, or
+            # this for it, so it either sees the run ended or leaves its rows first
+            if await conn.fetchrow(select + " FOR UPDATE", *key) is None:
+                return None
+            deleted = await conn.fetch(
+                "DELETE FROM trigger WHERE dag_id=$1 AND run_id=$2 AND classpath=$3 "
+                "RETURNING id", *key, BY_HAND_CLASSPATH,
+            )
+            if not deleted:
+                await conn.execute(enc.UPDATE_RUN, *update)
+            else:
+                await conn.execute(
+                    "UPDATE dag_run SET state='queued', start_date=NULL, end_date=NULL, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=$1 AND run_id=$2", *key,
+                )
+                await conn.execute(_NOTIFY, channel, "")
+            return enc.run_from(await conn.fetchrow(select, *key))
+
+        after = await self._transaction(run_tx)
+        if after is None:
+            raise RunNotFound(f"DAG {run.dag_id!r} has no run {run.run_id!r}")
+        return after
+
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(
         self, dag_id: str, run_id: str, task_id: str | None = None
@@ -1188,6 +1218,11 @@ class PostgresStore(Store):
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> None:
         await self._write([(enc.DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
+
+    async def delete_triggers(self, trigger_ids: Iterable[int]) -> None:
+        ids = [(i,) for i in trigger_ids]
+        if ids:
+            await self._write([("DELETE FROM trigger WHERE id=$1", ids)])
 
     async def list_triggers(self) -> list[TriggerRecord]:
         rows = await self._read(f"SELECT {enc.TRIGGER_COLS} FROM trigger ORDER BY id")

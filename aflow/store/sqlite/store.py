@@ -865,6 +865,33 @@ class SqliteStore(Store):
             )
         return run
 
+    async def end_run(self, run: DagRunRecord) -> DagRunRecord:
+        key = (run.dag_id, run.run_id)
+        update = _run_update_row(run)
+
+        def run_tx(conn: sqlite3.Connection) -> DagRunRecord:
+            by_hand = conn.execute(
+                "SELECT 1 FROM trigger WHERE dag_id=? AND run_id=? AND classpath=? LIMIT 1",
+                (*key, BY_HAND_CLASSPATH),
+            ).fetchone()
+            if by_hand is None:
+                conn.execute(_UPDATE_RUN, update)
+            else:
+                conn.execute("DELETE FROM trigger WHERE dag_id=? AND run_id=? AND classpath=?",
+                             (*key, BY_HAND_CLASSPATH))
+                conn.execute(
+                    "UPDATE dag_run SET state='queued', start_date=NULL, end_date=NULL, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=? AND run_id=?", key,
+                )
+            row = conn.execute(
+                f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=? AND run_id=?", key
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"DAG {run.dag_id!r} has no run {run.run_id!r}")
+            return _run_from(row)
+
+        return await self._transaction(run_tx)
+
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(
         self, dag_id: str, run_id: str, task_id: str | None = None
@@ -1020,6 +1047,11 @@ class SqliteStore(Store):
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> None:
         await self._write([(_DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
+
+    async def delete_triggers(self, trigger_ids: Iterable[int]) -> None:
+        ids = [(i,) for i in trigger_ids]
+        if ids:
+            await self._write([("DELETE FROM trigger WHERE id=?", ids)])
 
     async def list_triggers(self) -> list[TriggerRecord]:
         rows = await self._read(f"SELECT {_TRIGGER_COLS} FROM trigger ORDER BY id")

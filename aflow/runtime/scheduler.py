@@ -294,6 +294,17 @@ class Scheduler:
         await self.driver.adopt(dag, run, tis)
         return True
 
+    async def drive_run(self, dag: DAG, run_id: str) -> bool:
+        """Claim one run that has no live owner (e.g. one a backfill has just reset) and
+        drive it here, whatever the DAG's max_active_runs: the caller keeps a limit of
+        its own. False if another process holds it (or it has ended)."""
+        for run in await self.store.claim_runs(
+            self.owner, self.clock.now(), self.lease_until(), 1, dag_ids=[dag.dag_id],
+            run_id=run_id,
+        ):
+            return await self._admit(dag, run, check_max_active_runs=False)
+        return False
+
     async def admit_new(self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord]) -> bool:
         """Drive a run this scheduler has just created and owns (see `_admit`)."""
         return await self._admit(dag, run, tis)

@@ -136,9 +136,11 @@ class Store(abc.ABC):
         lease_until: datetime,
         limit: int,
         dag_ids: Iterable[str] | None = None,
+        run_id: str | None = None,
     ) -> list[DagRunRecord]:
-        """Take ownership of unfinished runs (of `dag_ids`, if given) that have no live
-        owner (none, or lease expired). Runs this owner already holds are not returned."""
+        """Take ownership of unfinished runs (of `dag_ids`, if given; only the one with
+        `run_id`, if given) that have no live owner (none, or lease expired). Runs this
+        owner already holds are not returned."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:

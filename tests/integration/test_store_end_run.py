@@ -90,3 +90,14 @@ async def test_flush_returns_once_queued_writes_have_committed(store_factory: St
         await anyio.lowlevel.checkpoint()  # all of them are queued now
         await store.flush()
         assert len(await store.get_tis("d", "r1")) == len(many)
+
+
+async def test_claim_runs_of_one_run_id(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    for run_id in ("r1", "r2"):
+        await store.create_run(a_run(run_id, state=DagRunState.QUEUED), [])
+    [claimed] = await store.claim_runs("me", T0, LATER, 10, dag_ids=["d"], run_id="r2")
+    assert (claimed.run_id, claimed.owner) == ("r2", "me")
+    assert await store.claim_runs("other", T0, LATER, 10, dag_ids=["d"], run_id="r2") == []
+    assert await store.claim_runs("other", T0, LATER, 10, run_id="nope") == []
+    assert [r.run_id for r in await store.claim_runs("other", T0, LATER, 10)] == ["r1"]

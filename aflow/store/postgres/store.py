@@ -770,12 +770,16 @@ class PostgresStore(Store):
         lease_until: datetime,
         limit: int,
         dag_ids: Iterable[str] | None = None,
+        run_id: str | None = None,
     ) -> list[DagRunRecord]:
         params: list[Any] = [enc.aware(now), limit, owner, enc.aware(lease_until)]
         dag_filter = ""
         if dag_ids is not None:
             params.append(list(dag_ids))
-            dag_filter = "AND dag_id = ANY($5::text[]) "
+            dag_filter = f"AND dag_id = ANY(${len(params)}::text[]) "
+        if run_id is not None:
+            params.append(run_id)
+            dag_filter += f"AND run_id = ${len(params)} "
         # SKIP LOCKED: rows another claimer is taking right now are left to it. A row that
         # claimer has committed meanwhile is re-checked against the WHERE clause (READ
         # COMMITTED re-evaluates updated rows), so its live lease keeps it out.

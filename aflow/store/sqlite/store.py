@@ -658,6 +658,7 @@ class SqliteStore(Store):
         lease_until: datetime,
         limit: int,
         dag_ids: Iterable[str] | None = None,
+        run_id: str | None = None,
     ) -> list[DagRunRecord]:
         now_s, until_s = dt_out(now), dt_out(lease_until)
         sql = (
@@ -668,6 +669,9 @@ class SqliteStore(Store):
         if dag_ids is not None:
             sql += "AND dag_id IN (SELECT value FROM json_each(?)) "
             params.append(json_out(sorted(dag_ids)))
+        if run_id is not None:
+            sql += "AND run_id=? "
+            params.append(run_id)
         sql += "ORDER BY created_at LIMIT ?"
         params.append(limit)
 

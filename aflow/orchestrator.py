@@ -376,8 +376,7 @@ class Orchestrator:
 
     async def _deactivate(self, dag_ids: set[str]) -> None:
         if dag_ids:
-            keep = [d.dag_id for d in await self.store.list_dags() if d.is_active]
-            await self.store.deactivate_dags([k for k in keep if k not in dag_ids])
+            await self.store.deactivate_dag_ids(sorted(dag_ids))
             log.info("DAGs no longer defined, now inactive: %s", ", ".join(sorted(dag_ids)))
 
     async def _dags_changed(self, change: BagChange) -> None:

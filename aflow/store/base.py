@@ -86,9 +86,10 @@ class Store(abc.ABC):
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None: ...
 
     @abc.abstractmethod
-    async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        """Mark DAGs not in `keep` as inactive (their file is gone or no longer defines
-        them): they consume no more asset events and their asset watchers go."""
+    async def deactivate_dag_ids(self, dag_ids: Iterable[str]) -> None:
+        """Mark these DAGs as inactive (their file is gone or no longer defines them):
+        they consume no more asset events and their asset watchers go. Other DAGs are
+        untouched (one recorded meanwhile by another process stays as it is)."""
 
     @abc.abstractmethod
     async def replace_import_errors(

@@ -630,6 +630,12 @@ class PostgresStore(Store):
             (d.dag_id, d.fileloc, json_out(d.structure), d.is_paused, enc.aware(d.updated_at))
             for d in dags
         ]
+        # Triggerers are woken only when a recorded DAG defines watchers (new ones may be
+        # among them), not on every periodic record of DAGs that define none.
+        wake: Op = (
+            [(_NOTIFY, [(self.channel_name(self.WATCHERS_CHANNEL), "")])]
+            if any(d.structure.get("asset_watchers") for d in dags) else []
+        )
         await self._write(
             [
                 (
@@ -639,7 +645,7 @@ class PostgresStore(Store):
                     rows,
                 ),
                 *_asset_rows_op(dags),
-                (_NOTIFY, [(self.channel_name(self.WATCHERS_CHANNEL), "")]),
+                *wake,
             ]
         )
 
@@ -653,13 +659,15 @@ class PostgresStore(Store):
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None:
         await self._write([("UPDATE dag SET is_paused=$1 WHERE dag_id=$2", [(paused, dag_id)])])
 
-    async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        keep_list = list(keep)
+    async def deactivate_dag_ids(self, dag_ids: Iterable[str]) -> None:
+        ids = sorted(set(dag_ids))
+        if not ids:
+            return
         await self._write(
             [
-                ("UPDATE dag SET is_active = (dag_id = ANY($1::text[]))", [(keep_list,)]),
-                ("DELETE FROM asset_consumer WHERE NOT (dag_id = ANY($1::text[]))", [(keep_list,)]),
-                ("DELETE FROM asset_watcher WHERE NOT (dag_id = ANY($1::text[]))", [(keep_list,)]),
+                ("UPDATE dag SET is_active = FALSE WHERE dag_id = ANY($1::text[])", [(ids,)]),
+                ("DELETE FROM asset_consumer WHERE dag_id = ANY($1::text[])", [(ids,)]),
+                ("DELETE FROM asset_watcher WHERE dag_id = ANY($1::text[])", [(ids,)]),
             ]
         )
 
@@ -1351,11 +1359,17 @@ class PostgresStore(Store):
     async def claim_asset_watchers(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[AssetWatcherRecord]:
-        claim = (
-            "WITH picked AS (SELECT id AS p_id FROM asset_watcher w WHERE kwargs IS NOT NULL "
+        claimable = (
+            "SELECT id AS p_id FROM asset_watcher w WHERE kwargs IS NOT NULL "
             "AND (owner IS NULL OR (owner <> $3 AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
-            "WHERE l.owner = w.owner AND l.lease_until >= $1))) "
-            "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            "WHERE l.owner = w.owner AND l.lease_until >= $1))) ORDER BY id LIMIT $2"
+        )
+        # A read first (as the SQLite store does): most passes find nothing to claim and
+        # then open no write transaction.
+        if not await self._read(claimable, enc.aware(now), 1, owner):
+            return []
+        claim = (
+            f"WITH picked AS ({claimable} FOR UPDATE SKIP LOCKED) "
             f"UPDATE asset_watcher SET owner=$3 FROM picked WHERE id=p_id RETURNING {_WATCHER_COLS}"
         )
         params = (enc.aware(now), limit, owner)

@@ -543,22 +543,15 @@ class SqliteStore(Store):
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None:
         await self._write([("UPDATE dag SET is_paused=? WHERE dag_id=?", [(int(paused), dag_id)])])
 
-    async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        keep_json = json_out(list(keep))
+    async def deactivate_dag_ids(self, dag_ids: Iterable[str]) -> None:
+        ids = [(d,) for d in dag_ids]
+        if not ids:
+            return
         await self._write(
             [
-                (
-                    "UPDATE dag SET is_active = (dag_id IN (SELECT value FROM json_each(?)))",
-                    [(keep_json,)],
-                ),
-                (
-                    "DELETE FROM asset_consumer WHERE dag_id NOT IN (SELECT value FROM json_each(?))",
-                    [(keep_json,)],
-                ),
-                (
-                    "DELETE FROM asset_watcher WHERE dag_id NOT IN (SELECT value FROM json_each(?))",
-                    [(keep_json,)],
-                ),
+                ("UPDATE dag SET is_active=0 WHERE dag_id=?", ids),
+                ("DELETE FROM asset_consumer WHERE dag_id=?", ids),
+                ("DELETE FROM asset_watcher WHERE dag_id=?", ids),
             ]
         )
 

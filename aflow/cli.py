@@ -38,6 +38,7 @@ from aflow.runtime.dag_processor import DagProcessor
 from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
 from aflow.states import DagRunState, TaskState
+from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.factory import open_store_url
 from aflow.store.records import UNLIMITED_SLOTS
 
@@ -385,6 +386,8 @@ async def cmd_triggers_list(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     by_type: dict[str, dict[str, Any]] = {}
     for t in triggers:
+        if t.classpath == BY_HAND_CLASSPATH:
+            continue  # a change made by hand on its way to the run's driver, not a wait
         row = by_type.setdefault(
             t.classpath, {"classpath": t.classpath, "waiting": 0, "fired": 0, "oldest_s": 0.0}
         )

@@ -73,7 +73,8 @@ _NOBODY = ""  # as the owner in Store.rewrite_run: every live lease counts, this
 
 class _ClaimedHere(Exception):  # noqa: N818 - a signal between two methods, never raised out
     """The run changed hands while it was being changed by hand (this process's
-    scheduler claimed it, or it ended): look again."""
+    scheduler claimed it, or it ended), or a TI to change is ending right now (its end
+    not yet decided on): look again."""
 
 DEFAULT_HOME = Path("~/aflow").expanduser()
 DEFAULT_PARALLELISM = 32
@@ -399,8 +400,7 @@ class Orchestrator:
 
     async def _deactivate(self, dag_ids: set[str]) -> None:
         if dag_ids:
-            keep = [d.dag_id for d in await self.store.list_dags() if d.is_active]
-            await self.store.deactivate_dags([k for k in keep if k not in dag_ids])
+            await self.store.deactivate_dag_ids(sorted(dag_ids))
             log.info("DAGs no longer defined, now inactive: %s", ", ".join(sorted(dag_ids)))
 
     async def _dags_changed(self, change: BagChange) -> None:
@@ -593,7 +593,8 @@ class Orchestrator:
                 return await change()
             except _ClaimedHere:
                 await anyio.sleep(0.05)  # the claim is being admitted: the driver has it soon
-        raise RunBusy("the run was claimed by this process's scheduler and is not driven yet")
+        raise RunBusy("the run is changing hands or its task instances are ending right now; "
+                      "try again")
 
     def _woken(self) -> None:
         if self.scheduler is not None:
@@ -640,6 +641,8 @@ class Orchestrator:
                 chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
                 by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
                 assert self.driver is not None
+                if self.driver.settling(rs, chosen):
+                    raise _ClaimedHere  # their ends are being committed: in a moment
                 await self.driver.clear(rs, chosen)
                 if chosen:
                     log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
@@ -738,6 +741,8 @@ class Orchestrator:
                 by_hand.refuse_busy(dag_id, run_id, states, [task_id], "mark")
                 then_clear = by_hand.to_clear(states, below, only_failed=True)
                 assert self.driver is not None
+                if self.driver.settling(rs, [task_id, *then_clear]):
+                    raise _ClaimedHere  # their ends are being committed: in a moment
                 await self.driver.mark(rs, task_id, new, then_clear)
                 return [task_id, *then_clear]
             run, tis = await self._stored_run(dag_id, run_id, held_ok=True)

@@ -15,11 +15,14 @@ second backfill of the same range recognises the runs of the first. Naive ``star
 * **Limit.** At most ``max_active_runs`` runs of the range (default: the DAG's
   ``max_active_runs``) are unfinished at once; the next interval's run is created when
   one ends, oldest logical date first. The backfill's own limit replaces the DAG's for
-  the runs it creates; ``max_active_tasks``, ``parallelism`` and pools apply as to any run.
-* **Who drives.** Runs created here are owned and driven by this orchestrator. Runs left
-  unfinished by an interrupted backfill, and runs reset here, are claimed by whichever
-  process claims first (this orchestrator if it claims runs, or an ``aflow scheduler``
-  on the same store); the backfill follows every run through the store to its end.
+  the runs it creates and resets; ``max_active_tasks``, ``parallelism`` and pools apply
+  as to any run.
+* **Who drives.** Runs created here, and runs reset here, are owned and driven by this
+  orchestrator (a reset run unless another process claims it first, between its clear
+  and this orchestrator's claim). Runs left unfinished by an interrupted backfill are
+  claimed by whichever process claims first (this orchestrator if it claims runs, or an
+  ``aflow scheduler`` on the same store); the backfill follows every run through the
+  store to its end.
 * **Stopping.** Once ``stop`` is set no run is created or reset any more and the call
   returns (``interrupted=True``) without waiting for the runs in flight: leaving the
   orchestrator drains them as usual (running tries get the grace period). Calling
@@ -385,7 +388,10 @@ class _Backfill:
         interval.action = "reset"
         self.active[interval.key] = interval
         if self.o.scheduler is not None:
-            self.o.scheduler.wake()  # claim it at once (it waits queued for an owner)
+            # driven here under the backfill's limit, as the runs it creates (a scheduler
+            # would admit it against the DAG's max_active_runs); unless another process
+            # claimed it first, which then drives it
+            await self.o.scheduler.drive_run(self.dag, run_id)
 
     # -- reporting -----------------------------------------------------------------------
     def _report(self) -> None:

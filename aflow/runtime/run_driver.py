@@ -86,6 +86,9 @@ class TIState:
     next_event: dict[str, Any] | None = None  # in memory only: read from the trigger row
     same_try: bool = False  # in memory: the next start goes on with this try (reschedule)
     pool_hold: Any = None  # in memory: the PoolHold of the pool slots it holds (slots.py)
+    # in memory: the end state added to the downstream tasks' counts (None: no end of
+    # this TI is counted now), so a clear or mark takes out exactly what was added
+    counted: TaskState | None = None
 
     @classmethod
     def from_record(cls, r: TaskInstanceRecord) -> TIState:
@@ -234,6 +237,7 @@ class RunDriver:
         # Counts from end states that were committed before this adoption.
         for ti in rs.tis.values():
             if ti.state in FINISHED_TASK_STATES:
+                ti.counted = ti.state
                 for down in dag.task_dict[ti.task_id].downstream_task_ids:
                     rs.counts_for(down).add(ti.state)
 
@@ -343,11 +347,23 @@ class RunDriver:
         )
 
     def _forget_end(self, rs: RunState, ti: TIState) -> None:
-        """Take an ended TI's state out of its downstream tasks' counts."""
+        """Take an ended TI's state out of its downstream tasks' counts: the state that
+        was added (none if its end is still being committed, which `_after_end` then
+        leaves uncounted since the TI is no longer in that end state)."""
+        state, ti.counted = ti.counted, None
+        if state is None:
+            return
         for down_id in rs.dag.task_dict[ti.task_id].downstream_task_ids:
             counts = rs.counts.get(down_id)
             if counts is not None:
-                counts.add(ti.state, -1)
+                counts.add(state, -1)
+
+    @staticmethod
+    def settling(rs: RunState, task_ids: Iterable[str]) -> list[str]:
+        """Of `task_ids`, the TIs whose end is being committed or decided on right now
+        (ended in memory, not yet counted downstream): a clear or mark waits for them."""
+        return [t for t in task_ids
+                if (ti := rs.tis[t]).state in FINISHED_TASK_STATES and ti.counted is None]
 
     async def clear(self, rs: RunState, task_ids: list[str]) -> None:
         """Make these ended TIs (in topological order; `none` ones are left alone) run
@@ -431,9 +447,9 @@ class RunDriver:
                 marked.append(ti)
         rs.unfinished += 1  # the run stays open until all of this is done
         try:
-            for event in events:
-                await self._durably(self.store.delete_trigger, event.dag_id, event.run_id,
-                                    event.task_id, event.map_index)
+            # by id: a newer change of the same TI (another row) stays, to be applied next
+            await self._durably(self.store.delete_triggers,
+                                [e.id for e in events if e.id is not None])
             if rs.lost or rs.key not in self.runs:
                 return
             changed = [t.task_id for t in marked + held]
@@ -513,6 +529,10 @@ class RunDriver:
         delay = 0.1
         while True:  # as `_durably`: the run is no longer driven here, its end must commit
             try:
+                # Writes of this run still queued for the group commit (a `running` row, a
+                # deferral's trigger row) commit first, so none lands over the mark; none
+                # is made from now on (`rs.lost`).
+                await self.store.flush()
                 rs.run = await self.store.rewrite_run(
                     rs.run.dag_id, rs.run.run_id, rows, owner=owner, now=now, run_state=state
                 )
@@ -561,6 +581,9 @@ class RunDriver:
             ready: list[TIState] = []
             decided: list[TIState] = []
             for ti in frontier:
+                if ti.counted is not None or ti.state not in FINISHED_TASK_STATES:
+                    continue  # counted already, or cleared or marked while it committed
+                ti.counted = ti.state
                 task = rs.dag.task_dict[ti.task_id]
                 for down_id in task.downstream_task_ids:
                     counts = rs.counts_for(down_id)
@@ -632,6 +655,8 @@ class RunDriver:
     async def _run_ti(self, rs: RunState, ti: TIState) -> bool:
         """Runs in a slot: the try (or a deferred try going on) and its outcome's commit.
         True when the TI deferred and keeps its pool slots (an include_deferred pool)."""
+        if rs.lost:
+            return False  # marked by hand (the TI with it) or taken over while it waited for a slot
         task = rs.dag.task_dict[ti.task_id]
         now = self.clock.now()
         resume: Resume | None = None
@@ -653,6 +678,10 @@ class RunDriver:
         ti.error = None
         if resume is None or not _resumes_at_once(task, resume):
             await self._durably(self.store.save_tis, [ti])
+            if rs.lost:
+                # the run was marked by hand (committed after this row) or taken over
+                # while the row committed: the try does not start
+                return False
         # else the row stays `deferred` with its fired trigger until the outcome commits:
         # a crash in between resumes it again, exactly as a committed `running` row would.
         self.tries_started += 1
@@ -681,7 +710,7 @@ class RunDriver:
             # the run was marked meanwhile, and with it this TI: the mark stands
             self._write_to_log(rs, ti, "WARNING - the run was marked by hand while this try "
                                        "ran; its outcome is not recorded")
-            return
+            return False
         now = self.clock.now()
         if resume is not None:
             ti.next_method = ti.next_kwargs = None
@@ -703,7 +732,7 @@ class RunDriver:
         if result.reschedule_at is not None:
             ti.state = TaskState.UP_FOR_RESCHEDULE
             ti.next_retry_at = result.reschedule_at
-            await self._save_waiting(ti, end_trigger)
+            await self._save_waiting(rs, ti, end_trigger)
             self._tg.start_soon(self._retry_later, rs, ti)
             return False
         ti.end_date = now
@@ -711,7 +740,7 @@ class RunDriver:
         if result.state is TaskState.FAILED and result.retryable and ti.try_number <= ti.max_tries:
             ti.state = TaskState.UP_FOR_RETRY
             ti.next_retry_at = now + retry_delay_for(task, ti.try_number)
-            await self._save_waiting(ti, end_trigger)
+            await self._save_waiting(rs, ti, end_trigger)
             self._tg.start_soon(self._retry_later, rs, ti)
             return False
         ti.state = result.state
@@ -726,7 +755,7 @@ class RunDriver:
             await self._durably(
                 functools.partial(self.store.finish_ti, end_trigger=end_trigger), ti, xcoms
             )
-        if result.xcoms:
+        if result.xcoms and ti.state is result.state:  # (not cleared as it committed)
             rs.xcoms.set_task(ti.task_id, ti.map_index, result.xcoms)
         return True
 
@@ -753,10 +782,10 @@ class RunDriver:
         for listener in self.on_asset_events:
             listener()
 
-    async def _save_waiting(self, ti: TIState, end_trigger: bool) -> None:
+    async def _save_waiting(self, rs: RunState, ti: TIState, end_trigger: bool) -> None:
         """A TI that will run again (retry, reschedule): its row, then its spent trigger."""
         await self._durably(self.store.save_tis, [ti])
-        if end_trigger:
+        if end_trigger and not rs.lost:  # (a mark by hand deleted it with the rest)
             await self._durably(
                 self.store.delete_trigger, ti.dag_id, ti.run_id, ti.task_id, ti.map_index
             )
@@ -940,10 +969,18 @@ class RunDriver:
             rs.tis[t.task_id].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for t in leaves
         )
         state = DagRunState.FAILED if failed else DagRunState.SUCCESS
-        rs.run = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
-        await self._durably(self.store.save_run, rs.run)
+        ended = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())
+        # One transaction: the end, or, if another process changed TIs of the run by hand
+        # in the store meanwhile (before its rows were applied here), `queued` again.
+        rs.run = await self._durably(self.store.end_run, ended)
         self.runs.pop(rs.key, None)
-        if await self._changed_meanwhile(rs):
+        if rs.run.state is DagRunState.QUEUED:
+            log.info("run %s of %s: TIs were changed by hand as it ended; queued again",
+                     rs.run.run_id, rs.run.dag_id)
+            rs.lost = True  # waiters follow it in the store; a scheduler adopts it afresh
+            for listener in self.on_run_finished:
+                listener(rs)
+            rs.done.set()
             return
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
@@ -952,32 +989,6 @@ class RunDriver:
         for listener in self.on_run_finished:
             listener(rs)
         rs.done.set()
-
-    async def _changed_meanwhile(self, rs: RunState) -> bool:
-        """Another process cleared or marked TIs of this run in the store while it ended here
-        (before its events were applied): the run goes back to `queued`, released, so a
-        scheduler adopts it afresh with the cleared TIs. True if it did."""
-        try:
-            events = [t for t in await self.store.fired_triggers([rs.key])
-                      if t.classpath == BY_HAND_CLASSPATH]
-            if not events:
-                return False
-            cleared = {e.task_id for e in events}
-            rows = [r for r in await self.store.get_tis(*rs.key) if r.task_id in cleared]
-            rs.run = await self.store.rewrite_run(
-                rs.run.dag_id, rs.run.run_id, rows, owner=rs.run.owner or "",
-                now=self.clock.now(), run_state=DagRunState.QUEUED,
-            )
-        except StoreError:
-            log.exception("could not check run %s for clears made meanwhile", rs.run.run_id)
-            return False
-        log.info("run %s of %s: TIs changed by hand as it ended (%s); queued again", rs.run.run_id,
-                 rs.run.dag_id, ", ".join(sorted(cleared)))
-        rs.lost = True  # waiters follow it in the store
-        for listener in self.on_run_finished:
-            listener(rs)
-        rs.done.set()
-        return True
 
     async def _dag_callback(self, rs: RunState, cb: Any) -> None:
         context = {
@@ -991,14 +1002,14 @@ class RunDriver:
         except Exception:  # noqa: BLE001 - a callback never changes the run
             log.exception("DAG %s callback failed", rs.dag.dag_id)
 
-    async def _durably(self, write: Callable[..., Awaitable[None]], *args: Any) -> None:
+    async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """A state write the run cannot go on without: retried with backoff until it commits
-        (a store outage pauses the run instead of losing or wedging it)."""
+        (a store outage pauses the run instead of losing or wedging it). Returns what it
+        returns."""
         delay = 0.1
         while True:
             try:
-                await write(*args)
-                return
+                return await write(*args)
             except StoreError as exc:
                 log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
                 await anyio.sleep(delay)

@@ -158,12 +158,20 @@ class Scheduler:
                     subscriptions.append(await self.store.listen(channel, self._notified))
                 await self._reap_dead_local_owners()
                 await self.claim_once()
+            else:
+                # The runs it drives (created here) still get changes made by hand in
+                # another process, as fired trigger rows (Store.change_for_owner).
+                subscriptions.append(
+                    await self.store.listen(Store.TRIGGERS_FIRED_CHANNEL, self._notified)
+                )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._lease_loop)
                 if self.claim_runs:
                     tg.start_soon(self._claim_loop)
                     if self.claim_dag_ids is None:
                         tg.start_soon(self._orphan_loop)
+                else:
+                    tg.start_soon(self._fired_loop)
                 if self.create_scheduled_runs:
                     tg.start_soon(self.assets.loop)
                 self._tg = tg
@@ -216,6 +224,19 @@ class Scheduler:
                 await self.claim_once()
             except StoreError:
                 log.exception("claiming runs failed; retrying")
+
+    async def _fired_loop(self) -> None:
+        """Without claiming: resume the TIs of driven runs whose triggers fired in another
+        process, and apply the changes other processes made by hand in those runs."""
+        while True:
+            wait = self.sweep_s if self.store.notifications_live else self.poll_s
+            with anyio.move_on_after(wait):
+                await self._claim_now.wait()
+            self._claim_now = anyio.Event()
+            try:
+                await self.resume_fired()
+            except StoreError:
+                log.exception("looking for fired triggers failed; retrying")
 
     def wake(self) -> None:
         """Claim at once (e.g. a run of a DAG at max_active_runs ended), and see whether
@@ -280,6 +301,17 @@ class Scheduler:
             tis = await self.store.get_tis(run.dag_id, run.run_id)
         await self.driver.adopt(dag, run, tis)
         return True
+
+    async def drive_run(self, dag: DAG, run_id: str) -> bool:
+        """Claim one run that has no live owner (e.g. one a backfill has just reset) and
+        drive it here, whatever the DAG's max_active_runs: the caller keeps a limit of
+        its own. False if another process holds it (or it has ended)."""
+        for run in await self.store.claim_runs(
+            self.owner, self.clock.now(), self.lease_until(), 1, dag_ids=[dag.dag_id],
+            run_id=run_id,
+        ):
+            return await self._admit(dag, run, check_max_active_runs=False)
+        return False
 
     async def admit_new(self, dag: DAG, run: DagRunRecord, tis: list[TaskInstanceRecord]) -> bool:
         """Drive a run this scheduler has just created and owns (see `_admit`)."""

@@ -91,9 +91,10 @@ class Store(abc.ABC):
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None: ...
 
     @abc.abstractmethod
-    async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        """Mark DAGs not in `keep` as inactive (their file is gone or no longer defines
-        them): they consume no more asset events and their asset watchers go."""
+    async def deactivate_dag_ids(self, dag_ids: Iterable[str]) -> None:
+        """Mark these DAGs as inactive (their file is gone or no longer defines them):
+        they consume no more asset events and their asset watchers go. Other DAGs are
+        untouched (one recorded meanwhile by another process stays as it is)."""
 
     @abc.abstractmethod
     async def replace_import_errors(
@@ -151,9 +152,11 @@ class Store(abc.ABC):
         lease_until: datetime,
         limit: int,
         dag_ids: Iterable[str] | None = None,
+        run_id: str | None = None,
     ) -> list[DagRunRecord]:
-        """Take ownership of unfinished runs (of `dag_ids`, if given) that have no live
-        owner (none, or lease expired). Runs this owner already holds are not returned."""
+        """Take ownership of unfinished runs (of `dag_ids`, if given; only the one with
+        `run_id`, if given) that have no live owner (none, or lease expired). Runs this
+        owner already holds are not returned."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
@@ -203,6 +206,12 @@ class Store(abc.ABC):
             for ti, xcoms in ends:
                 tg.start_soon(functools.partial(self.finish_ti, ti, xcoms, end_trigger=end_trigger))
 
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Return once every group-committed write submitted before this call has
+        committed (a write in a transaction of its own, such as `rewrite_run`, then
+        commits after them)."""
+
     # -- runs and TIs changed by hand (clear, mark) ------------------------------------
     @abc.abstractmethod
     async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
@@ -245,6 +254,16 @@ class Store(abc.ABC):
         changes it as any other run). RunNotFound if there is no such run. Returns the
         run's row."""
 
+    @abc.abstractmethod
+    async def end_run(self, run: DagRunRecord) -> DagRunRecord:
+        """One transaction, for the process that drives `run` and has ended all of its
+        TIs: the run's row as given (its end state and dates), unless fired by-hand rows
+        of the run (BY_HAND_CLASSPATH, see `change_for_owner`) are there, left by a change
+        that driver has not applied yet; then those rows are deleted and the run goes
+        back to `queued` instead (dates cleared, owner released; RUNS_CHANNEL is
+        notified), so a scheduler adopts it afresh with the TIs as changed in the store.
+        Returns the run's row as it is afterwards (`queued` in the second case)."""
+
     # -- XCom -------------------------------------------------------------------
     @abc.abstractmethod
     async def get_xcoms(
@@ -286,6 +305,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_trigger(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
         """Group-committed: the TI has resumed; its trigger row goes."""
+
+    @abc.abstractmethod
+    async def delete_triggers(self, trigger_ids: Iterable[int]) -> None:
+        """Group-committed: delete these trigger rows (by id; gone ones are no matter)."""
 
     @abc.abstractmethod
     async def list_triggers(self) -> list[TriggerRecord]: ...

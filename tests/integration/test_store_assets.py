@@ -75,7 +75,7 @@ async def test_consuming_is_atomic_and_once(store_factory: StoreFactory) -> None
 async def test_paused_or_gone_dags(store_factory: StoreFactory) -> None:
     store = await store_factory()
     await store.upsert_dags([a_dag("c1", [RAW]), a_dag("c2", [RAW])])
-    await store.deactivate_dags(["c1"])  # c2's file is gone: it consumes nothing more
+    await store.deactivate_dag_ids(["c2"])  # c2's file is gone: it consumes nothing more
     await store.record_asset_events([an_event()])
     assert set(await store.queued_asset_events()) == {"c1"}
     await store.upsert_dags([a_dag("c1", [OTHER])])  # c1 now waits for another asset
@@ -148,7 +148,7 @@ async def test_watchers_are_claimed_once_and_move_on(store_factory: StoreFactory
     # the DAG drops the watcher, then the DAG goes: the rows go
     await store.upsert_dags([a_dag("c1", [RAW], [a_watcher("x")])])
     assert [w.name for w in await store.list_asset_watchers()] == ["x"]
-    await store.deactivate_dags([])
+    await store.deactivate_dag_ids(["c1"])
     assert await store.list_asset_watchers() == []
 
 

@@ -422,10 +422,10 @@ async def test_dag_upsert_get_list_and_pause(store: Store) -> None:
     assert got["a"] == dataclasses.replace(a2, is_paused=True)
 
 
-async def test_deactivate_dags_keeps_only_the_listed_ones_active(store: Store) -> None:
+async def test_deactivate_dag_ids_deactivates_only_those(store: Store) -> None:
     await store.upsert_dags([DagRecord(d, f"/dags/{d}.py", {}) for d in ("a", "b", "c")])
     await store.set_dag_paused("b", True)
-    await store.deactivate_dags(["a", "c"])
+    await store.deactivate_dag_ids(["b"])
     active = {d.dag_id: d.is_active for d in await store.list_dags()}
     assert active == {"a": True, "b": False, "c": True}
     assert (await store.get_dag("b")).is_paused is True  # type: ignore[union-attr]
@@ -435,8 +435,10 @@ async def test_deactivate_dags_keeps_only_the_listed_ones_active(store: Store) -
     b = await store.get_dag("b")
     assert b is not None and b.is_active and b.is_paused
 
-    await store.deactivate_dags(iter([]))  # any iterable; empty deactivates all
-    assert [d.is_active for d in await store.list_dags()] == [False, False, False]
+    await store.deactivate_dag_ids(iter([]))  # any iterable; empty changes nothing
+    assert [d.is_active for d in await store.list_dags()] == [True, True, True]
+    await store.deactivate_dag_ids(iter(["a", "c", "nope"]))
+    assert [d.is_active for d in await store.list_dags()] == [False, True, False]
 
 
 async def test_import_errors_are_replaced_as_a_whole(store: Store) -> None:

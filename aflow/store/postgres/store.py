@@ -664,6 +664,12 @@ class PostgresStore(Store):
             (d.dag_id, d.fileloc, json_out(d.structure), d.is_paused, enc.aware(d.updated_at))
             for d in dags
         ]
+        # Triggerers are woken only when a recorded DAG defines watchers (new ones may be
+        # among them), not on every periodic record of DAGs that define none.
+        wake: Op = (
+            [(_NOTIFY, [(self.channel_name(self.WATCHERS_CHANNEL), "")])]
+            if any(d.structure.get("asset_watchers") for d in dags) else []
+        )
         await self._write(
             [
                 (
@@ -673,7 +679,7 @@ class PostgresStore(Store):
                     rows,
                 ),
                 *_asset_rows_op(dags),
-                (_NOTIFY, [(self.channel_name(self.WATCHERS_CHANNEL), "")]),
+                *wake,
             ]
         )
 
@@ -687,13 +693,15 @@ class PostgresStore(Store):
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None:
         await self._write([("UPDATE dag SET is_paused=$1 WHERE dag_id=$2", [(paused, dag_id)])])
 
-    async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        keep_list = list(keep)
+    async def deactivate_dag_ids(self, dag_ids: Iterable[str]) -> None:
+        ids = sorted(set(dag_ids))
+        if not ids:
+            return
         await self._write(
             [
-                ("UPDATE dag SET is_active = (dag_id = ANY($1::text[]))", [(keep_list,)]),
-                ("DELETE FROM asset_consumer WHERE NOT (dag_id = ANY($1::text[]))", [(keep_list,)]),
-                ("DELETE FROM asset_watcher WHERE NOT (dag_id = ANY($1::text[]))", [(keep_list,)]),
+                ("UPDATE dag SET is_active = FALSE WHERE dag_id = ANY($1::text[])", [(ids,)]),
+                ("DELETE FROM asset_consumer WHERE dag_id = ANY($1::text[])", [(ids,)]),
+                ("DELETE FROM asset_watcher WHERE dag_id = ANY($1::text[])", [(ids,)]),
             ]
         )
 
@@ -802,12 +810,16 @@ class PostgresStore(Store):
         lease_until: datetime,
         limit: int,
         dag_ids: Iterable[str] | None = None,
+        run_id: str | None = None,
     ) -> list[DagRunRecord]:
         params: list[Any] = [enc.aware(now), limit, owner, enc.aware(lease_until)]
         dag_filter = ""
         if dag_ids is not None:
             params.append(list(dag_ids))
-            dag_filter = "AND dag_id = ANY($5::text[]) "
+            dag_filter = f"AND dag_id = ANY(${len(params)}::text[]) "
+        if run_id is not None:
+            params.append(run_id)
+            dag_filter += f"AND run_id = ${len(params)} "
         # SKIP LOCKED: rows another claimer is taking right now are left to it. A row that
         # claimer has committed meanwhile is re-checked against the WHERE clause (READ
         # COMMITTED re-evaluates updated rows), so its live lease keeps it out.
@@ -947,6 +959,9 @@ class PostgresStore(Store):
         await self._write(op)
 
     # -- runs and TIs changed by hand ---------------------------------------------------
+    async def flush(self) -> None:
+        await self._write([])  # answered once every op queued before it has committed
+
     async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
         if tis:
             await self._write(_reset_op(tis))
@@ -1053,6 +1068,36 @@ class PostgresStore(Store):
                 f"not ended: {', '.join(busy)}"
             )
         return run
+
+    async def end_run(self, run: DagRunRecord) -> DagRunRecord:
+        key = (run.dag_id, run.run_id)
+        update = enc.run_update_row(run)
+        select = f"SELECT {enc.RUN_COLS} FROM dag_run WHERE dag_id=$1 AND run_id=$2"
+        channel = self.channel_name(self.RUNS_CHANNEL)
+
+        async def run_tx(conn: asyncpg.Connection) -> DagRunRecord | None:
+            # FOR UPDATE: a change for the owner (change_for_owner) waits for this, or
+            # this for it, so it either sees the run ended or leaves its rows first
+            if await conn.fetchrow(select + " FOR UPDATE", *key) is None:
+                return None
+            deleted = await conn.fetch(
+                "DELETE FROM trigger WHERE dag_id=$1 AND run_id=$2 AND classpath=$3 "
+                "RETURNING id", *key, BY_HAND_CLASSPATH,
+            )
+            if not deleted:
+                await conn.execute(enc.UPDATE_RUN, *update)
+            else:
+                await conn.execute(
+                    "UPDATE dag_run SET state='queued', start_date=NULL, end_date=NULL, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=$1 AND run_id=$2", *key,
+                )
+                await conn.execute(_NOTIFY, channel, "")
+            return enc.run_from(await conn.fetchrow(select, *key))
+
+        after = await self._transaction(run_tx)
+        if after is None:
+            raise RunNotFound(f"DAG {run.dag_id!r} has no run {run.run_id!r}")
+        return after
 
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(
@@ -1217,6 +1262,11 @@ class PostgresStore(Store):
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> None:
         await self._write([(enc.DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
+
+    async def delete_triggers(self, trigger_ids: Iterable[int]) -> None:
+        ids = [(i,) for i in trigger_ids]
+        if ids:
+            await self._write([("DELETE FROM trigger WHERE id=$1", ids)])
 
     async def list_triggers(self) -> list[TriggerRecord]:
         rows = await self._read(f"SELECT {enc.TRIGGER_COLS} FROM trigger ORDER BY id")
@@ -1408,11 +1458,17 @@ class PostgresStore(Store):
     async def claim_asset_watchers(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[AssetWatcherRecord]:
-        claim = (
-            "WITH picked AS (SELECT id AS p_id FROM asset_watcher w WHERE kwargs IS NOT NULL "
+        claimable = (
+            "SELECT id AS p_id FROM asset_watcher w WHERE kwargs IS NOT NULL "
             "AND (owner IS NULL OR (owner <> $3 AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
-            "WHERE l.owner = w.owner AND l.lease_until >= $1))) "
-            "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            "WHERE l.owner = w.owner AND l.lease_until >= $1))) ORDER BY id LIMIT $2"
+        )
+        # A read first (as the SQLite store does): most passes find nothing to claim and
+        # then open no write transaction.
+        if not await self._read(claimable, enc.aware(now), 1, owner):
+            return []
+        claim = (
+            f"WITH picked AS ({claimable} FOR UPDATE SKIP LOCKED) "
             f"UPDATE asset_watcher SET owner=$3 FROM picked WHERE id=p_id RETURNING {_WATCHER_COLS}"
         )
         params = (enc.aware(now), limit, owner)

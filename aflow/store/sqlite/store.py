@@ -586,22 +586,15 @@ class SqliteStore(Store):
     async def set_dag_paused(self, dag_id: str, paused: bool) -> None:
         await self._write([("UPDATE dag SET is_paused=? WHERE dag_id=?", [(int(paused), dag_id)])])
 
-    async def deactivate_dags(self, keep: Iterable[str]) -> None:
-        keep_json = json_out(list(keep))
+    async def deactivate_dag_ids(self, dag_ids: Iterable[str]) -> None:
+        ids = [(d,) for d in dag_ids]
+        if not ids:
+            return
         await self._write(
             [
-                (
-                    "UPDATE dag SET is_active = (dag_id IN (SELECT value FROM json_each(?)))",
-                    [(keep_json,)],
-                ),
-                (
-                    "DELETE FROM asset_consumer WHERE dag_id NOT IN (SELECT value FROM json_each(?))",
-                    [(keep_json,)],
-                ),
-                (
-                    "DELETE FROM asset_watcher WHERE dag_id NOT IN (SELECT value FROM json_each(?))",
-                    [(keep_json,)],
-                ),
+                ("UPDATE dag SET is_active=0 WHERE dag_id=?", ids),
+                ("DELETE FROM asset_consumer WHERE dag_id=?", ids),
+                ("DELETE FROM asset_watcher WHERE dag_id=?", ids),
             ]
         )
 
@@ -698,6 +691,7 @@ class SqliteStore(Store):
         lease_until: datetime,
         limit: int,
         dag_ids: Iterable[str] | None = None,
+        run_id: str | None = None,
     ) -> list[DagRunRecord]:
         now_s, until_s = dt_out(now), dt_out(lease_until)
         sql = (
@@ -708,6 +702,9 @@ class SqliteStore(Store):
         if dag_ids is not None:
             sql += "AND dag_id IN (SELECT value FROM json_each(?)) "
             params.append(json_out(sorted(dag_ids)))
+        if run_id is not None:
+            sql += "AND run_id=? "
+            params.append(run_id)
         sql += "ORDER BY created_at LIMIT ?"
         params.append(limit)
 
@@ -801,6 +798,9 @@ class SqliteStore(Store):
             await self._write(_finish_op(ends, end_trigger))
 
     # -- runs and TIs changed by hand ---------------------------------------------------
+    async def flush(self) -> None:
+        await self._write([])  # answered once every op queued before it has committed
+
     async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
         if tis:
             await self._write(_reset_op(tis))
@@ -901,6 +901,33 @@ class SqliteStore(Store):
                 f"not ended: {', '.join(busy)}"
             )
         return run
+
+    async def end_run(self, run: DagRunRecord) -> DagRunRecord:
+        key = (run.dag_id, run.run_id)
+        update = _run_update_row(run)
+
+        def run_tx(conn: sqlite3.Connection) -> DagRunRecord:
+            by_hand = conn.execute(
+                "SELECT 1 FROM trigger WHERE dag_id=? AND run_id=? AND classpath=? LIMIT 1",
+                (*key, BY_HAND_CLASSPATH),
+            ).fetchone()
+            if by_hand is None:
+                conn.execute(_UPDATE_RUN, update)
+            else:
+                conn.execute("DELETE FROM trigger WHERE dag_id=? AND run_id=? AND classpath=?",
+                             (*key, BY_HAND_CLASSPATH))
+                conn.execute(
+                    "UPDATE dag_run SET state='queued', start_date=NULL, end_date=NULL, "
+                    "owner=NULL, lease_until=NULL WHERE dag_id=? AND run_id=?", key,
+                )
+            row = conn.execute(
+                f"SELECT {_RUN_COLS} FROM dag_run WHERE dag_id=? AND run_id=?", key
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"DAG {run.dag_id!r} has no run {run.run_id!r}")
+            return _run_from(row)
+
+        return await self._transaction(run_tx)
 
     # -- XCom -------------------------------------------------------------------------
     async def get_xcoms(
@@ -1057,6 +1084,11 @@ class SqliteStore(Store):
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
     ) -> None:
         await self._write([(_DELETE_TI_TRIGGER, [(dag_id, run_id, task_id, map_index)])])
+
+    async def delete_triggers(self, trigger_ids: Iterable[int]) -> None:
+        ids = [(i,) for i in trigger_ids]
+        if ids:
+            await self._write([("DELETE FROM trigger WHERE id=?", ids)])
 
     async def list_triggers(self) -> list[TriggerRecord]:
         rows = await self._read(f"SELECT {_TRIGGER_COLS} FROM trigger ORDER BY id")

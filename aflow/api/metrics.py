@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 from aflow.orchestrator import Orchestrator
 
 LAG_PERIOD_S = 0.25
+WEBHOOK_RUNS_KEPT = 100_000
 DELAY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -100,15 +102,40 @@ class Metrics:
             "aflow_store_commit_ops", "writes in one group-committed transaction",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=self.registry,
         )
+        self.webhook_to_start = Histogram(
+            "aflow_webhook_to_start_seconds",
+            "a webhook request's arrival to its run's first try starting (in this process)",
+            buckets=DELAY_BUCKETS, registry=self.registry,
+        )
+        # runs created by webhooks and not started yet: (dag_id, run_id) -> arrival
+        self._webhook_runs: OrderedDict[tuple[str, str], float] = OrderedDict()
         slots = orchestrator._slots  # noqa: SLF001 - same package: the process's slots
         if slots is not None:
             slots.on_start = self.start_delay.observe
+        if orchestrator.driver is not None:
+            orchestrator.driver.on_try_started.append(self._try_started)
         orchestrator.store.observe_commits(self._commit)
         self.loop_lag = Histogram(
             "aflow_event_loop_lag_seconds",
             f"how late a {LAG_PERIOD_S}s sleep of the event loop wakes up",
             buckets=LAG_BUCKETS, registry=self.registry,
         )
+
+    def webhook_run_created(self, dag_id: str, run_id: str, arrived: float) -> None:
+        """A webhook creates this run; its first try's start is observed (runs driven
+        by another process are forgotten once WEBHOOK_RUNS_KEPT newer ones came)."""
+        self._webhook_runs[(dag_id, run_id)] = arrived
+        while len(self._webhook_runs) > WEBHOOK_RUNS_KEPT:
+            self._webhook_runs.popitem(last=False)
+
+    def webhook_run_forgotten(self, dag_id: str, run_id: str) -> None:
+        self._webhook_runs.pop((dag_id, run_id), None)
+
+    def _try_started(self, rs: Any, ti: Any) -> None:
+        if self._webhook_runs:
+            arrived = self._webhook_runs.pop(rs.key, None)
+            if arrived is not None:
+                self.webhook_to_start.observe(time.monotonic() - arrived)
 
     def _commit(self, seconds: float, ops: int) -> None:
         self.commit.observe(seconds)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+import uuid
 from typing import Any
 
 import anyio
@@ -14,6 +16,7 @@ from aiohttp import web
 from aflow import __version__
 from aflow.api import models as m
 from aflow.api.errors import ApiError, not_found
+from aflow.api.metrics import METRICS
 from aflow.api.registry import Registry, parse_json, read_body
 from aflow.authoring.webhooks import WebhookSecretMissing
 from aflow.exceptions import AflowError, RunAlreadyExists, StoreError
@@ -374,6 +377,7 @@ async def list_triggers(request: web.Request) -> m.TriggerCollection:
                  (401, "missing or wrong signature; nothing changed"),
                  (409, "several loaded DAGs define this webhook name")))
 async def post_webhook(request: web.Request, name: str) -> web.StreamResponse:
+    arrived = time.monotonic()
     o = orchestrator(request)
     found = [(d, w) for d in o.dagbag.dags.values() for w in d.webhooks if w.name == name]
     if not found:
@@ -404,18 +408,27 @@ async def post_webhook(request: web.Request, name: str) -> web.StreamResponse:
         raise ApiError(422, "webhook_mapping_failed",
                        f"webhook {name!r}: conf gave a {type(conf).__name__}, not a dict")
     delivery = request.headers.get(hook.delivery_id_header) if hook.delivery_id_header else None
-    run_id = None
-    if delivery:
-        run_id = "webhook__" + hashlib.sha256(f"{name}\0{delivery}".encode()).hexdigest()[:32]
+    # the run id is known before the run exists, so its first try is seen whenever it starts
+    key = delivery or uuid.uuid4().hex
+    run_id = "webhook__" + hashlib.sha256(f"{name}\0{key}".encode()).hexdigest()[:32]
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.webhook_run_created(dag.dag_id, run_id, arrived)
     try:
         handle = await o.trigger(dag.dag_id, conf, run_id=run_id, run_type=RunType.WEBHOOK,
                                  triggered_by=f"webhook {name}")
     except RunAlreadyExists:
-        if run_id is None:
+        if metrics is not None:
+            metrics.webhook_run_forgotten(dag.dag_id, run_id)
+        if not delivery:
             raise
         existing = await run_record(request, dag.dag_id, run_id)
         return _json(m.WebhookResult(action="triggered", dag_id=dag.dag_id,
                                      dag_run_id=existing.run_id), 200)
+    except BaseException:
+        if metrics is not None:
+            metrics.webhook_run_forgotten(dag.dag_id, run_id)
+        raise
     return _json(m.WebhookResult(action="triggered", dag_id=dag.dag_id,
                                  dag_run_id=handle.run_id), 201)
 

@@ -197,6 +197,7 @@ class RunDriver:
         slots.on_unrunnable = self._on_unrunnable
         self.on_run_finished: list[Any] = []  # callables(RunState), e.g. the scheduler's
         self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
+        self.on_try_started: list[Callable[[RunState, TIState], None]] = []  # e.g. metrics
         self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
         self.tries_started = 0
         self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
@@ -685,6 +686,8 @@ class RunDriver:
         # else the row stays `deferred` with its fired trigger until the outcome commits:
         # a crash in between resumes it again, exactly as a committed `running` row would.
         self.tries_started += 1
+        for listener in self.on_try_started:
+            listener(rs, ti)
         job = TryJob(
             task=task,
             run=rs.run,

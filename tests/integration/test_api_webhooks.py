@@ -17,6 +17,7 @@ from aflow import DAG, Orchestrator, Param, PythonOperator, WebhookSensor
 from aflow.api import serve_api
 from aflow.authoring.webhooks import Webhook, sign
 from aflow.exceptions import DagDefinitionError
+from tests.auth_helpers import bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +79,11 @@ async def test_a_signed_push_creates_one_run_per_delivery(
     assert len(await o.store.list_runs("deploy")) == 2
     final = await (await o.get_run("deploy", answer["dag_run_id"])).wait(timeout=30)
     assert final.state == "success"
+    metrics = (await client.get(str(client.base_url.copy_with(path="/metrics")),
+                                headers=await bearer(o.store, "viewer"))).text
+    count = next(line for line in metrics.splitlines()
+                 if line.startswith("aflow_webhook_to_start_seconds_count"))
+    assert float(count.split()[-1]) >= 1  # the run's first try was seen
 
 
 async def test_bad_or_missing_signatures_change_nothing(

@@ -37,6 +37,7 @@ from aflow.states import DagRunState, RunType
 from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 from aflow.web import graph
+from aflow.web.rendered import rendered_fields
 from aflow.web.states import RUN_COLOURS, TASK_COLOURS, stylesheet
 
 DAGS_PER_PAGE = 50
@@ -310,8 +311,9 @@ async def task_page(request: web.Request) -> web.Response:
     except ValueError:
         shown_try = ti.try_number
     shown_try = min(max(shown_try, 1), max(ti.try_number, 1))
+    fields, why_not = await rendered_fields(o, run, ti)
     return render(request, "task.html", dag=dag, run=run, ti=ti, xcoms=xcoms,
-                  shown_try=shown_try,
+                  shown_try=shown_try, rendered=fields, rendered_problem=why_not,
                   xcom_json={x.key: json.dumps(x.value, indent=2, default=str) for x in xcoms})
 
 

@@ -75,3 +75,21 @@ async def test_an_error_in_the_served_block_comes_out_as_itself(home: Path) -> N
         with pytest.raises(KeyError):
             async with serve_api(o):
                 raise KeyError("mine")
+
+
+async def test_the_task_page_shows_its_rendered_templates(home: Path) -> None:
+    from aflow import BashOperator, Param
+
+    with DAG("tpl", start_date=datetime(2024, 1, 1, tzinfo=UTC),
+             params={"who": Param("world", type="string")}) as dag:
+        a = PythonOperator(task_id="a", python_callable=lambda: 42)
+        b = BashOperator(task_id="b", bash_command="echo {{ params.who }} {{ ti.xcom_pull('a') }} {{ ds }}")
+        a >> b
+    async with Orchestrator([dag], home=home) as o, serve_api(o) as url:
+        handle = await o.trigger("tpl", conf={"who": "ada"})
+        assert (await handle.wait(timeout=30)).state == "success"
+        async with httpx.AsyncClient(base_url=url, headers=await bearer(o.store, "viewer")) as client:
+            page = await client.get(f"/dags/tpl/runs/{handle.run_id}/tasks/b")
+            assert page.status_code == 200
+            ds = handle.record.logical_date.strftime("%Y-%m-%d")
+            assert f"echo ada 42 {ds}" in page.text

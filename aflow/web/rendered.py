@@ -1,0 +1,38 @@
+"""A task instance's templated fields rendered as its try saw them, for the task page:
+the run's context (dates, params, conf) and its XComs from the store. Computed when the
+page is asked for, with the DAG as this process has it loaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aflow.authoring.templating import render_template_fields
+from aflow.orchestrator import Orchestrator
+from aflow.runtime.task_runner import build_context
+from aflow.runtime.ti import RuntimeTaskInstance
+from aflow.runtime.xcom import XComView
+from aflow.store.records import DagRunRecord, TaskInstanceRecord
+
+
+async def rendered_fields(
+    o: Orchestrator, run: DagRunRecord, ti: TaskInstanceRecord
+) -> tuple[dict[str, Any], str | None]:
+    """(field -> rendered value, None), or ({}, why not)."""
+    dag = o.dagbag.dags.get(run.dag_id)
+    if dag is None or ti.task_id not in dag.task_dict:
+        return {}, "the DAG is not loaded by this server"
+    task = dag.task_dict[ti.task_id]
+    if not task.template_fields:
+        return {}, None
+    xcoms = XComView()
+    for x in await o.store.get_xcoms(run.dag_id, run.run_id):
+        xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
+    runtime = RuntimeTaskInstance(
+        dag_id=run.dag_id, run_id=run.run_id, task_id=ti.task_id, map_index=ti.map_index,
+        try_number=max(ti.try_number, 1), max_tries=ti.max_tries, start_date=ti.start_date,
+        hostname=ti.hostname or "", xcoms=xcoms, upstream_task_ids=task.upstream_task_ids,
+    )
+    try:
+        return render_template_fields(task, build_context(task, runtime, run)), None
+    except Exception as exc:  # noqa: BLE001 - a template's error is what the page shows
+        return {}, f"{type(exc).__name__}: {exc}"

@@ -18,10 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from aflow.api import serve_api
-from aflow.api.auth import create_token, create_user
 from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome
@@ -74,6 +70,11 @@ async def seed(store: Any, n: int) -> None:
     options=(Option("--requests", int, 20, "times each page is asked", minimum=1),),
 )
 async def ui(ctx: BenchContext) -> Outcome:
+    import httpx  # (these here: the other scenarios need no web stack or TLS context)
+
+    from aflow.api import serve_api
+    from aflow.api.auth import create_token, create_user
+
     n = ctx.n
     async with ctx.orchestrator([], claim=False, triggerer=False) as o:
         ctx.progress(f"seeding {n} DAGs, {n * RUNS_PER_DAG} runs, "

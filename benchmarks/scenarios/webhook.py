@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 
 from aflow import DAG, PythonOperator, Webhook
-from aflow.api import serve_api
 from benchmarks.harness import BenchContext, BenchmarkFailed, Outcome
 from benchmarks.measure import Window, peak_rss_mib, percentile
 from benchmarks.registry import scenario
@@ -54,6 +53,8 @@ def build(n: int, secret: str, starts: dict[int, float]) -> DAG:
     default_parallelism=256,
 )
 async def webhook(ctx: BenchContext) -> Outcome:
+    from aflow.api import serve_api  # (here: the other scenarios need no web stack)
+
     n = ctx.n
     secret = secrets.token_hex(16)
     starts: dict[int, float] = {}

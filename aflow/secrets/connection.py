@@ -126,7 +126,10 @@ class Connection:
                 extra = json.loads(extra)
             except ValueError:
                 raise SecretsError(f"connection {conn_id!r}: extra is not JSON") from None
-        return cls(conn_id=conn_id, **{**data, "extra": extra})
+        port = data.get("port")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        return cls(conn_id=conn_id, **{"conn_type": "", **data, "extra": extra, "port": port})
 
     @classmethod
     def from_text(cls, conn_id: str, text: str) -> Connection:

@@ -50,7 +50,7 @@ def test_airflow_details_type_from_scheme_json_extra_and_sqlite_path() -> None:
     assert c.conn_type == "google_cloud_platform" and c.extra == {"a": 1}
     assert Connection.from_uri("s", "sqlite:////tmp/a.db").schema == "/tmp/a.db"
     assert Connection.from_uri("p", "postgres://u:@h/d").password == ""
-    j = Connection.from_text("j", '{"conn_type": "http", "host": "h", "port": 80, '
+    j = Connection.from_text("j", '{"conn_type": "http", "host": "h", "port": "80", '
                                   '"extra": "{\\"k\\": 1}"}')
     assert (j.conn_type, j.host, j.port, j.extra) == ("http", "h", 80, {"k": 1})
 
@@ -136,3 +136,12 @@ def test_template_references_are_found() -> None:
     assert secret_refs(task) == (frozenset({"k"}), frozenset({"c"}))
     task.cmd = "changed"  # cached on the task
     assert secret_refs(task) == (frozenset({"k"}), frozenset({"c"}))
+
+
+def test_json_form_errors_are_named() -> None:
+    with pytest.raises(SecretsError, match="needs a conn_type"):
+        Connection.from_text("x", '{"host": "h"}')
+    with pytest.raises(SecretsError, match="unknown field"):
+        Connection.from_text("x", '{"conn_type": "http", "hots": "h"}')
+    with pytest.raises(SecretsError, match="not valid JSON"):
+        Connection.from_text("x", '{"conn_type": ')

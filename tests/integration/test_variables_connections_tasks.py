@@ -120,6 +120,24 @@ async def test_tasks_in_every_mode_reach_variables_and_connections(
         assert await o.store.get_variable(key) == VariableRecord(key, "yes")
 
 
+@pytest.mark.slow
+async def test_every_mode_on_postgresql(
+    orchestrator_factory: Any, tmp_path: Path, pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child process opens the PostgreSQL store (its own schema) from the URL."""
+    monkeypatch.setenv("AFLOW_VAR_FROM_ENV", "env-value")
+    monkeypatch.setenv("AFLOW_CONN_ENVONLY", "http://env.example:8080")
+    dag = write_dag_file(tmp_path, "var_modes_dag", MODES_DAG, password=DB_PASSWORD)
+    o = await orchestrator_factory([dag], store=pg_schema_url)
+    await _seed(o.store)
+    handle = await o.trigger("var_modes")
+    final = await handle.wait(timeout=60)
+    tis = {t.task_id: (t.state.value, t.error) for t in await handle.task_instances()}
+    assert final.state.value == "success", tis
+    assert await o.store.get_variable("written_by_child") == VariableRecord(
+        "written_by_child", "yes")
+
+
 BAD_TEMPLATE_DAG = """
 from datetime import UTC, datetime
 

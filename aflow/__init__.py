@@ -24,6 +24,7 @@ from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
 from aflow.orchestrator import Orchestrator, RunHandle
 from aflow.runtime.backfill import BackfillProgress, BackfillResult, BackfillRun
+from aflow.secrets import Connection, SecretsBackend, Variable, configure_secrets
 from aflow.states import DagRunState, RunType, TaskState, TriggerRule, WeightRule
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "BaseSensorOperator",
     "BashOperator",
     "Clock",
+    "Connection",
     "DAG",
     "DagRunState",
     "DateTimeSensor",
@@ -57,6 +59,7 @@ __all__ = [
     "RunBusy",
     "RunHandle",
     "RunType",
+    "SecretsBackend",
     "SkipTask",
     "SqlSensor",
     "SystemClock",
@@ -64,10 +67,12 @@ __all__ = [
     "TaskState",
     "TimeDeltaSensor",
     "TriggerRule",
+    "Variable",
     "Webhook",
     "WebhookSensor",
     "WeightRule",
     "chain",
+    "configure_secrets",
     "dag",
     "task",
 ]

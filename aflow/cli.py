@@ -28,6 +28,7 @@ import anyio
 
 from aflow import __version__
 from aflow.cli_backfill import add_parser as add_backfill_parser
+from aflow.cli_secrets import add_parsers as add_secrets_parsers
 from aflow.cli_web import add_parsers as add_web_parsers
 from aflow.config import SETTINGS, Config, load_config, resolve_home
 from aflow.exceptions import AflowError
@@ -37,6 +38,7 @@ from aflow.runtime.dag_loader import DagBag
 from aflow.runtime.dag_processor import DagProcessor
 from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
+from aflow.secrets.backends import configure_secrets, parse_backends
 from aflow.states import DagRunState, TaskState
 from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.factory import open_store_url
@@ -76,6 +78,9 @@ def apply_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             value = config.get(s.name)
             setattr(args, s.dest, str(value) if isinstance(value, Path) else value)
     args.config = config
+    configure_secrets(fernet_key=config.get("core.fernet_key"),
+                      backends=parse_backends(config.get("secrets.backends")),
+                      store_url=str(config.get("core.store")))
     return config
 
 
@@ -675,11 +680,17 @@ def _config_value(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+def _listed_value(v: Any) -> Any:
+    if v.setting.secret and v.value is not None:
+        return "***"
+    return _config_value(v.value)
+
+
 async def cmd_config_list(args: argparse.Namespace) -> int:
     config: Config = args.config
     rows = [{"setting": "home", "value": str(config.home), "source": config.home_source,
              "env": "AFLOW_HOME"}]
-    rows += [{"setting": name, "value": _config_value(v.value), "source": v.source,
+    rows += [{"setting": name, "value": _listed_value(v), "source": v.source,
               "env": v.setting.env} for name, v in config.values.items()]
     if args.output == "table":  # 30, not the listings' 30.000
         for row in rows:
@@ -900,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=lambda a, name=name: _serve(a, name))
 
     add_web_parsers(groups, common, output)
+    add_secrets_parsers(groups, common, output)
     add_backfill_parser(groups, [common, output, running],
                         _setting_help("seconds running tasks get to finish on SIGTERM/Ctrl-C",
                                       "core.shutdown_grace_seconds"))

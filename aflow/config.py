@@ -79,6 +79,7 @@ class Setting:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     default_text: str | None = None
+    secret: bool = False  # shown as *** by `aflow config list`
 
     @property
     def name(self) -> str:
@@ -109,6 +110,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("core", "sqlite_synchronous", "str", "NORMAL",
             "SQLite durability: NORMAL survives a process crash, FULL also a power loss",
             choices=SQLITE_SYNCHRONOUS_LEVELS),
+    Setting("core", "fernet_key", "str", None,
+            "key(s) that encrypt connection passwords and extras in the store (comma-separated:"
+            " the first encrypts, all decrypt); make one with `aflow connections generate-key`",
+            default_text="none: connection secrets cannot be stored", secret=True),
     Setting("scheduler", "lease_seconds", "float", DEFAULT_LEASE_S,
             "seconds a dead process keeps its runs before others adopt them", flag="--lease",
             legacy_env="AFLOW_LEASE_SECONDS", minimum=0.001),
@@ -142,6 +147,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the port of the web UI and REST API (0: any free port)", flag="--port", minimum=0),
     Setting("logging", "level", "str", "WARNING",
             "what aflow's own log prints on stderr (-v means DEBUG)", choices=LOG_LEVELS),
+    Setting("secrets", "backends", "str", None,
+            "extra secrets backends, asked after the environment and before the store: "
+            "import paths package.module:Class separated by commas", default_text="none"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -13,6 +13,10 @@
     ├── BackfillError             a backfill's range or DAG cannot be backfilled
     ├── PoolError                 a pool change is refused (default_pool, tasks in it)
     │   └── PoolNotFound
+    ├── SecretsError              a variable or connection is unknown, invalid or cannot
+    │   │                         be decrypted; or no encryption key is set
+    │   ├── VariableNotFound
+    │   └── ConnectionNotFound
     ├── StoreError                the store failed (driver errors are chained)
     │   └── StoreUnavailable      cannot reach the database
     ├── TaskFailure               raised by a task to fail without a retry
@@ -85,6 +89,22 @@ class RunBusy(AflowError):
 class BackfillError(AflowError):
     """A backfill cannot run as asked (a DAG without a schedule, start after end, a range
     with no interval of the schedule, an invalid limit); nothing was created."""
+
+
+class SecretsError(AflowError):
+    """A Variable or Connection is unknown, invalid or cannot be decrypted, or a secret
+    must be encrypted and no key is set."""
+
+
+class VariableNotFound(SecretsError, KeyError):
+    """No variable of that key (and no default was given)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConnectionNotFound(SecretsError, LookupError):
+    """No connection of that id in any secrets backend."""
 
 
 class StoreError(AflowError):

@@ -50,7 +50,7 @@ class Resources:
     def __init__(
         self,
         *,
-        resolve_connection: Callable[[str], str] = env_connection,
+        resolve_connection: Callable[[str], str | Awaitable[str]] = env_connection,
         webhook_inbox: WebhookInbox | None = None,
     ) -> None:
         self.resolve_connection = resolve_connection

@@ -20,6 +20,8 @@ import threading
 import traceback
 from typing import Any, TextIO
 
+from aflow.secrets import masking
+
 _current: contextvars.ContextVar[TaskLog | None] = contextvars.ContextVar(
     "aflow_task_log", default=None
 )
@@ -63,6 +65,8 @@ class TaskLog:
     def write(self, text: str) -> None:
         if not text:
             return
+        if masking._ordered:  # a secret is known: it never reaches the file
+            text = masking.mask(text)
         with _WRITE_LOCK:
             if self._file is None:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -247,6 +251,34 @@ def _complete_prefix(data: bytes) -> int:
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return len(data) if back >= need else len(data) - back
     return len(data)
+
+
+class MaskingStream(io.TextIOBase):
+    """In a task child process: sys.stdout/sys.stderr, with known secrets masked before
+    the text reaches the log file (the streams write straight to it)."""
+
+    def __init__(self, original: TextIO) -> None:
+        self.original = original
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        self.original.write(masking.mask(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    def isatty(self) -> bool:
+        return self.original.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.original, "encoding", "utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
 
 
 def redirect_fds_to(path: str) -> None:

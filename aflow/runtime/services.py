@@ -30,3 +30,25 @@ def set_store(store: Store | None) -> contextvars.Token[Store | None]:
 
 def reset_store(token: contextvars.Token[Store | None]) -> None:
     _store.reset(token)
+
+
+def store_connection_uri(store: Store) -> str:
+    """The URI of connection `aflow_store`: aflow's own database, for triggers."""
+    path = getattr(store, "abspath", None)  # SQLite: a URL with an absolute path
+    if path:
+        return f"sqlite:///{path}"
+    # PostgreSQL: its own schema as a search_path setting asyncpg understands
+    return str(getattr(store, "client_dsn", store.url))
+
+
+async def connection_uri(conn_id: str, store: Store | None = None) -> str:
+    """A connection id as the URI a trigger is given: `aflow_store` is aflow's own
+    database; any other id is looked up through the secrets backends (environment, user
+    backends, the store: see aflow.secrets.backends). `store` defaults to the try's."""
+    from aflow.secrets.backends import lookup_connection
+
+    if store is None:
+        store = _store.get()
+    if conn_id == STORE_CONNECTION_ID and store is not None:
+        return store_connection_uri(store)
+    return (await lookup_connection(conn_id, store=store)).get_uri()

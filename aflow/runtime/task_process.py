@@ -61,6 +61,32 @@ def _run_from_json(data: dict[str, Any]) -> DagRunRecord:
     return DagRunRecord(**values)
 
 
+def _store_url(job: TryJob) -> str | None:
+    if job.store is None:
+        return None
+    path = getattr(job.store, "abspath", None)  # SQLite: absolute, whatever the child's cwd
+    return f"sqlite:///{path}" if path else job.store.url
+
+
+def _child_env() -> dict[str, str]:
+    """The child's environment: ours, plus this process's secrets settings (so a child
+    decrypts connections with the key the parent was configured with, which may come
+    from the config file rather than the environment)."""
+    from aflow.secrets.backends import settings
+    from aflow.secrets.crypto import FERNET_KEY_ENV
+
+    env = dict(os.environ)
+    if settings.fernet_key:
+        env[FERNET_KEY_ENV] = settings.fernet_key
+    paths = [f"{type(b).__module__}:{type(b).__qualname__}" for b in settings.backends]
+    if paths:
+        env[BACKENDS_ENV] = ",".join(paths)
+    return env
+
+
+BACKENDS_ENV = "AFLOW__SECRETS__BACKENDS"
+
+
 async def run_in_child_process(
     job: TryJob, task_log: logs.TaskLog, timeout_s: float | None
 ) -> TryResult:
@@ -87,6 +113,7 @@ async def run_in_child_process(
         "hostname": job.hostname,
         "run": _run_to_json(job.run),
         "xcoms": job.xcoms.as_list(),
+        "store_url": _store_url(job),  # for Variable/Connection lookups in the child
     }
     with tempfile.TemporaryDirectory(prefix="aflow-task-") as tmp:
         spec_path = Path(tmp) / "spec.json"
@@ -101,6 +128,7 @@ async def run_in_child_process(
                 "aflow.runtime.task_process",
                 str(spec_path),
                 stdin=asyncio.subprocess.DEVNULL,
+                env=_child_env(),
                 stdout=log_fd,
                 stderr=log_fd,
                 start_new_session=True,
@@ -157,8 +185,15 @@ def _child_main(spec_path: str) -> int:
     from aflow.runtime.task_runner import _call_sync, build_context, outlet_extras
     from aflow.runtime.ti import RuntimeTaskInstance
     from aflow.runtime.xcom import XComView, check_json
+    from aflow.secrets.backends import configure_secrets, parse_backends
+    from aflow.secrets.crypto import FERNET_KEY_ENV
+    from aflow.secrets.masking import mask
+    from aflow.secrets.templates import secret_refs, template_context
 
     spec = json.loads(Path(spec_path).read_text())
+    # Output goes straight to the log file: mask known secrets on the way.
+    sys.stdout = logs.MaskingStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = logs.MaskingStream(sys.stderr)  # type: ignore[assignment]
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -166,6 +201,9 @@ def _child_main(spec_path: str) -> int:
     )
     result: dict[str, Any]
     try:
+        configure_secrets(fernet_key=os.environ.get(FERNET_KEY_ENV),
+                          backends=parse_backends(os.environ.get(BACKENDS_ENV)),
+                          store_url=spec.get("store_url"))
         dags = {d.dag_id: d for d in load_file(Path(spec["dag_file"]))}
         dag = dags[spec["dag_id"]]
         task = dag.get_task(spec["task_id"]).prepare_for_run()
@@ -183,6 +221,9 @@ def _child_main(spec_path: str) -> int:
             upstream_task_ids=task.upstream_task_ids,
         )
         context = build_context(task, ti, run)
+        refs = secret_refs(task)
+        if refs is not None:
+            context.update(anyio.run(template_context, refs))
         render_template_fields(task, context)
         value = _call_sync(task.execute, context)
         xcoms = dict(ti.pushed)
@@ -198,7 +239,7 @@ def _child_main(spec_path: str) -> int:
         traceback.print_exc()
         result = {
             "state": "failed",
-            "error": f"{type(exc).__name__}: {exc}",
+            "error": mask(f"{type(exc).__name__}: {exc}"),
             "retryable": not isinstance(exc, TaskFailure),
         }
     sys.stdout.flush()

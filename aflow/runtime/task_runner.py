@@ -34,6 +34,8 @@ from aflow.exceptions import (
 from aflow.runtime import logs, services
 from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
+from aflow.secrets.masking import mask
+from aflow.secrets.templates import secret_refs, template_context
 from aflow.states import TaskState
 from aflow.store.base import Store
 from aflow.store.records import AssetEventRecord, DagRunRecord
@@ -214,6 +216,10 @@ async def _run_guarded(
 
             return await run_in_child_process(job, task_log, timeout)
         call = _resume_call(task, job.resume, task_log) if job.resume else None
+        if task._aflow_templated:  # `{{ var... }}`/`{{ conn... }}`: looked up before rendering
+            refs = secret_refs(job.task)
+            if refs is not None:
+                context.update(await template_context(refs))
         if timeout is None:
             render_template_fields(task, context)
             value = await execute_task(task, context, job.thread_limiter, call)
@@ -254,7 +260,7 @@ async def _run_guarded(
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    return mask(f"{type(exc).__name__}: {exc}")  # shown in the UI: no secret in it
 
 
 def _resume_call(

@@ -41,11 +41,11 @@ from aflow.exceptions import StoreError
 from aflow.runtime import logs
 from aflow.runtime.asset_watchers import AssetWatchers
 from aflow.runtime.peers import LivePeers
-from aflow.runtime.services import STORE_CONNECTION_ID
+from aflow.runtime.services import connection_uri
 from aflow.store.base import Store
 from aflow.store.records import ProcessRecord, TriggerRecord
 from triggers.base import BaseTrigger, load_trigger
-from triggers.shared import Resources, env_connection, use_resources
+from triggers.shared import Resources, use_resources
 from triggers.temporal import TimerQueue
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,10 @@ class Triggerer:
         """Claim at once (a task just deferred in this process)."""
         self._wake.set()
 
-    def _resolve_connection(self, conn_id: str) -> str:
-        """Connection ids for triggers: aflow's own store, else AFLOW_CONN_<ID>."""
-        if conn_id == STORE_CONNECTION_ID:
-            path = getattr(self.store, "abspath", None)  # SQLite: a URL with an absolute path
-            if path:
-                return f"sqlite:///{path}"
-            # PostgreSQL: its own schema as a search_path setting asyncpg understands
-            return getattr(self.store, "client_dsn", self.store.url)
-        return env_connection(conn_id)
+    async def _resolve_connection(self, conn_id: str) -> str:
+        """Connection ids for triggers: aflow's own store, else the secrets backends
+        (AFLOW_CONN_<ID>, user backends, the store)."""
+        return await connection_uri(conn_id, self.store)
 
     @property
     def process_id(self) -> str:

@@ -17,6 +17,7 @@ from aflow.store.records import (
     ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
+    ConnectionRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
@@ -26,6 +27,7 @@ from aflow.store.records import (
     TaskInstanceRow,
     TriggerRecord,
     UserRecord,
+    VariableRecord,
     WebSessionRecord,
     XComRecord,
 )
@@ -441,6 +443,38 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_web_session(self, session_hash: str) -> None: ...
+
+    # -- Variables and Connections (see aflow.secrets for the user-facing API) -------
+    @abc.abstractmethod
+    async def get_variable(self, key: str) -> VariableRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_variables(self) -> list[VariableRecord]:
+        """Every variable, by key."""
+
+    @abc.abstractmethod
+    async def set_variables(self, variables: Sequence[VariableRecord]) -> None:
+        """Create or replace these variables, all in one transaction."""
+
+    @abc.abstractmethod
+    async def delete_variable(self, key: str) -> bool:
+        """False if there was none."""
+
+    @abc.abstractmethod
+    async def get_connection(self, conn_id: str) -> ConnectionRecord | None:
+        """The stored row: its secrets are still encrypted (aflow.secrets decrypts)."""
+
+    @abc.abstractmethod
+    async def list_connections(self) -> list[ConnectionRecord]:
+        """Every connection, by id (secrets still encrypted)."""
+
+    @abc.abstractmethod
+    async def set_connection(self, connection: ConnectionRecord) -> None:
+        """Create or replace the connection."""
+
+    @abc.abstractmethod
+    async def delete_connection(self, conn_id: str) -> bool:
+        """False if there was none."""
 
     # -- processes (heartbeats) ---------------------------------------------------
     @abc.abstractmethod

@@ -245,3 +245,28 @@ class PoolRecord:
     slots: int
     description: str = ""
     include_deferred: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VariableRecord:
+    """A Variable: a key and its text value (JSON values are stored as their text)."""
+
+    key: str
+    value: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    """A Connection as stored. The store never sees a secret in clear: `password_enc` and
+    `extra_enc` are Fernet tokens (or None), made and read by aflow.secrets."""
+
+    conn_id: str
+    conn_type: str
+    host: str | None = None
+    port: int | None = None
+    login: str | None = None
+    password_enc: str | None = None
+    schema: str | None = None
+    extra_enc: str | None = None
+    description: str = ""

@@ -79,7 +79,7 @@ def test_config_get_unknown_name(cli: CLI) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: no setting 'core.paralelism'; known in [core]: core.dags_folder, core.store, "
-        "core.parallelism, core.shutdown_grace_seconds, core.sqlite_synchronous")
+        "core.parallelism, core.shutdown_grace_seconds, core.sqlite_synchronous, core.fernet_key")
 
 
 def test_bad_settings_exit_with_one_line_and_change_nothing(cli: CLI) -> None:

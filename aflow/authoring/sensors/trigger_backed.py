@@ -11,7 +11,8 @@ import anyio
 
 from aflow.authoring.baseoperator import loop_safe
 from aflow.authoring.sensors.base import BaseSensorOperator, PokeReturnValue
-from triggers.shared import default_resources
+from aflow.runtime.services import connection_uri
+from triggers.shared import Resources, use_resources
 
 
 class TriggerBackedSensor(BaseSensorOperator):
@@ -22,15 +23,17 @@ class TriggerBackedSensor(BaseSensorOperator):
 
     async def poke(self, context: dict[str, Any]) -> PokeReturnValue:
         trigger = self.trigger_for(context)
-        async with default_resources():
-            events = trigger.run()
-            try:
-                with anyio.move_on_after(self.first_check_s):
-                    async for event in events:
-                        return PokeReturnValue(True, event.payload)
-            finally:
-                await events.aclose()
-                await trigger.cleanup()
+        # Connection ids resolve as in the triggerer (AFLOW_CONN_<ID>, backends, the store).
+        async with Resources(resolve_connection=connection_uri) as resources:
+            with use_resources(resources):
+                events = trigger.run()
+                try:
+                    with anyio.move_on_after(self.first_check_s):
+                        async for event in events:
+                            return PokeReturnValue(True, event.payload)
+                finally:
+                    await events.aclose()
+                    await trigger.cleanup()
         return PokeReturnValue(False)
 
     @loop_safe
@@ -41,8 +44,8 @@ class TriggerBackedSensor(BaseSensorOperator):
 class HttpSensor(TriggerBackedSensor):
     """Wait until an HTTP endpoint answers with an expected status and, optionally, a
     JSON value at `json_path` equal to `json_equals` or a body matching `body_regex`.
-    `http_conn_id` names a connection (AFLOW_CONN_<ID>) whose secrets stay out of the
-    trigger row. The XCom is {"status", "body"}."""
+    `http_conn_id` names an aflow Connection (AFLOW_CONN_<ID> or the store) whose secrets
+    stay out of the trigger row. The XCom is {"status", "body"}."""
 
     template_fields: Sequence[str] = ("endpoint", "url", "headers", "json_equals")
     ui_color = "#f4a460"
@@ -98,8 +101,8 @@ class HttpSensor(TriggerBackedSensor):
 
 class SqlSensor(TriggerBackedSensor):
     """Wait until the first cell of `sql`'s first row is truthy, on SQLite or PostgreSQL
-    (`conn_id` names a connection URI, AFLOW_CONN_<ID>; or give `dsn`). Parameters are
-    bound, never formatted into the SQL. With `listen_channel` (PostgreSQL), the wait
+    (`conn_id` names an aflow Connection: AFLOW_CONN_<ID> or the store; or give `dsn`).
+    Parameters are bound, never formatted into the SQL. With `listen_channel` (PostgreSQL), the wait
     wakes on NOTIFY instead of polling. The XCom is {"value": first_cell}."""
 
     template_fields: Sequence[str] = ("sql", "parameters")

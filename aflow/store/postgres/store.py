@@ -93,6 +93,7 @@ from aflow.store.records import (
     ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
+    ConnectionRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
@@ -102,6 +103,7 @@ from aflow.store.records import (
     TaskInstanceRow,
     TriggerRecord,
     UserRecord,
+    VariableRecord,
     WebSessionRecord,
     XComRecord,
 )
@@ -109,6 +111,9 @@ from aflow.store.records import (
 log = logging.getLogger(__name__)
 
 _TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
+_CONN_COLS = (
+    "conn_id, conn_type, host, port, login, password_enc, schema, extra_enc, description"
+)
 
 
 def _run_filter(
@@ -1618,6 +1623,63 @@ class PostgresStore(Store):
             await conn.execute("DELETE FROM web_session WHERE session_hash=$1", session_hash)
 
         await self._transaction(tx)
+
+    # -- Variables and Connections ------------------------------------------------------
+    async def get_variable(self, key: str) -> VariableRecord | None:
+        rows = await self._read("SELECT key, value, description FROM variable WHERE key=$1", key)
+        return VariableRecord(*rows[0]) if rows else None
+
+    async def list_variables(self) -> list[VariableRecord]:
+        rows = await self._read("SELECT key, value, description FROM variable ORDER BY key")
+        return [VariableRecord(*r) for r in rows]
+
+    async def set_variables(self, variables: Sequence[VariableRecord]) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.executemany(
+                "INSERT INTO variable (key, value, description) VALUES ($1, $2, $3) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value, "
+                "description=excluded.description",
+                [(v.key, v.value, v.description) for v in variables],
+            )
+
+        await self._transaction(tx)
+
+    async def delete_variable(self, key: str) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            return bool(await conn.execute("DELETE FROM variable WHERE key=$1", key) != "DELETE 0")
+
+        return await self._transaction(tx)
+
+    async def get_connection(self, conn_id: str) -> ConnectionRecord | None:
+        rows = await self._read(f"SELECT {_CONN_COLS} FROM connection WHERE conn_id=$1", conn_id)
+        return ConnectionRecord(*rows[0]) if rows else None
+
+    async def list_connections(self) -> list[ConnectionRecord]:
+        rows = await self._read(f"SELECT {_CONN_COLS} FROM connection ORDER BY conn_id")
+        return [ConnectionRecord(*r) for r in rows]
+
+    async def set_connection(self, connection: ConnectionRecord) -> None:
+        c = connection
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO connection ({_CONN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (conn_id) DO UPDATE SET conn_type=excluded.conn_type,"
+                " host=excluded.host, port=excluded.port, login=excluded.login,"
+                " password_enc=excluded.password_enc, schema=excluded.schema,"
+                " extra_enc=excluded.extra_enc, description=excluded.description",
+                c.conn_id, c.conn_type, c.host, c.port, c.login, c.password_enc, c.schema,
+                c.extra_enc, c.description,
+            )
+
+        await self._transaction(tx)
+
+    async def delete_connection(self, conn_id: str) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute("DELETE FROM connection WHERE conn_id=$1", conn_id)
+            return bool(status != "DELETE 0")
+
+        return await self._transaction(tx)
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:

@@ -51,6 +51,7 @@ from aflow.store.records import (
     ApiTokenRecord,
     AssetEventRecord,
     AssetWatcherRecord,
+    ConnectionRecord,
     DagRecord,
     DagRunRecord,
     ImportErrorRecord,
@@ -60,6 +61,7 @@ from aflow.store.records import (
     TaskInstanceRow,
     TriggerRecord,
     UserRecord,
+    VariableRecord,
     WebSessionRecord,
     XComRecord,
 )
@@ -67,6 +69,9 @@ from aflow.store.records import (
 log = logging.getLogger(__name__)
 
 _TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
+_CONN_COLS = (
+    "conn_id, conn_type, host, port, login, password_enc, schema, extra_enc, description"
+)
 
 
 def _run_filter(
@@ -1397,6 +1402,50 @@ class SqliteStore(Store):
     async def delete_web_session(self, session_hash: str) -> None:
         await self._transaction(lambda conn: conn.execute(
             "DELETE FROM web_session WHERE session_hash=?", (session_hash,)))
+
+    # -- Variables and Connections ------------------------------------------------------
+    async def get_variable(self, key: str) -> VariableRecord | None:
+        rows = await self._read("SELECT key, value, description FROM variable WHERE key=?", (key,))
+        return VariableRecord(*rows[0]) if rows else None
+
+    async def list_variables(self) -> list[VariableRecord]:
+        rows = await self._read("SELECT key, value, description FROM variable ORDER BY key")
+        return [VariableRecord(*r) for r in rows]
+
+    async def set_variables(self, variables: Sequence[VariableRecord]) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO variable (key, value, description) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value, "
+                "description=excluded.description",
+                [(v.key, v.value, v.description) for v in variables],
+            )
+
+        await self._transaction(tx)
+
+    async def delete_variable(self, key: str) -> bool:
+        return await self._transaction(lambda conn: conn.execute(
+            "DELETE FROM variable WHERE key=?", (key,)).rowcount > 0)
+
+    async def get_connection(self, conn_id: str) -> ConnectionRecord | None:
+        rows = await self._read(f"SELECT {_CONN_COLS} FROM connection WHERE conn_id=?", (conn_id,))
+        return ConnectionRecord(*rows[0]) if rows else None
+
+    async def list_connections(self) -> list[ConnectionRecord]:
+        rows = await self._read(f"SELECT {_CONN_COLS} FROM connection ORDER BY conn_id")
+        return [ConnectionRecord(*r) for r in rows]
+
+    async def set_connection(self, connection: ConnectionRecord) -> None:
+        c = connection
+        await self._transaction(lambda conn: conn.execute(
+            f"INSERT OR REPLACE INTO connection ({_CONN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (c.conn_id, c.conn_type, c.host, c.port, c.login, c.password_enc, c.schema,
+             c.extra_enc, c.description),
+        ))
+
+    async def delete_connection(self, conn_id: str) -> bool:
+        return await self._transaction(lambda conn: conn.execute(
+            "DELETE FROM connection WHERE conn_id=?", (conn_id,)).rowcount > 0)
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:

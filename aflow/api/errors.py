@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from aflow.exceptions import (
+    ConnectionNotFound,
     DagNotFound,
     InvalidConfError,
     PoolError,
@@ -22,8 +23,10 @@ from aflow.exceptions import (
     RunAlreadyExists,
     RunBusy,
     RunNotFound,
+    SecretsError,
     StoreError,
     TaskNotFound,
+    VariableNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,10 @@ def translate(exc: BaseException) -> ApiError | None:
         return ApiError(409, "conflict", str(exc))
     if isinstance(exc, RunBusy):
         return ApiError(409, "run_busy", str(exc))
+    if isinstance(exc, VariableNotFound | ConnectionNotFound):
+        return not_found(str(exc))
+    if isinstance(exc, SecretsError):
+        return ApiError(422, "secrets_error", str(exc))
     if isinstance(exc, PoolNotFound):
         return not_found(str(exc))
     if isinstance(exc, PoolError):

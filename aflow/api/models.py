@@ -252,3 +252,48 @@ class PoolPut(Input):
     slots: int = Field(ge=-1, description="-1: no limit")
     description: str = ""
     include_deferred: bool = False
+
+
+# -- variables and connections ---------------------------------------------------------------
+class VariableOut(BaseModel):
+    key: str
+    value: str = Field(description="`***` when the key looks secret (password, token, ...)")
+    description: str
+
+
+class VariableCollection(BaseModel):
+    variables: list[VariableOut]
+
+
+class VariablePut(Input):
+    value: str
+    description: str = ""
+
+
+class ConnectionOut(BaseModel):
+    """Never a secret: the password is `***` when one is set, the extra is left out."""
+
+    conn_id: str
+    conn_type: str
+    host: str | None
+    port: int | None
+    login: str | None
+    schema_: str | None = Field(alias="schema", serialization_alias="schema")
+    password: str | None
+    has_extra: bool
+    description: str
+
+
+class ConnectionCollection(BaseModel):
+    connections: list[ConnectionOut]
+
+
+class ConnectionPut(Input):
+    conn_type: str = Field(min_length=1)
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    login: str | None = None
+    password: str | None = None
+    schema_: str | None = Field(None, alias="schema")
+    extra: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""

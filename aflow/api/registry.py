@@ -129,7 +129,7 @@ class Registry:
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, BaseModel):
-                text = result.model_dump_json()
+                text = result.model_dump_json(by_alias=True)
             else:
                 text = json.dumps(result)
             return web.Response(text=text, status=route.status, content_type="application/json")

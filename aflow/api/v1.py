@@ -24,9 +24,11 @@ from aflow.orchestrator import Orchestrator
 from aflow.runtime.logs import log_path, read_log
 from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
+from aflow.secrets import Connection, connection_to_record, is_sensitive_key, mask_value
+from aflow.secrets.variable import check_key
 from aflow.states import RunType
 from aflow.store.base import BY_HAND_CLASSPATH
-from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
+from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord, VariableRecord
 
 api = Registry("/api/v1", title="aflow REST API", version=__version__)
 ORCHESTRATOR = web.AppKey("aflow_orchestrator", Orchestrator)
@@ -271,7 +273,7 @@ async def create_run(request: web.Request, dag_id: str, body: m.DagRunCreate) ->
 
 
 def _json(model: m.BaseModel, status: int) -> web.Response:
-    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+    return web.Response(text=model.model_dump_json(by_alias=True), status=status, content_type="application/json")
 
 
 @api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}", summary="One run", tag="runs",
@@ -329,7 +331,8 @@ async def list_xcoms(
     await task_instance(request, dag_id, dag_run_id, task_id)
     xcoms = await orchestrator(request).store.get_xcoms(dag_id, dag_run_id, task_id)
     return m.XComCollection(xcom_entries=[
-        m.XComEntry(task_id=x.task_id, map_index=x.map_index, key=x.key, value=x.value)
+        m.XComEntry(task_id=x.task_id, map_index=x.map_index, key=x.key,
+                    value=mask_value(x.value))  # (secrets this server has seen: ***)
         for x in xcoms
     ])
 
@@ -549,3 +552,93 @@ async def put_pool(request: web.Request, name: str, body: m.PoolPut) -> m.Pool:
 async def delete_pool(request: web.Request, name: str) -> web.StreamResponse:
     await orchestrator(request).store.delete_pool(name)
     return web.Response(status=204)
+
+
+# -- variables and connections (secrets never go out) --------------------------------------------
+def variable_out(record: Any) -> m.VariableOut:
+    value = "***" if is_sensitive_key(record.key) else record.value
+    return m.VariableOut(key=record.key, value=value, description=record.description)
+
+
+def connection_out(record: Any) -> m.ConnectionOut:
+    return m.ConnectionOut(
+        conn_id=record.conn_id, conn_type=record.conn_type, host=record.host, port=record.port,
+        login=record.login, schema=record.schema,
+        password="***" if record.password_enc is not None else None,
+        has_extra=record.extra_enc is not None, description=record.description,
+    )
+
+
+@api.route("GET", "/variables", summary="Variables in the store (secret-looking values as "
+           "***; AFLOW_VAR_ environment variables are not listed)", tag="variables",
+           response=m.VariableCollection)
+async def list_variables(request: web.Request) -> m.VariableCollection:
+    records = await orchestrator(request).store.list_variables()
+    return m.VariableCollection(variables=[variable_out(r) for r in records])
+
+
+@api.route("GET", "/variables/{key}", summary="One stored variable", tag="variables",
+           response=m.VariableOut)
+async def get_variable(request: web.Request, key: str) -> m.VariableOut:
+    record = await orchestrator(request).store.get_variable(key)
+    if record is None:
+        raise not_found(f"no variable {key!r} in the store")
+    return variable_out(record)
+
+
+@api.route("PUT", "/variables/{key}", summary="Create or replace a variable", tag="variables",
+           body=m.VariablePut, response=m.VariableOut)
+async def put_variable(request: web.Request, key: str, body: m.VariablePut) -> m.VariableOut:
+    record = VariableRecord(check_key(key), body.value, body.description)
+    await orchestrator(request).store.set_variables([record])
+    return variable_out(record)
+
+
+@api.route("DELETE", "/variables/{key}", summary="Delete a variable", tag="variables",
+           status=204)
+async def delete_variable(request: web.Request, key: str) -> web.StreamResponse:
+    if not await orchestrator(request).store.delete_variable(key):
+        raise not_found(f"no variable {key!r} in the store")
+    return web.Response(status=204)
+
+
+@api.route("GET", "/connections", summary="Connections in the store, never their secrets",
+           tag="connections", response=m.ConnectionCollection)
+async def list_connections(request: web.Request) -> m.ConnectionCollection:
+    records = await orchestrator(request).store.list_connections()
+    return m.ConnectionCollection(connections=[connection_out(r) for r in records])
+
+
+@api.route("GET", "/connections/{conn_id}", summary="One stored connection, never its secrets",
+           tag="connections", response=m.ConnectionOut)
+async def get_connection(request: web.Request, conn_id: str) -> m.ConnectionOut:
+    record = await orchestrator(request).store.get_connection(conn_id)
+    if record is None:
+        raise not_found(f"no connection {conn_id!r} in the store")
+    return connection_out(record)
+
+
+@api.route("PUT", "/connections/{conn_id}", summary="Create or replace a connection (its "
+           "password and extra are encrypted with core.fernet_key)", tag="connections",
+           body=m.ConnectionPut, response=m.ConnectionOut)
+async def put_connection(request: web.Request, conn_id: str, body: m.ConnectionPut) -> m.ConnectionOut:
+    conn = Connection(conn_id=conn_id, conn_type=body.conn_type, host=body.host, port=body.port,
+                      login=body.login, password=body.password, schema=body.schema_,
+                      extra=body.extra, description=body.description)
+    record = connection_to_record(conn, secrets_settings().fernet_key)
+    await orchestrator(request).store.set_connection(record)
+    return connection_out(record)
+
+
+@api.route("DELETE", "/connections/{conn_id}", summary="Delete a connection",
+           tag="connections", status=204)
+async def delete_connection(request: web.Request, conn_id: str) -> web.StreamResponse:
+    if not await orchestrator(request).store.delete_connection(conn_id):
+        raise not_found(f"no connection {conn_id!r} in the store")
+    return web.Response(status=204)
+
+
+def secrets_settings() -> Any:
+    from aflow.secrets import backends
+
+    return backends.settings

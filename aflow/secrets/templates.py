@@ -17,6 +17,7 @@ from aflow.exceptions import ConnectionNotFound, SecretsError, VariableNotFound
 from aflow.secrets.backends import lookup_connection, lookup_variable
 from aflow.secrets.connection import Connection
 from aflow.secrets.variable import _decode
+from aflow.store.base import Store
 
 _VAR = re.compile(
     r"""\bvar\s*\.\s*(?:value|json)\s*(?:\.\s*([A-Za-z_]\w*)\b(?!\s*\()"""
@@ -62,14 +63,15 @@ def secret_refs(task: Any) -> Refs | None:
     return refs
 
 
-async def template_context(refs: Refs) -> dict[str, Any]:
-    """`var` and `conn` for a template context, with the values `refs` names."""
+async def template_context(refs: Refs, store: Store | None = None) -> dict[str, Any]:
+    """`var` and `conn` for a template context, with the values `refs` names (looked up
+    in `store` when given, else in the try's or the configured one)."""
     keys, ids = refs
-    variables = {key: await lookup_variable(key) for key in keys}
+    variables = {key: await lookup_variable(key, store=store) for key in keys}
     connections: dict[str, Connection | None] = {}
     for conn_id in ids:
         try:
-            connections[conn_id] = await lookup_connection(conn_id)
+            connections[conn_id] = await lookup_connection(conn_id, store=store)
         except ConnectionNotFound:
             connections[conn_id] = None
     return {"var": VarAccessor(variables), "conn": ConnAccessor(connections)}

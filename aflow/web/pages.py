@@ -33,6 +33,7 @@ from aflow.api.v1 import ORCHESTRATOR, run_tis
 from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
 from aflow.runtime.timetable import DagRunInfo, timetable_for
+from aflow.secrets import mask_value
 from aflow.states import DagRunState, RunType
 from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
@@ -314,7 +315,8 @@ async def task_page(request: web.Request) -> web.Response:
     fields, why_not = await rendered_fields(o, run, ti)
     return render(request, "task.html", dag=dag, run=run, ti=ti, xcoms=xcoms,
                   shown_try=shown_try, rendered=fields, rendered_problem=why_not,
-                  xcom_json={x.key: json.dumps(x.value, indent=2, default=str) for x in xcoms})
+                  xcom_json={x.key: json.dumps(mask_value(x.value), indent=2, default=str)
+                             for x in xcoms})
 
 
 @routes.get("/dags/{dag_id}/trigger")
@@ -433,6 +435,22 @@ async def pools_page(request: web.Request) -> web.Response:
     from aflow.api.v1 import pools_with_usage
 
     return render(request, "pools.html", pools=await pools_with_usage(request))
+
+
+@routes.get("/variables")
+async def variables_page(request: web.Request) -> web.Response:
+    from aflow.api.v1 import variable_out
+
+    records = await _o(request).store.list_variables()
+    return render(request, "variables.html", variables=[variable_out(r) for r in records])
+
+
+@routes.get("/connections")
+async def connections_page(request: web.Request) -> web.Response:
+    from aflow.api.v1 import connection_out
+
+    records = await _o(request).store.list_connections()
+    return render(request, "connections.html", connections=[connection_out(r) for r in records])
 
 
 @routes.get("/import-errors")

@@ -11,6 +11,8 @@ from aflow.orchestrator import Orchestrator
 from aflow.runtime.task_runner import build_context
 from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import XComView
+from aflow.secrets import mask, mask_value
+from aflow.secrets.templates import secret_refs, template_context
 from aflow.store.records import DagRunRecord, TaskInstanceRecord
 
 
@@ -32,7 +34,13 @@ async def rendered_fields(
         try_number=max(ti.try_number, 1), max_tries=ti.max_tries, start_date=ti.start_date,
         hostname=ti.hostname or "", xcoms=xcoms, upstream_task_ids=task.upstream_task_ids,
     )
+    context = build_context(task, runtime, run)
     try:
-        return render_template_fields(task, build_context(task, runtime, run)), None
+        refs = secret_refs(task)
+        if refs is not None:  # `{{ var... }}` / `{{ conn... }}`: looked up as a try does
+            context.update(await template_context(refs, store=o.store))
+        rendered = render_template_fields(task, context)
     except Exception as exc:  # noqa: BLE001 - a template's error is what the page shows
-        return {}, f"{type(exc).__name__}: {exc}"
+        return {}, mask(f"{type(exc).__name__}: {exc}")
+    # a connection's password or a secret-looking variable shows as ***
+    return {field: mask_value(value) for field, value in rendered.items()}, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,7 @@ async def test_openapi_document_lists_exactly_the_served_routes(
         concrete = (path.removeprefix("/api/v1").replace("{dag_id}", "greet")
                     .replace("{dag_run_id}", "nope").replace("{task_id}", "first")
                     .replace("{try_number}", "1").replace("{name}", "no-hook"))
+        concrete = re.sub(r"{[^}]+}", "x", concrete)  # any other: a name that does not exist
         response = await client.request(method, concrete, json={} if method != "GET" else None)
         op = doc["paths"][path][method.lower()]
         assert str(response.status_code) in op["responses"], (method, path, response.text)

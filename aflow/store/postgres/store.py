@@ -1168,11 +1168,14 @@ class PostgresStore(Store):
                     owner,
                     until,
                 )
-            # Dead owners left with nothing: their lease row goes.
+            # Dead owners left with nothing (no trigger, no asset watcher): their lease row
+            # goes. (One that still owns something keeps it: that is how claimers know it
+            # is dead.)
             await conn.execute(
                 "DELETE FROM trigger_lease l WHERE l.lease_until < $1 AND l.owner <> $2 "
                 "AND NOT EXISTS (SELECT 1 FROM trigger t "
-                "WHERE t.fired_at IS NULL AND t.owner = l.owner)",
+                "WHERE t.fired_at IS NULL AND t.owner = l.owner) "
+                "AND NOT EXISTS (SELECT 1 FROM asset_watcher w WHERE w.owner = l.owner)",
                 params[0],
                 owner,
             )
@@ -1463,17 +1466,22 @@ class PostgresStore(Store):
     async def claim_asset_watchers(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[AssetWatcherRecord]:
+        # Unowned watchers and those of owners whose lease row has EXPIRED, as for trigger
+        # rows: an owner must be known dead, not merely have no lease this snapshot sees
+        # (a claimer that committed after this snapshot was taken has a lease row it cannot
+        # see; SKIP LOCKED then re-checks the row, which must fail the owner test).
+        expired = ("expired AS (SELECT owner AS e_owner FROM trigger_lease "
+                   "WHERE lease_until < $1 AND owner <> $3)")
         claimable = (
-            "SELECT id AS p_id FROM asset_watcher w WHERE kwargs IS NOT NULL "
-            "AND (owner IS NULL OR (owner <> $3 AND NOT EXISTS (SELECT 1 FROM trigger_lease l "
-            "WHERE l.owner = w.owner AND l.lease_until >= $1))) ORDER BY id LIMIT $2"
+            "SELECT id AS p_id FROM asset_watcher WHERE kwargs IS NOT NULL "
+            "AND (owner IS NULL OR owner IN (SELECT e_owner FROM expired)) ORDER BY id LIMIT $2"
         )
         # A read first (as the SQLite store does): most passes find nothing to claim and
         # then open no write transaction.
-        if not await self._read(claimable, enc.aware(now), 1, owner):
+        if not await self._read(f"WITH {expired} {claimable}", enc.aware(now), 1, owner):
             return []
         claim = (
-            f"WITH picked AS ({claimable} FOR UPDATE SKIP LOCKED) "
+            f"WITH {expired}, picked AS ({claimable} FOR UPDATE SKIP LOCKED) "
             f"UPDATE asset_watcher SET owner=$3 FROM picked WHERE id=p_id RETURNING {_WATCHER_COLS}"
         )
         params = (enc.aware(now), limit, owner)

@@ -8,9 +8,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aflow.api.auth import ROLES, create_token, create_user, new_password
+from aflow.api import ROLES
 from aflow.exceptions import AflowError
 from aflow.store.base import Store
+
+# aflow.api.auth (and the aiohttp it needs) is imported by the commands that use it, so
+# that every other command, the scheduler's included, does not load the web stack.
 
 ADMIN_USER = "admin"
 
@@ -18,6 +21,8 @@ ADMIN_USER = "admin"
 async def ensure_admin(store: Store) -> str | None:
     """With no user yet, create `admin` with a new password and return that password
     (to be shown once: only its hash is kept); else None."""
+    from aflow.api.auth import create_user, new_password
+
     if await store.list_users():
         return None
     password = new_password()
@@ -64,6 +69,8 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 async def cmd_users_create(args: argparse.Namespace) -> int:
+    from aflow.api.auth import create_user, new_password
+
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         shown = None
@@ -96,6 +103,8 @@ async def cmd_users_delete(args: argparse.Namespace) -> int:
 
 
 async def cmd_tokens_create(args: argparse.Namespace) -> int:
+    from aflow.api.auth import create_token
+
     if args.expires_days is not None and args.expires_days <= 0:
         raise AflowError("--expires-days must be above 0")
     expires = timedelta(days=args.expires_days) if args.expires_days is not None else None

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aflow.api.app import create_app, serve_api
 
-__all__ = ["create_app", "serve_api"]
+__all__ = ["ROLES", "create_app", "serve_api"]
+
+ROLES = ("viewer", "admin")  # what a user may do: read; read and change
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in ("create_app", "serve_api"):
         from aflow.api import app
 
         return getattr(app, name)

@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 import anyio
 from aiohttp import web
 
+from aflow.api import ROLES
 from aflow.api.errors import ApiError, error_response
 from aflow.exceptions import AflowError
 from aflow.store.base import Store
 from aflow.store.records import ApiTokenRecord, UserRecord, WebSessionRecord
 
-ROLES = ("viewer", "admin")
 SESSION_COOKIE = "aflow_session"
 SESSION_LIFETIME = timedelta(hours=12)
 CSRF_HEADER = "X-CSRF-Token"

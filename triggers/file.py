@@ -416,8 +416,9 @@ class FileTrigger(BaseTrigger):
         self.recursive = bool(recursive)
         self.poke_interval = float(poke_interval)
         self.stable_for_s = None if stable_for_s is None else float(stable_for_s)
-        self.ignore = sorted(set(ignore or ()))
-        self._ignored_present: list[str] = []  # of `ignore`, those the last scan found
+        # (empty tuples are shared: a parked sensor's trigger allocates nothing for these)
+        self.ignore: tuple[str, ...] = tuple(sorted(set(ignore))) if ignore else ()
+        self._ignored_present: tuple[str, ...] = ()  # of `ignore`, those the last scan found
         self._registration: tuple[DirectoryWatcher, FileWaiter] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -426,7 +427,7 @@ class FileTrigger(BaseTrigger):
             "recursive": self.recursive,
             "poke_interval": self.poke_interval,
             "stable_for_s": self.stable_for_s,
-            **({"ignore": self.ignore} if self.ignore else {}),
+            **({"ignore": list(self.ignore)} if self.ignore else {}),
         }
 
     def next_watch(self, payload: Any) -> BaseTrigger | None:
@@ -454,12 +455,12 @@ class FileTrigger(BaseTrigger):
     async def _wait_for_match(self, spec: PathSpec, waiter: FileWaiter) -> str:
         stable_for = self.stable_for_s
         seen: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, stable since)
-        ignore = set(self.ignore)
+        ignore = set(self.ignore) if self.ignore else None  # (a set per watcher, not per sensor)
         while True:
             matches = await spec.scan()
             if ignore:  # reported before: ignored while it stays; gone, it is new again
                 ignore &= {m[0] for m in matches}
-                self._ignored_present = sorted(ignore)
+                self._ignored_present = tuple(sorted(ignore))
                 matches = [m for m in matches if m[0] not in ignore]
             timeout: float | None = None
             if matches:

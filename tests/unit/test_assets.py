@@ -109,7 +109,8 @@ def test_watcher_needs_a_trigger_and_a_name() -> None:
 def test_builtin_triggers_move_past_each_event(tmp_path) -> None:
     file_trigger = FileTrigger(str(tmp_path / "*.csv"))
     nxt = file_trigger.next_watch({"path": "/x/a.csv"})
-    assert isinstance(nxt, FileTrigger) and nxt.ignore == ["/x/a.csv"]
+    assert isinstance(nxt, FileTrigger) and nxt.ignore == ("/x/a.csv",)
+    assert nxt.serialize()[1]["ignore"] == ["/x/a.csv"]  # (stored as a JSON list)
     webhook = WebhookTrigger("orders").next_watch({"key": "orders", "payload": {}, "id": 7})
     assert isinstance(webhook, WebhookTrigger) and webhook.after_id == 7
     sql = SqlTrigger("SELECT 1", dsn="sqlite:///x.db").next_watch({"value": 1})

@@ -38,9 +38,9 @@ from aflow.runtime.dag_loader import DagBag
 from aflow.runtime.dag_processor import DagProcessor
 from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
+from aflow.runtime.stats import pool_uses, trigger_counts
 from aflow.secrets.backends import configure_secrets, parse_backends
 from aflow.states import DagRunState, TaskState
-from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.factory import open_store_url
 from aflow.store.records import UNLIMITED_SLOTS
 
@@ -176,15 +176,14 @@ async def cmd_db_init(args: argparse.Namespace) -> int:
 # -- pools -----------------------------------------------------------------------------------------
 async def cmd_pools_list(args: argparse.Namespace) -> int:
     async with _open_store(args) as store:
-        pools = await store.list_pools()
-        usage = await store.pool_usage()
+        pools = await pool_uses(store)
     rows = [
         {
             "pool": p.name,
             "slots": "unlimited" if p.slots == UNLIMITED_SLOTS and args.output == "table" else p.slots,
             "include_deferred": p.include_deferred,
-            "running": usage.get(p.name, {}).get("running", 0) + usage.get(p.name, {}).get("queued", 0),
-            "deferred": usage.get(p.name, {}).get("deferred", 0),
+            "running": p.running,
+            "deferred": p.deferred,
             "description": p.description,
         }
         for p in pools
@@ -388,20 +387,8 @@ async def cmd_triggers_list(args: argparse.Namespace) -> int:
     """Parked triggers by type: how many wait, the oldest wait, how many fired."""
     async with _open_store(args) as store:
         triggers = await store.list_triggers()
-    now = datetime.now(UTC)
-    by_type: dict[str, dict[str, Any]] = {}
-    for t in triggers:
-        if t.classpath == BY_HAND_CLASSPATH:
-            continue  # a change made by hand on its way to the run's driver, not a wait
-        row = by_type.setdefault(
-            t.classpath, {"classpath": t.classpath, "waiting": 0, "fired": 0, "oldest_s": 0.0}
-        )
-        if t.event is None:
-            row["waiting"] += 1
-            row["oldest_s"] = max(row["oldest_s"], (now - t.created_at).total_seconds())
-        else:
-            row["fired"] += 1
-    rows = sorted(by_type.values(), key=lambda r: r["classpath"])
+    rows = [{"classpath": c.classpath, "waiting": c.waiting, "fired": c.fired,
+             "oldest_s": c.oldest_wait_s} for c in trigger_counts(triggers, datetime.now(UTC))]
     emit(rows, ["classpath", "waiting", "fired", "oldest_s"], args.output)
     return 0
 

@@ -24,10 +24,10 @@ from aflow.orchestrator import Orchestrator
 from aflow.runtime.logs import log_path, read_log
 from aflow.runtime.pools import check_pool
 from aflow.runtime.run_factory import with_unstarted
+from aflow.runtime.stats import pool_uses, trigger_counts
 from aflow.secrets import Connection, connection_to_record, is_sensitive_key, mask_value
 from aflow.secrets.variable import check_key
 from aflow.states import RunType
-from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord, VariableRecord
 
 api = Registry("/api/v1", title="aflow REST API", version=__version__)
@@ -352,19 +352,8 @@ async def list_import_errors(request: web.Request) -> m.ImportErrorCollection:
            "fired, the oldest wait", tag="triggers", response=m.TriggerCollection)
 async def list_triggers(request: web.Request) -> m.TriggerCollection:
     o = orchestrator(request)
-    now = o.clock.now()
-    by_type: dict[str, m.TriggerCount] = {}
-    for t in await o.store.list_triggers():
-        if t.classpath == BY_HAND_CLASSPATH:
-            continue  # a change made by hand on its way to the run's driver, not a wait
-        row = by_type.setdefault(t.classpath, m.TriggerCount(
-            classpath=t.classpath, waiting=0, fired=0, oldest_wait_s=0.0))
-        if t.event is None:
-            row.waiting += 1
-            row.oldest_wait_s = max(row.oldest_wait_s, (now - t.created_at).total_seconds())
-        else:
-            row.fired += 1
-    rows = sorted(by_type.values(), key=lambda r: r.classpath)
+    rows = [m.TriggerCount.model_validate(c, from_attributes=True)
+            for c in trigger_counts(await o.store.list_triggers(), o.clock.now())]
     return m.TriggerCollection(triggers=rows, total_waiting=sum(r.waiting for r in rows))
 
 
@@ -510,15 +499,8 @@ async def list_tries(request: web.Request, dag_id: str, dag_run_id: str,
 
 # -- pools -----------------------------------------------------------------------------------------
 async def pools_with_usage(request: web.Request) -> list[m.Pool]:
-    store = orchestrator(request).store
-    usage = await store.pool_usage()
-    return [
-        m.Pool(name=p.name, slots=p.slots, description=p.description,
-               include_deferred=p.include_deferred,
-               running=usage.get(p.name, {}).get("running", 0) + usage.get(p.name, {}).get("queued", 0),
-               deferred=usage.get(p.name, {}).get("deferred", 0))
-        for p in await store.list_pools()
-    ]
+    return [m.Pool.model_validate(p, from_attributes=True)
+            for p in await pool_uses(orchestrator(request).store)]
 
 
 @api.route("GET", "/pools", summary="Pools, with the task instances in each", tag="pools",

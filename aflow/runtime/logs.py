@@ -130,22 +130,15 @@ class OutsideTaskFilter(logging.Filter):
         return _current.get() is None
 
 
-class _RoutingStream(io.TextIOBase):
-    """Stands in for sys.stdout/sys.stderr: inside a task, writes go to the task's log."""
+class _StreamProxy(io.TextIOBase):
+    """A text stream that stands in for `original` (sys.stdout/sys.stderr), passing on
+    everything but what a subclass changes about `write`."""
 
     def __init__(self, original: TextIO) -> None:
         self.original = original
 
-    def write(self, text: str) -> int:  # type: ignore[override]
-        log = _current.get()
-        if log is None:
-            return self.original.write(text)
-        log.write(text)
-        return len(text)
-
     def flush(self) -> None:
-        if _current.get() is None:
-            self.original.flush()
+        self.original.flush()
 
     def fileno(self) -> int:
         return self.original.fileno()
@@ -159,6 +152,21 @@ class _RoutingStream(io.TextIOBase):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.original, name)
+
+
+class _RoutingStream(_StreamProxy):
+    """Stands in for sys.stdout/sys.stderr: inside a task, writes go to the task's log."""
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        log = _current.get()
+        if log is None:
+            return self.original.write(text)
+        log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self.original.flush()
 
 
 class _Routing:
@@ -253,32 +261,13 @@ def _complete_prefix(data: bytes) -> int:
     return len(data)
 
 
-class MaskingStream(io.TextIOBase):
+class MaskingStream(_StreamProxy):
     """In a task child process: sys.stdout/sys.stderr, with known secrets masked before
     the text reaches the log file (the streams write straight to it)."""
-
-    def __init__(self, original: TextIO) -> None:
-        self.original = original
 
     def write(self, text: str) -> int:  # type: ignore[override]
         self.original.write(masking.mask(text))
         return len(text)
-
-    def flush(self) -> None:
-        self.original.flush()
-
-    def fileno(self) -> int:
-        return self.original.fileno()
-
-    def isatty(self) -> bool:
-        return self.original.isatty()
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self.original, "encoding", "utf-8")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.original, name)
 
 
 def redirect_fds_to(path: str) -> None:

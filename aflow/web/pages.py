@@ -32,10 +32,10 @@ from aflow.api.auth import (
 from aflow.api.v1 import ORCHESTRATOR, run_tis
 from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
+from aflow.runtime.stats import trigger_counts
 from aflow.runtime.timetable import DagRunInfo, timetable_for
 from aflow.secrets import mask_value
 from aflow.states import DagRunState, RunType
-from aflow.store.base import BY_HAND_CLASSPATH
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 from aflow.web import graph
 from aflow.web.rendered import rendered_fields
@@ -461,22 +461,7 @@ async def import_errors_page(request: web.Request) -> web.Response:
 @routes.get("/triggers")
 async def triggers_page(request: web.Request) -> web.Response:
     o = _o(request)
-    now = o.clock.now()
-    by_type: dict[str, dict[str, Any]] = {}
-    for t in await o.store.list_triggers():
-        if t.classpath == BY_HAND_CLASSPATH:
-            continue  # a change made by hand on its way to the run's driver, not a wait
-        row = by_type.setdefault(t.classpath, {"classpath": t.classpath, "waiting": 0, "fired": 0,
-                                               "oldest": None})
-        if t.event is None:
-            row["waiting"] += 1
-            if row["oldest"] is None or t.created_at < row["oldest"]:
-                row["oldest"] = t.created_at
-        else:
-            row["fired"] += 1
-    rows = sorted(by_type.values(), key=lambda r: r["classpath"])
-    for r in rows:
-        r["oldest_s"] = (now - r["oldest"]).total_seconds() if r["oldest"] else 0.0
+    rows = trigger_counts(await o.store.list_triggers(), o.clock.now())
     return render(request, "triggers.html", rows=rows)
 
 

@@ -313,8 +313,7 @@ class RunDriver:
         for task in dag.topological_order():
             ti = rs.tis[task.task_id]
             if ti.state is TaskState.NONE:
-                decision = decide(task.trigger_rule, rs.peek_counts(task.task_id))
-                self._apply_decision(rs, ti, decision, now, ready, decided)
+                self._decide(rs, ti, rs.peek_counts(task.task_id), now, ready, decided)
         for ti in ready:
             self._submit(rs, ti)
         if decided:
@@ -403,8 +402,7 @@ class RunDriver:
         ready: list[TIState] = []
         decided: list[TIState] = []
         for ti in held:
-            decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule, rs.peek_counts(ti.task_id))
-            self._apply_decision(rs, ti, decision, now, ready, decided)
+            self._decide(rs, ti, rs.peek_counts(ti.task_id), now, ready, decided)
         for ti in ready:
             self._submit(rs, ti)
         if decided:
@@ -467,9 +465,7 @@ class RunDriver:
             ready: list[TIState] = []
             decided: list[TIState] = []
             for ti in held:
-                decision = decide(rs.dag.task_dict[ti.task_id].trigger_rule,
-                                  rs.peek_counts(ti.task_id))
-                self._apply_decision(rs, ti, decision, now, ready, decided)
+                self._decide(rs, ti, rs.peek_counts(ti.task_id), now, ready, decided)
             for ti in ready:
                 self._submit(rs, ti)
             if decided:
@@ -548,6 +544,22 @@ class RunDriver:
         return rs.run
 
     # -- deciding -----------------------------------------------------------------
+    def _decision(self, rs: RunState, task_id: str, counts: UpstreamCounts) -> Decision:
+        """What the `none` TI of `task_id` does now, on its upstream counts."""
+        return decide(rs.dag.task_dict[task_id].trigger_rule, counts)
+
+    def _decide(
+        self,
+        rs: RunState,
+        ti: TIState,
+        counts: UpstreamCounts,
+        now: datetime,
+        ready: list[TIState],
+        decided: list[TIState],
+    ) -> None:
+        """Decide a `none` TI: ready ones go to `ready`, ended ones to `decided`."""
+        self._apply_decision(rs, ti, self._decision(rs, ti.task_id, counts), now, ready, decided)
+
     def _apply_decision(
         self,
         rs: RunState,
@@ -592,8 +604,7 @@ class RunDriver:
                     down = rs.tis[down_id]
                     if down.state is not TaskState.NONE:
                         continue
-                    decision = decide(rs.dag.task_dict[down_id].trigger_rule, counts)
-                    self._apply_decision(rs, down, decision, now, ready, decided)
+                    self._decide(rs, down, counts, now, ready, decided)
             for ti in ready:
                 self._submit(rs, ti)
             if decided:

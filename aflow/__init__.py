@@ -6,6 +6,7 @@ from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.python import PythonOperator
+from aflow.authoring.operators.sql import SQLExecuteQueryOperator
 from aflow.authoring.params import Param
 from aflow.authoring.sensors import (
     BaseSensorOperator,
@@ -59,6 +60,7 @@ __all__ = [
     "RunBusy",
     "RunHandle",
     "RunType",
+    "SQLExecuteQueryOperator",
     "SecretsBackend",
     "SkipTask",
     "SqlSensor",

@@ -5,6 +5,7 @@ from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.empty import EmptyOperator
+from aflow.authoring.operators.http import HttpOperator
 from aflow.authoring.operators.python import PythonOperator
 from aflow.authoring.operators.sql import SQLExecuteQueryOperator
 from aflow.authoring.params import Param
@@ -51,6 +52,7 @@ __all__ = [
     "EmptyOperator",
     "ExternalTaskSensor",
     "FileSensor",
+    "HttpOperator",
     "HttpSensor",
     "ManualClock",
     "Orchestrator",

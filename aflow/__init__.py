@@ -8,6 +8,7 @@ from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.http import HttpOperator
 from aflow.authoring.operators.python import PythonOperator
 from aflow.authoring.operators.sql import SQLExecuteQueryOperator
+from aflow.authoring.operators.trigger_dagrun import TriggerDagRunOperator
 from aflow.authoring.params import Param
 from aflow.authoring.sensors import (
     BaseSensorOperator,
@@ -70,6 +71,7 @@ __all__ = [
     "TaskFailure",
     "TaskState",
     "TimeDeltaSensor",
+    "TriggerDagRunOperator",
     "TriggerRule",
     "Variable",
     "Webhook",

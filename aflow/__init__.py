@@ -4,6 +4,7 @@ from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetW
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
+from aflow.authoring.operators.email import EmailOperator
 from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.http import HttpOperator
 from aflow.authoring.operators.python import PythonOperator
@@ -50,6 +51,7 @@ __all__ = [
     "DAG",
     "DagRunState",
     "DateTimeSensor",
+    "EmailOperator",
     "EmptyOperator",
     "ExternalTaskSensor",
     "FileSensor",

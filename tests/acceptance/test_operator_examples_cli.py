@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,17 @@ def test_trigger_example_runs_the_target_dag(cli: CLI) -> None:
     runs = cli.runs("trigger_target_example")
     assert [r["run_id"] for r in runs] == [f"from_controller__{report['run_id']}"]
     assert runs[0]["state"] == "success"
+
+
+@pytest.mark.slow
+def test_email_example_delivers_to_its_local_sink(cli: CLI) -> None:
+    report = dags_test(cli, "email_example")
+    checked = [t for t in report["tasks"] if t["task_id"] == "check_delivery"]  # type: ignore[union-attr,index]
+    assert checked and checked[0]["state"] == "success"
+    outbox = Path(cli.env["AFLOW_EXAMPLES_DB"]).parent / "outbox"
+    messages = list(outbox.rglob("*.eml"))
+    assert len(messages) == 1
+    text = messages[0].read_text()
+    assert "X-Envelope-To: team@example.org, ops@example.org, lead@example.org, " \
+           "archive@example.org" in text
+    assert "Bcc" not in text and "report_" in text

@@ -209,8 +209,11 @@ class SQLExecuteQueryOperator(BaseOperator):
                 await db.execute("COMMIT")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
+                try:
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                except sqlite3.Error as exc:  # the original error matters more
+                    log.warning("rollback on %s failed: %s", _where(conn), exc)
                 await db.close()
             raise
         await db.close()
@@ -262,8 +265,8 @@ class SQLExecuteQueryOperator(BaseOperator):
     async def _run_postgres(self, conn: Connection, stmts: list[str]) -> list[StatementResult]:
         db = await self._pg_connect(conn)
         results: list[StatementResult] = []
+        tx = None if self.autocommit else db.transaction()
         try:
-            tx = None if self.autocommit else db.transaction()
             if tx is not None:
                 await tx.start()
             for i, stmt in enumerate(stmts):
@@ -280,9 +283,13 @@ class SQLExecuteQueryOperator(BaseOperator):
                 await tx.commit()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if db.is_in_transaction() and tx is not None:
-                    await tx.rollback()
-                await db.close(timeout=5)
+                try:
+                    if db.is_in_transaction() and tx is not None:
+                        await tx.rollback()
+                    await db.close(timeout=5)
+                except Exception as exc:  # noqa: BLE001 - the original error matters more
+                    log.warning("closing the session on %s failed: %s", _where(conn), exc)
+                    db.terminate()
             raise
         await db.close(timeout=5)
         return results

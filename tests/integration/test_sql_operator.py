@@ -180,8 +180,8 @@ async def test_postgres_rows_types_params_and_transaction(
                  "(2, 'b', 2, NULL, NULL)"])
         sel = SQLExecuteQueryOperator(
             task_id="select", conn_id="pg", output_format="dict",
-            sql="SELECT id, name, price, made FROM items WHERE id >= $1 ORDER BY id",
-            parameters=[1])
+            sql="SELECT id, name, price, made FROM items WHERE id BETWEEN $1 AND $2 ORDER BY id",
+            parameters=[1, 2])  # not 3 or 4: the tasks beside it insert those meanwhile
         inj = SQLExecuteQueryOperator(
             task_id="inject", conn_id="pg",
             sql=["INSERT INTO items (id, name) VALUES (3, :name)",

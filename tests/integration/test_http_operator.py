@@ -119,6 +119,7 @@ async def test_requests_checks_filters_and_retries(orchestrator_factory: Any, se
     assert "ReadTimeout" in task_log(o, tis["slow"])
     assert tis["missing"].state.value == "failed" and server.hits["missing"] == 1
     assert "HTTP 404" in tis["missing"].error and "no such thing here" in tis["missing"].error
+    assert "(connection 'api')" in tis["missing"].error
     assert tis["down"].state.value == "failed" and server.hits["down"] == 2
     assert "HTTP 500: broken" in tis["down"].error and "2 attempt(s)" in tis["down"].error
     assert tis["leaky"].state.value == "success"
@@ -150,3 +151,22 @@ def test_bad_arguments_are_named() -> None:
             HttpOperator(task_id="a", endpoint="x", method="fetch")
         with pytest.raises(DagDefinitionError, match="'b'.*data or json"):
             HttpOperator(task_id="b", endpoint="x", data="a", json={})
+
+
+async def test_unreachable_host_names_connection_not_password(
+    orchestrator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AFLOW_CONN_GONE", f"http://etl:{PASSWORD}@127.0.0.1:{port}")
+    with DAG("http_gone", start_date=START) as dag:
+        HttpOperator(task_id="q", http_conn_id="gone", endpoint="x", method="GET",
+                     request_retries=1, request_retry_backoff_s=0.01)
+    state, _, tis, o = await run_one(orchestrator_factory, dag)
+    error = tis["q"].error
+    assert state == "failed" and "ConnectError" in error and "2 attempt(s)" in error
+    assert "(connection 'gone')" in error and f"127.0.0.1:{port}" in error
+    assert PASSWORD not in error and PASSWORD not in task_log(o, tis["q"])

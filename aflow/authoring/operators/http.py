@@ -144,6 +144,9 @@ class HttpOperator(BaseOperator):
         self.log_response = log_response
         super().__init__(**kwargs)
 
+    def _what(self, url: str) -> str:
+        return f"{self.method} {url} (connection {self.http_conn_id!r})"
+
     def _backoff(self, attempt: int) -> float:
         raw = min(self.max_request_retry_backoff_s, self.request_retry_backoff_s * 2 ** attempt)
         return min(self.max_request_retry_backoff_s, raw * random.uniform(1 - JITTER, 1 + JITTER))
@@ -174,7 +177,7 @@ class HttpOperator(BaseOperator):
                 problem = f"{type(exc).__name__}: {mask(str(exc)) or 'no detail'}"
                 if last:
                     raise HttpOperatorError(
-                        f"{self.method} {url} failed after {attempts} attempt(s): {problem}"
+                        f"{self._what(url)} failed after {attempts} attempt(s): {problem}"
                     ) from None
             else:
                 if response.status_code < 500:
@@ -182,7 +185,7 @@ class HttpOperator(BaseOperator):
                 problem = f"HTTP {response.status_code}: {excerpt(response.text)}"
                 if last:
                     raise HttpOperatorError(
-                        f"{self.method} {url} answered {problem} "
+                        f"{self._what(url)} answered {problem} "
                         f"(after {attempts} attempt(s))"
                     )
             delay = self._backoff(attempt)
@@ -207,7 +210,7 @@ class HttpOperator(BaseOperator):
             log.info("response body: %s", excerpt(response.text, 10_000))
         if 400 <= response.status_code < 500:
             raise HttpOperatorError(
-                f"{self.method} {url} answered HTTP {response.status_code} "
+                f"{self._what(url)} answered HTTP {response.status_code} "
                 f"{response.reason_phrase}: {excerpt(response.text)}"
             )
         if self.response_check is not None:

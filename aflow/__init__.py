@@ -4,8 +4,12 @@ from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetW
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
+from aflow.authoring.operators.email import EmailOperator
 from aflow.authoring.operators.empty import EmptyOperator
+from aflow.authoring.operators.http import HttpOperator
 from aflow.authoring.operators.python import PythonOperator
+from aflow.authoring.operators.sql import SQLExecuteQueryOperator
+from aflow.authoring.operators.trigger_dagrun import TriggerDagRunOperator
 from aflow.authoring.params import Param
 from aflow.authoring.sensors import (
     BaseSensorOperator,
@@ -47,9 +51,11 @@ __all__ = [
     "DAG",
     "DagRunState",
     "DateTimeSensor",
+    "EmailOperator",
     "EmptyOperator",
     "ExternalTaskSensor",
     "FileSensor",
+    "HttpOperator",
     "HttpSensor",
     "ManualClock",
     "Orchestrator",
@@ -59,6 +65,7 @@ __all__ = [
     "RunBusy",
     "RunHandle",
     "RunType",
+    "SQLExecuteQueryOperator",
     "SecretsBackend",
     "SkipTask",
     "SqlSensor",
@@ -66,6 +73,7 @@ __all__ = [
     "TaskFailure",
     "TaskState",
     "TimeDeltaSensor",
+    "TriggerDagRunOperator",
     "TriggerRule",
     "Variable",
     "Webhook",

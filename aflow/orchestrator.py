@@ -285,6 +285,7 @@ class Orchestrator:
             drive_created_runs=self.drive_runs,
             claim_dag_ids=self.claim_dags,
         )
+        self.driver.create_run = self._create_run_from_task
         await tg.start(self.scheduler.run)
         if self.run_triggerer:
             self.triggerer = Triggerer(
@@ -448,6 +449,20 @@ class Orchestrator:
             triggered_by=triggered_by,
         )
         return RunHandle(self, record)
+
+    async def _create_run_from_task(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        logical_date: datetime | None = None,
+        triggered_by: str | None = None,
+    ) -> DagRunRecord:
+        """A task's way to create a run (TriggerDagRunOperator): as `trigger`."""
+        handle = await self.trigger(dag_id, conf, run_id=run_id, logical_date=logical_date,
+                                    triggered_by=triggered_by)
+        return handle.record
 
     async def backfill(
         self,

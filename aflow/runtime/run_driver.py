@@ -33,6 +33,7 @@ from aflow.exceptions import StoreError, TaskDeferred
 from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
+from aflow.runtime.services import RunCreator
 from aflow.runtime.slots import Slots
 from aflow.runtime.task_runner import (
     Resume,
@@ -200,6 +201,7 @@ class RunDriver:
         self.on_try_started: list[Callable[[RunState, TIState], None]] = []  # e.g. metrics
         self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
         self.tries_started = 0
+        self.create_run: RunCreator | None = None  # set by the orchestrator: runs from tasks
         self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
         self._inline_pending = False
 
@@ -712,6 +714,7 @@ class RunDriver:
             thread_limiter=self.thread_limiter,
             store=self.store,
             resume=resume,
+            create_run=self.create_run,
         )
         try:
             result = await run_try(job)

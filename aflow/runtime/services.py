@@ -1,13 +1,18 @@
 """What the runtime lends to code running inside a try: the store, for built-in sensors
-that read aflow's own state (ExternalTaskSensor, WebhookSensor). Set per try by the
-task runner through a context variable, so concurrent tries never see each other's."""
+that read aflow's own state (ExternalTaskSensor, WebhookSensor), and a way to create runs
+of other DAGs (TriggerDagRunOperator). Set per try by the task runner through context
+variables, so concurrent tries never see each other's."""
 
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any, Protocol
 
 from aflow.exceptions import AflowError
 from aflow.store.base import Store
+from aflow.store.records import DagRunRecord
 
 STORE_CONNECTION_ID = "aflow_store"  # triggers reach aflow's own database under this id
 
@@ -30,6 +35,43 @@ def set_store(store: Store | None) -> contextvars.Token[Store | None]:
 
 def reset_store(token: contextvars.Token[Store | None]) -> None:
     _store.reset(token)
+
+
+class RunCreator(Protocol):
+    """Creates (and commits) a run of a loaded DAG, driven like one made by the API."""
+
+    def __call__(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        logical_date: datetime | None = None,
+        triggered_by: str | None = None,
+    ) -> Awaitable[DagRunRecord]: ...
+
+
+_run_creator: contextvars.ContextVar[RunCreator | None] = contextvars.ContextVar(
+    "aflow_run_creator", default=None
+)
+
+
+def current_run_creator() -> RunCreator:
+    creator = _run_creator.get()
+    if creator is None:
+        raise AflowError(
+            "creating a DAG run is only possible inside a try run by the orchestrator "
+            "(not in run_in='process' tasks or `aflow tasks test`)"
+        )
+    return creator
+
+
+def set_run_creator(creator: RunCreator | None) -> contextvars.Token[RunCreator | None]:
+    return _run_creator.set(creator)
+
+
+def reset_run_creator(token: contextvars.Token[RunCreator | None]) -> None:
+    _run_creator.reset(token)
 
 
 def store_connection_uri(store: Store) -> str:

@@ -80,6 +80,7 @@ class TryJob:
     thread_limiter: anyio.CapacityLimiter | None = None
     store: Store | None = None
     resume: Resume | None = None
+    create_run: services.RunCreator | None = None  # TriggerDagRunOperator's way in
 
 
 def retry_delay_for(task: BaseOperator, try_number: int) -> timedelta:
@@ -187,6 +188,7 @@ async def run_try(job: TryJob) -> TryResult:
     task_log = logs.TaskLog(job.log_path)
     token = logs.set_task_log(task_log)
     store_token = services.set_store(job.store)
+    creator_token = services.set_run_creator(job.create_run)
     try:
         ti = make_ti(job)
         task = job.task.prepare_for_run()
@@ -195,6 +197,7 @@ async def run_try(job: TryJob) -> TryResult:
         await _run_callbacks(task, result, context, task_log, job)
         return result
     finally:
+        services.reset_run_creator(creator_token)
         services.reset_store(store_token)
         logs.reset_task_log(token)
         task_log.close()

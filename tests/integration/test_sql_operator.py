@@ -1,0 +1,236 @@
+"""SQLExecuteQueryOperator through the real engine on a real SQLite file and a real
+PostgreSQL: bound parameters (an injection attempt stays a literal), one transaction for a
+list of statements, the row limit, JSON-safe rows, and errors that name the connection
+but never leak its password (read back from the task's log file)."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aflow import DAG, SQLExecuteQueryOperator
+from aflow.runtime.logs import log_path, read_log
+from aflow.secrets import configure_secrets
+from aflow.secrets.masking import forget_secrets
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "Sql-Pa55-" + uuid.uuid4().hex[:10]
+START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def clean_secrets() -> Iterator[None]:
+    configure_secrets()
+    forget_secrets()
+    yield
+    configure_secrets()
+    forget_secrets()
+
+
+async def run_one(o_factory: Any, dag: DAG) -> tuple[str, dict[str, Any], dict[str, Any], Any]:
+    """Run `dag` on a real orchestrator: (run state, {task: xcom}, {task: ti}, orchestrator)."""
+    o = await o_factory([dag])
+    handle = await o.trigger(dag.dag_id)
+    final = await handle.wait(timeout=60)
+    tis = {t.task_id: t for t in await handle.task_instances()}
+    xcoms = {r.task_id: r.value for r in await o.store.get_xcoms(dag.dag_id, handle.run_id)
+             if r.key == "return_value"}
+    return final.state.value, xcoms, tis, o
+
+
+def task_log(o: Any, ti: Any) -> str:
+    path = log_path(o.log_dir, ti.dag_id, ti.run_id, ti.task_id, ti.try_number, ti.map_index)
+    return read_log(path)[0]
+
+
+@pytest.fixture
+def sqlite_conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "data.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, score REAL)")
+        c.executemany("INSERT INTO users (name, score) VALUES (?, ?)",
+                      [("ann", 1.5), ("bob", 2.0), ("cyd", 3.25)])
+    monkeypatch.setenv("AFLOW_CONN_LOCAL_DB", f"sqlite:///{db}")  # absolute: sqlite:////...
+    return db
+
+
+async def test_sqlite_rows_params_and_injection(orchestrator_factory: Any, sqlite_conn: Path) -> None:
+    evil = "x'); DROP TABLE users; --"
+    with DAG("sql_sqlite", start_date=START) as dag:
+        SQLExecuteQueryOperator(
+            task_id="select", conn_id="local_db",
+            sql="SELECT id, name, score FROM users WHERE score >= ? ORDER BY id",
+            parameters=[2.0])
+        SQLExecuteQueryOperator(
+            task_id="named_dicts", conn_id="local_db", output_format="dict",
+            sql="SELECT name FROM users WHERE name = :who", parameters={"who": "{{ params.who }}"},
+            params={"who": "ann"})
+        SQLExecuteQueryOperator(
+            task_id="inject", conn_id="local_db",
+            sql=["INSERT INTO users (name, score) VALUES (:name, 0)",
+                 "SELECT name FROM users WHERE name = :name"],
+            parameters={"name": evil})
+    state, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert state == "success", {k: (t.state, t.error) for k, t in tis.items()}
+    assert x["select"] == [[2, "bob", 2.0], [3, "cyd", 3.25]]
+    assert x["named_dicts"] == [{"name": "ann"}]
+    assert x["inject"] == [[evil]]  # the literal was stored and found
+    with sqlite3.connect(sqlite_conn) as c:  # and the table is still there
+        assert c.execute("SELECT count(*) FROM users").fetchone() == (4,)
+
+
+async def test_sqlite_list_is_one_transaction(orchestrator_factory: Any, sqlite_conn: Path) -> None:
+    with DAG("sql_tx", start_date=START) as dag:
+        SQLExecuteQueryOperator(
+            task_id="half", conn_id="local_db",
+            sql=["INSERT INTO users (name, score) VALUES ('dan', 4)",
+                 "INSERT INTO no_such_table VALUES (1)"])
+        SQLExecuteQueryOperator(
+            task_id="auto", conn_id="local_db", autocommit=True,
+            sql=["INSERT INTO users (name, score) VALUES ('eve', 5)",
+                 "INSERT INTO no_such_table VALUES (1)"])
+        SQLExecuteQueryOperator(
+            task_id="all_last", conn_id="local_db", return_last=False,
+            sql=["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('a'), ('b')",
+                 "SELECT v FROM t ORDER BY v"])
+    state, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert state == "failed"
+    assert tis["half"].state.value == "failed"
+    assert "no_such_table" in tis["half"].error and "'local_db'" in tis["half"].error
+    assert "statement 2" in tis["half"].error
+    assert tis["auto"].state.value == "failed"
+    assert x["all_last"] == [None, None, [["a"], ["b"]]]
+    with sqlite3.connect(sqlite_conn) as c:
+        names = {r[0] for r in c.execute("SELECT name FROM users")}
+    assert "dan" not in names  # rolled back with the failing statement
+    assert "eve" in names  # autocommit kept the first statement
+
+
+async def test_sqlite_max_rows(orchestrator_factory: Any, sqlite_conn: Path) -> None:
+    with DAG("sql_limit", start_date=START) as dag:
+        SQLExecuteQueryOperator(task_id="fails", conn_id="local_db", max_rows=2,
+                                sql="SELECT name FROM users ORDER BY id")
+        SQLExecuteQueryOperator(task_id="truncates", conn_id="local_db", max_rows=2,
+                                on_max_rows="truncate", sql="SELECT name FROM users ORDER BY id")
+        SQLExecuteQueryOperator(task_id="exact", conn_id="local_db", max_rows=3,
+                                sql="SELECT name FROM users ORDER BY id")
+    state, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert tis["fails"].state.value == "failed"
+    assert "max_rows=2" in tis["fails"].error
+    assert x["truncates"] == [["ann"], ["bob"]]
+    assert "keeping the first 2" in task_log(o, tis["truncates"])
+    assert x["exact"] == [["ann"], ["bob"], ["cyd"]]
+
+
+def test_bad_arguments_are_named() -> None:
+    from aflow.exceptions import DagDefinitionError
+
+    with DAG("sql_bad", start_date=START):
+        with pytest.raises(DagDefinitionError, match="'q'.*on_max_rows"):
+            SQLExecuteQueryOperator(task_id="q", conn_id="c", sql="SELECT 1", on_max_rows="x")
+        with pytest.raises(DagDefinitionError, match="'r'.*parameters"):
+            SQLExecuteQueryOperator(task_id="r", conn_id="c", sql="SELECT 1", parameters="a")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+@pytest.fixture
+async def pg_conn(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A connection `pg` (with a password the server does not ask for, to check it never
+    reaches a log) to a schema of this test's own."""
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    schema = f"aflow_sqlop_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(postgres_dsn)
+    db = await asyncpg.connect(postgres_dsn, timeout=10)
+    await db.execute(f'CREATE SCHEMA "{schema}"')
+    user = parts.username or "postgres"
+    monkeypatch.setenv(
+        "AFLOW_CONN_PG",
+        f"postgres://{user}:{PASSWORD}@{parts.hostname}:{parts.port or 5432}"
+        f"{parts.path}?search_path={schema}",
+    )
+    try:
+        yield db, schema
+    finally:
+        await db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_rows_types_params_and_transaction(
+    orchestrator_factory: Any, pg_conn: Any
+) -> None:
+    db, schema = pg_conn
+    evil = "'; DROP TABLE items; --"
+    with DAG("sql_pg", start_date=START) as dag:
+        SQLExecuteQueryOperator(
+            task_id="setup", conn_id="pg",
+            sql=["CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(8,2), "
+                 "made timestamptz, payload jsonb)",
+                 "INSERT INTO items VALUES (1, 'a', 1.50, '2024-01-02T03:04:05Z', '{\"k\": 1}'), "
+                 "(2, 'b', 2, NULL, NULL)"])
+        sel = SQLExecuteQueryOperator(
+            task_id="select", conn_id="pg", output_format="dict",
+            sql="SELECT id, name, price, made FROM items WHERE id BETWEEN $1 AND $2 ORDER BY id",
+            parameters=[1, 2])  # not 3 or 4: the tasks beside it insert those meanwhile
+        inj = SQLExecuteQueryOperator(
+            task_id="inject", conn_id="pg",
+            sql=["INSERT INTO items (id, name) VALUES (3, :name)",
+                 "SELECT name, id::text FROM items WHERE name = :name"],
+            parameters={"name": evil})
+        bad = SQLExecuteQueryOperator(
+            task_id="rolled_back", conn_id="pg",
+            sql=["INSERT INTO items (id, name) VALUES (4, 'four')",
+                 "INSERT INTO items (id, name) VALUES (1, 'duplicate key')"])
+        limited = SQLExecuteQueryOperator(task_id="limited", conn_id="pg", max_rows=1,
+                                          sql="SELECT id FROM items ORDER BY id",
+                                          trigger_rule="all_done")
+        dag.get_task("setup") >> [sel, inj, bad] >> limited
+    state, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert tis["setup"].state.value == "success", tis["setup"].error
+    assert tis["select"].state.value == "success", tis["select"].error
+    assert x["select"] == [
+        {"id": 1, "name": "a", "price": 1.5, "made": "2024-01-02T03:04:05+00:00"},
+        {"id": 2, "name": "b", "price": 2, "made": None},
+    ]
+    assert x["inject"] == [[evil, "3"]]
+    assert tis["rolled_back"].state.value == "failed"
+    assert "duplicate key" in tis["rolled_back"].error
+    assert await db.fetchval(f'SELECT count(*) FROM "{schema}".items WHERE id = 4') == 0
+    assert tis["limited"].state.value == "failed"
+    assert "max_rows=1" in tis["limited"].error
+    for ti in tis.values():
+        if ti.try_number:
+            text = task_log(o, ti)
+            assert PASSWORD not in text
+    assert PASSWORD not in (tis["rolled_back"].error or "")
+    assert "'pg'" in tis["rolled_back"].error
+
+
+@pytest.mark.postgres
+async def test_postgres_connection_error_names_conn_and_host_not_password(
+    orchestrator_factory: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AFLOW_CONN_DOWN", f"postgresql://etl:{PASSWORD}@127.0.0.1:{port}/nowhere")
+    with DAG("sql_down", start_date=START) as dag:
+        SQLExecuteQueryOperator(task_id="q", conn_id="down", sql="SELECT 1")
+    state, _, tis, o = await run_one(orchestrator_factory, dag)
+    assert state == "failed"
+    error = tis["q"].error
+    assert "'down'" in error and f"127.0.0.1:{port}" in error
+    assert PASSWORD not in error
+    assert PASSWORD not in task_log(o, tis["q"])

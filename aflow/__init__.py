@@ -4,6 +4,7 @@ from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetW
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
+from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitOperator
 from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.python import PythonOperator
 from aflow.authoring.params import Param
@@ -18,7 +19,9 @@ from aflow.authoring.sensors import (
     TimeDeltaSensor,
     WebhookSensor,
 )
+from aflow.authoring.setup_teardown import setup, teardown
 from aflow.authoring.taskflow import task
+from aflow.authoring.taskgroup import TaskGroup, task_group
 from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
@@ -42,6 +45,7 @@ __all__ = [
     "BaseOperator",
     "BaseSensorOperator",
     "BashOperator",
+    "BranchPythonOperator",
     "Clock",
     "Connection",
     "DAG",
@@ -60,10 +64,12 @@ __all__ = [
     "RunHandle",
     "RunType",
     "SecretsBackend",
+    "ShortCircuitOperator",
     "SkipTask",
     "SqlSensor",
     "SystemClock",
     "TaskFailure",
+    "TaskGroup",
     "TaskState",
     "TimeDeltaSensor",
     "TriggerRule",
@@ -74,5 +80,8 @@ __all__ = [
     "chain",
     "configure_secrets",
     "dag",
+    "setup",
     "task",
+    "task_group",
+    "teardown",
 ]

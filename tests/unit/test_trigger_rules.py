@@ -66,6 +66,13 @@ CASES: dict[TriggerRule, list[tuple[tuple[int, int, int, int, int], Decision]]] 
         ((3, 0, 2, 0, 1), SKIP),
         ((3, 1, 2, 0, 0), SKIP),
     ],
+    # its counts part only: the setups' part is in runtime/skips.py (tests/unit/test_skips.py)
+    R.ALL_DONE_SETUP_SUCCESS: [
+        ((3, 0, 0, 0, 0), WAIT),
+        ((3, 1, 1, 0, 0), WAIT),
+        ((3, 1, 1, 1, 0), RUN),
+        ((3, 0, 3, 0, 0), RUN),
+    ],
     R.ALL_DONE: [
         ((3, 0, 0, 0, 0), WAIT),
         ((3, 1, 1, 0, 0), WAIT),

@@ -136,10 +136,35 @@ class TaskGroup:
 
     @property
     def leaves(self) -> list[BaseOperator]:
-        """Its tasks with no downstream task inside the group."""
+        """Its tasks with no downstream task inside the group; a teardown stands aside
+        (as in Airflow): in its place come the work tasks before it (not its setups), so
+        `group >> report` waits for the work and the teardown runs on its own."""
         tasks = list(self.iter_tasks())
-        ids = {t.task_id for t in tasks}
-        return [t for t in tasks if not (t.downstream_task_ids & ids)]
+        by_id = {t.task_id: t for t in tasks}
+        out: dict[str, BaseOperator] = {}
+
+        def before_teardown(teardown: BaseOperator, seen: set[str]) -> None:
+            for up_id in sorted(teardown.upstream_task_ids & by_id.keys()):
+                up = by_id[up_id]
+                if up_id in seen:
+                    continue
+                seen.add(up_id)
+                if up.is_teardown:
+                    before_teardown(up, seen)
+                elif up.is_setup:
+                    continue
+                elif not any(not by_id[d].is_teardown
+                             for d in up.downstream_task_ids & by_id.keys() if d != teardown.task_id):
+                    out.setdefault(up_id, up)
+
+        for t in tasks:
+            if t.downstream_task_ids & by_id.keys():
+                continue
+            if t.is_teardown:
+                before_teardown(t, set())
+            else:
+                out.setdefault(t.task_id, t)
+        return list(out.values())
 
     def _ends(self, which: str) -> list[BaseOperator]:
         tasks = self.roots if which == "roots" else self.leaves

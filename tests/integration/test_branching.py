@@ -217,3 +217,35 @@ async def test_branching_on_postgres(home: Path, pg_schema_url: str) -> None:
         "check": "success", "free": "success", "a": "skipped", "b_all_done": "skipped",
         "c": "skipped",
     }
+
+
+async def test_clearing_re_reads_the_choice_and_a_cleared_branch_chooses_again(
+    orchestrator_factory: Any,
+) -> None:
+    """Clearing a skipped task alone: the branch's committed choice skips it again.
+    Clearing the branch with its downstream: it runs again and its new choice stands."""
+    choice = ["a"]
+    with DAG("cleared", start_date=START) as dag:
+        branch = BranchPythonOperator(task_id="branch", python_callable=lambda: choice[0])
+        a, b = EmptyOperator(task_id="a"), EmptyOperator(task_id="b")
+        join = EmptyOperator(task_id="join", trigger_rule="none_failed_min_one_success")
+        branch >> [a, b] >> join
+    o = await orchestrator_factory([dag])
+
+    async def states(run_id: str) -> dict[str, str]:
+        return {t.task_id: t.state.value for t in await o.store.get_tis("cleared", run_id)}
+
+    run = await o.trigger("cleared")
+    await run.wait(timeout=60)
+    assert (await states(run.run_id))["b"] == "skipped"
+    assert await o.clear_tasks("cleared", run.run_id, ["b"]) == ["b"]
+    final = await (await o.get_run("cleared", run.run_id)).wait(timeout=60)
+    assert final.state is DagRunState.SUCCESS
+    assert await states(run.run_id) == {
+        "branch": "success", "a": "success", "b": "skipped", "join": "success"}
+    choice[0] = "b"
+    await o.clear_tasks("cleared", run.run_id, ["branch"], downstream=True)
+    final = await (await o.get_run("cleared", run.run_id)).wait(timeout=60)
+    assert final.state is DagRunState.SUCCESS
+    assert await states(run.run_id) == {
+        "branch": "success", "a": "skipped", "b": "success", "join": "success"}

@@ -249,3 +249,29 @@ async def test_clearing_re_reads_the_choice_and_a_cleared_branch_chooses_again(
     assert final.state is DagRunState.SUCCESS
     assert await states(run.run_id) == {
         "branch": "success", "a": "skipped", "b": "success", "join": "success"}
+
+
+async def test_a_branch_in_a_child_process_to_a_group(home: Path, tmp_path: Path) -> None:
+    """run_in="process": the child re-imports the DAG file (groups and all) and its
+    choice comes back as the XCom that the driver decides on."""
+    import textwrap
+
+    from aflow.runtime.dag_loader import load_file
+
+    path = tmp_path / "proc_branch.py"
+    path.write_text(textwrap.dedent("""
+        from datetime import UTC, datetime
+        from aflow import DAG, BranchPythonOperator, EmptyOperator, TaskGroup
+
+        with DAG("proc_branch", start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
+            pick = BranchPythonOperator(task_id="pick", python_callable=lambda: "grp",
+                                        run_in="process")
+            with TaskGroup("grp") as grp:
+                EmptyOperator(task_id="x") >> EmptyOperator(task_id="y")
+            pick >> [grp, EmptyOperator(task_id="other")]
+    """))
+    (dag,) = load_file(path)
+    result = await run_dag(dag, home)
+    assert result.states() == {
+        "pick": "success", "grp.x": "success", "grp.y": "success", "other": "skipped",
+    }

@@ -163,3 +163,22 @@ async def test_setup_teardown_inside_a_group(home: Path) -> None:
         "report": "success",
     }
     assert result.state == "success"  # report (all_done) is the only leaf that counts
+
+
+async def test_a_short_circuit_or_branch_never_skips_a_teardown(home: Path) -> None:
+    from aflow import BranchPythonOperator, ShortCircuitOperator
+
+    with DAG("st_skips", start_date=START) as dag:
+        s = EmptyOperator(task_id="s").as_setup()
+        stop = ShortCircuitOperator(task_id="stop", python_callable=lambda: False)
+        work = EmptyOperator(task_id="work")
+        t = EmptyOperator(task_id="t").as_teardown(setups=s)
+        s >> stop >> work >> t
+        pick = BranchPythonOperator(task_id="pick", python_callable=lambda: None)
+        s >> pick >> [EmptyOperator(task_id="left"), t]
+    result = await run_dag(dag, home)
+    assert result.states() == {
+        "s": "success", "stop": "success", "work": "skipped", "pick": "success",
+        "left": "skipped", "t": "success",
+    }
+    assert result.state == "success"

@@ -4,6 +4,7 @@ from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetW
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
 from aflow.authoring.operators.bash import BashOperator
+from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitOperator
 from aflow.authoring.operators.email import EmailOperator
 from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.http import HttpOperator
@@ -22,7 +23,9 @@ from aflow.authoring.sensors import (
     TimeDeltaSensor,
     WebhookSensor,
 )
+from aflow.authoring.setup_teardown import setup, teardown
 from aflow.authoring.taskflow import task
+from aflow.authoring.taskgroup import TaskGroup, task_group
 from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
@@ -46,6 +49,7 @@ __all__ = [
     "BaseOperator",
     "BaseSensorOperator",
     "BashOperator",
+    "BranchPythonOperator",
     "Clock",
     "Connection",
     "DAG",
@@ -67,10 +71,12 @@ __all__ = [
     "RunType",
     "SQLExecuteQueryOperator",
     "SecretsBackend",
+    "ShortCircuitOperator",
     "SkipTask",
     "SqlSensor",
     "SystemClock",
     "TaskFailure",
+    "TaskGroup",
     "TaskState",
     "TimeDeltaSensor",
     "TriggerDagRunOperator",
@@ -82,5 +88,8 @@ __all__ = [
     "chain",
     "configure_secrets",
     "dag",
+    "setup",
     "task",
+    "task_group",
+    "teardown",
 ]

@@ -66,6 +66,8 @@ class TriggerRule(StrEnum):
     NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
     NONE_SKIPPED = "none_skipped"
     ALWAYS = "always"
+    # a teardown's: all upstream done and one of its setups succeeded (see runtime/skips.py)
+    ALL_DONE_SETUP_SUCCESS = "all_done_setup_success"
 
 
 class WeightRule(StrEnum):

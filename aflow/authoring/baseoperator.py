@@ -99,6 +99,7 @@ class BaseOperator:
         email: str | list[str] | None = None,
         depends_on_past: bool = False,
         outlets: Any = None,
+        task_group: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -106,7 +107,15 @@ class BaseOperator:
                 f"invalid arguments were passed to {type(self).__name__} "
                 f"(task_id {task_id!r}): {', '.join(sorted(kwargs))}"
             )
-        self.task_id = validate_id("task_id", task_id)
+        from aflow.authoring.taskgroup import current_task_group
+
+        group = task_group if task_group is not None else current_task_group()
+        validate_id("task_id", task_id)
+        self.task_id = validate_id("task_id", group.child_id(task_id) if group else task_id)
+        self.task_group = group
+        self.is_setup = False
+        self.is_teardown = False
+        self.on_failure_fail_dagrun = False  # a teardown's failure fails its run (see as_teardown)
         self.owner = owner
         self.retries = int(retries or 0)
         if self.retries < 0:
@@ -160,9 +169,11 @@ class BaseOperator:
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         self.dag: DAG | None = None
-        the_dag = dag or current_dag()
+        the_dag = dag or current_dag() or (group.dag if group is not None else None)
         if the_dag is not None:
             self._attach(the_dag)
+        if group is not None:
+            group.add(self)
 
     # -- DAG membership --------------------------------------------------
     def _attach(self, dag: DAG) -> None:
@@ -233,13 +244,41 @@ class BaseOperator:
             self._aflow_templated = has_templates(self)
         return copy.copy(self)
 
+    # -- setup / teardown --------------------------------------------------
+    def as_setup(self) -> BaseOperator:
+        """Make this task a setup: a teardown after it runs only if it succeeded."""
+        if self.is_teardown:
+            raise DagDefinitionError(f"task {self.task_id!r} is a teardown; it cannot be a setup too")
+        self.is_setup = True
+        return self
+
+    def as_teardown(
+        self, *, setups: Any = None, on_failure_fail_dagrun: bool | None = None
+    ) -> BaseOperator:
+        """Make this task a teardown: it runs once its upstream tasks are done, whatever
+        their outcome, provided one of its setups succeeded (trigger rule
+        `all_done_setup_success`), and it does not decide its run's state unless
+        `on_failure_fail_dagrun=True`. `setups` (tasks) are linked upstream of it."""
+        if self.is_setup:
+            raise DagDefinitionError(f"task {self.task_id!r} is a setup; it cannot be a teardown too")
+        self.is_teardown = True
+        self.trigger_rule = TriggerRule.ALL_DONE_SETUP_SUCCESS
+        if on_failure_fail_dagrun is not None:
+            self.on_failure_fail_dagrun = bool(on_failure_fail_dagrun)
+        if setups is not None:
+            for setup_task in _tasks_of(setups, "up"):
+                if not setup_task.is_teardown:
+                    setup_task.as_setup()
+                self.set_upstream(setup_task)
+        return self
+
     # -- dependencies ------------------------------------------------------
     def set_downstream(self, other: TaskLike | Iterable[TaskLike]) -> None:
-        for task in _tasks_of(other):
+        for task in _tasks_of(other, "down"):
             self._link(task)
 
     def set_upstream(self, other: TaskLike | Iterable[TaskLike]) -> None:
-        for task in _tasks_of(other):
+        for task in _tasks_of(other, "up"):
             task._link(self)
 
     def _link(self, downstream: BaseOperator) -> None:
@@ -308,17 +347,22 @@ class BaseOperator:
 TaskLike = BaseOperator  # plus XComArg; resolved in _tasks_of
 
 
-def _tasks_of(other: Any) -> list[BaseOperator]:
+def _tasks_of(other: Any, side: Literal["up", "down"] = "down") -> list[BaseOperator]:
+    """The tasks `other` stands for on the `side` of a dependency: a TaskGroup stands for
+    its leaves upstream and for its roots downstream."""
+    from aflow.authoring.taskgroup import TaskGroup
     from aflow.authoring.xcom_arg import XComArg
 
     if isinstance(other, BaseOperator):
         return [other]
     if isinstance(other, XComArg):
         return [other.operator]
+    if isinstance(other, TaskGroup):
+        return other._ends("leaves" if side == "up" else "roots")
     if isinstance(other, Iterable) and not isinstance(other, str | bytes):
         out: list[BaseOperator] = []
         for item in other:
-            out.extend(_tasks_of(item))
+            out.extend(_tasks_of(item, side))
         return out
     raise DagDefinitionError(f"cannot set a dependency on {other!r}: not a task")
 
@@ -334,10 +378,10 @@ def chain(*items: Any) -> None:
                     f"chain: adjacent lists must have the same length ({len(left)} != {len(right)})"
                 )
             for a, b in zip(left, right, strict=True):
-                for ta in _tasks_of(a):
+                for ta in _tasks_of(a, "up"):
                     ta.set_downstream(b)
         else:
-            for ta in _tasks_of(left):
+            for ta in _tasks_of(left, "up"):
                 ta.set_downstream(right)
 
 
@@ -365,6 +409,11 @@ def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
         if outermost:
             dag = kwargs.get("dag") or current_dag()
             defaults = dict(dag.default_args) if dag is not None else {}
+            from aflow.authoring.taskgroup import current_task_group
+
+            group = kwargs.get("task_group") or current_task_group()
+            if group is not None:
+                defaults.update(group.all_default_args())
             explicit = kwargs.pop("default_args", None)
             if explicit:
                 defaults.update(explicit)

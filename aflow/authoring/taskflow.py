@@ -11,6 +11,7 @@ from typing import Any
 from aflow.authoring.baseoperator import BaseOperator
 from aflow.authoring.dag import current_dag
 from aflow.authoring.operators.bash import BashOperator
+from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitOperator
 from aflow.authoring.operators.python import PythonOperator, context_kwargs
 from aflow.authoring.sensors.base import BaseSensorOperator
 from aflow.authoring.templating import jinja_env, render_value
@@ -129,7 +130,10 @@ class DecoratedTask:
         task_id = op_kwargs.pop("task_id", None) or self.function.__name__
         dag = op_kwargs.get("dag") or current_dag()
         if dag is not None and "task_id" not in self.kwargs:
-            task_id = _unique_task_id(dag.task_ids, task_id)
+            from aflow.authoring.taskgroup import current_task_group
+
+            group = op_kwargs.get("task_group") or current_task_group()
+            task_id = _unique_task_id(dag.task_ids, task_id, group)
         if self.function.__doc__ and "doc_md" not in op_kwargs:
             op_kwargs["doc_md"] = inspect.cleandoc(self.function.__doc__)
         try:
@@ -146,12 +150,16 @@ class DecoratedTask:
         return XComArg(operator)
 
 
-def _unique_task_id(existing: list[str], base: str) -> str:
-    if base not in existing:
-        return base
+def _unique_task_id(existing: list[str], base: str, group: Any = None) -> str:
+    """`base`, or `base__1`, `base__2`... if its id (in `group`, if any) is taken."""
+    def full(label: str) -> str:
+        return group.child_id(label) if group is not None else label
+
     taken = set(existing)
+    if full(base) not in taken:
+        return base
     n = 1
-    while f"{base}__{n}" in taken:
+    while full(f"{base}__{n}") in taken:
         n += 1
     return f"{base}__{n}"
 
@@ -168,12 +176,15 @@ def _decorator(
 
 
 class _TaskFactory:
-    """`@task`, `@task(...)`, `@task.python`, `@task.bash`, `@task.sensor`."""
+    """`@task`, `@task(...)`, `@task.python`, `@task.bash`, `@task.sensor`, `@task.branch`,
+    `@task.short_circuit`."""
 
     def __init__(self) -> None:
         self.python = _decorator(_PythonDecoratedOperator)
         self.bash = _decorator(_BashDecoratedOperator)
         self.sensor = _decorator(_SensorDecoratedOperator)
+        self.branch = _decorator(BranchPythonOperator)
+        self.short_circuit = _decorator(ShortCircuitOperator)
 
     def __call__(self, python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
         return self.python(python_callable, **kwargs)

@@ -47,6 +47,16 @@ class XComArg:
     def set_upstream(self, other: Any) -> None:
         self.operator.set_upstream(other)
 
+    def as_setup(self) -> XComArg:
+        """Make its task a setup (see BaseOperator.as_setup)."""
+        self.operator.as_setup()
+        return self
+
+    def as_teardown(self, *, setups: Any = None, on_failure_fail_dagrun: bool | None = None) -> XComArg:
+        """Make its task a teardown (see BaseOperator.as_teardown)."""
+        self.operator.as_teardown(setups=setups, on_failure_fail_dagrun=on_failure_fail_dagrun)
+        return self
+
     def __iter__(self) -> Iterator[Any]:
         raise TypeError("an XComArg is resolved when its task runs and cannot be iterated here")
 

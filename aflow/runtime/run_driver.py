@@ -30,6 +30,7 @@ from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
+from aflow.runtime import skips
 from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
@@ -547,8 +548,10 @@ class RunDriver:
 
     # -- deciding -----------------------------------------------------------------
     def _decision(self, rs: RunState, task_id: str, counts: UpstreamCounts) -> Decision:
-        """What the `none` TI of `task_id` does now, on its upstream counts."""
-        return decide(rs.dag.task_dict[task_id].trigger_rule, counts)
+        """What the `none` TI of `task_id` does now, on its upstream counts, a committed
+        branch / short-circuit choice and a teardown's setups (skips.py)."""
+        decision = decide(rs.dag.task_dict[task_id].trigger_rule, counts)
+        return skips.override(rs.dag, task_id, decision, rs.xcoms, lambda t: rs.tis[t].state)
 
     def _decide(
         self,
@@ -981,9 +984,9 @@ class RunDriver:
         if rs.finishing or rs.lost:
             return
         rs.finishing = True
-        leaves = rs.dag.leaves
+        leaves = skips.leaf_ids(rs.dag)  # (teardowns do not count: see skips.py)
         failed = any(
-            rs.tis[t.task_id].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for t in leaves
+            rs.tis[t].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for t in leaves
         )
         state = DagRunState.FAILED if failed else DagRunState.SUCCESS
         ended = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())

@@ -64,7 +64,8 @@ def decide(rule: TriggerRule, c: UpstreamCounts) -> Decision:
         if c.success or c.skipped:
             return Decision.SKIP
         return Decision.RUN if c.failed + c.upstream_failed == c.total else Decision.WAIT
-    if rule is TriggerRule.ALL_DONE:
+    if rule is TriggerRule.ALL_DONE or rule is TriggerRule.ALL_DONE_SETUP_SUCCESS:
+        # (the setups' part of all_done_setup_success is checked in runtime/skips.py)
         return Decision.RUN if all_done else Decision.WAIT
     if rule is TriggerRule.ALL_SKIPPED:
         if c.success or any_failed:

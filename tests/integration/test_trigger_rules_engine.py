@@ -96,6 +96,8 @@ CASES: list[tuple[TriggerRule, tuple[str, ...], str]] = [
     (R.ALL_FAILED, ("fail", "skip"), "skipped"),
     (R.ALL_DONE, ("ok", "fail", "skip", "upfail"), "success"),
     (R.ALL_DONE, ("bash_fail", "bash_skip"), "success"),
+    # with no setup upstream it is all_done (with setups: test_task_groups_setup_teardown.py)
+    (R.ALL_DONE_SETUP_SUCCESS, ("ok", "fail", "skip"), "success"),
     (R.ALL_SKIPPED, ("skip", "bash_skip", "async_skip"), "success"),
     (R.ALL_SKIPPED, ("skip", "ok"), "skipped"),
     (R.ALL_SKIPPED, ("skip", "fail"), "skipped"),

@@ -66,6 +66,13 @@ CASES: dict[TriggerRule, list[tuple[tuple[int, int, int, int, int], Decision]]] 
         ((3, 0, 2, 0, 1), SKIP),
         ((3, 1, 2, 0, 0), SKIP),
     ],
+    # its counts part only: the setups' part is in runtime/skips.py (test_branching_taskgroups)
+    R.ALL_DONE_SETUP_SUCCESS: [
+        ((3, 0, 0, 0, 0), WAIT),
+        ((3, 1, 1, 0, 0), WAIT),
+        ((3, 1, 1, 1, 0), RUN),
+        ((3, 0, 3, 0, 0), RUN),
+    ],
     R.ALL_DONE: [
         ((3, 0, 0, 0, 0), WAIT),
         ((3, 1, 1, 0, 0), WAIT),
@@ -218,7 +225,7 @@ def _reference(rule: TriggerRule, c: UpstreamCounts) -> Decision:
         return UF if fails else SKIP if sk else RUN if s == total else WAIT
     if rule is R.ALL_FAILED:
         return SKIP if s or sk else RUN if fails == total else WAIT
-    if rule is R.ALL_DONE:
+    if rule is R.ALL_DONE or rule is R.ALL_DONE_SETUP_SUCCESS:  # (setups: test_branching_taskgroups)
         return RUN if all_done else WAIT
     if rule is R.ALL_SKIPPED:
         return SKIP if s or fails else RUN if sk == total else WAIT

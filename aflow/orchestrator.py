@@ -14,6 +14,7 @@ cancel them (they are recorded to run again), release leases, flush the store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -568,9 +569,11 @@ class Orchestrator:
 
     async def _stored_run(
         self, dag_id: str, run_id: str, *, held_ok: bool = False
-    ) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord]]:
+    ) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord], dict[str, list[TaskInstanceRecord]]]:
         """A run not driven here, with a record per task of its DAG (`none` for tasks with
-        no row). RunBusy if another live process drives it, unless `held_ok`."""
+        no row; an expanded mapped task's in the state of its instances, see
+        `by_hand.mapped_task_state`) and the instances of expanded mapped tasks. RunBusy
+        if another live process drives it, unless `held_ok`."""
         run = await self.store.get_run(dag_id, run_id)
         if run is None:
             raise RunNotFound(f"DAG {dag_id!r} has no run {run_id!r}")
@@ -581,7 +584,16 @@ class Orchestrator:
                 raise RunBusy(busy_message(run))
         dag = self.dagbag.get_dag(dag_id)
         rows = with_unstarted(dag_id, run_id, dag.task_ids, await self.store.get_tis(dag_id, run_id))
-        return run, {r.task_id: r for r in rows if r.map_index == -1}
+        tis = {r.task_id: r for r in rows if r.map_index == -1}
+        instances: dict[str, list[TaskInstanceRecord]] = {}
+        for r in rows:
+            if r.map_index >= 0 and r.state is not TaskState.REMOVED:
+                instances.setdefault(r.task_id, []).append(r)
+        for task_id, group in instances.items():
+            base = tis.get(task_id) or TaskInstanceRecord(dag_id=dag_id, run_id=run_id, task_id=task_id)
+            tis[task_id] = dataclasses.replace(
+                base, state=by_hand.mapped_task_state(r.state for r in group))
+        return run, tis, instances
 
     async def _rewrite(
         self, dag_id: str, run_id: str, rows: Sequence[TaskInstanceRecord],
@@ -652,7 +664,7 @@ class Orchestrator:
         async def change() -> list[str]:
             rs = await self._driven_here(dag_id, run_id)
             if rs is not None:
-                states = {t: rs.tis[t].state for t in selected}
+                states = {t: rs.task_state(t) for t in selected}
                 chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
                 by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
                 assert self.driver is not None
@@ -662,12 +674,12 @@ class Orchestrator:
                 if chosen:
                     log.info("cleared %s in run %s of %s", ", ".join(chosen), run_id, dag_id)
                 return chosen
-            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
+            run, tis, instances = await self._stored_run(dag_id, run_id, held_ok=True)
             states = {t: tis[t].state for t in selected}
             chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
             if not chosen:
                 return []
-            rows = [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
+            rows = by_hand.cleared_rows(dag, tis, instances, chosen)
             now = self.clock.now()
             if held_elsewhere(run, _NOBODY, now):
                 # driven by another live process: cleared in the store, and that process's
@@ -707,12 +719,13 @@ class Orchestrator:
         async def look() -> list[TaskInstanceRecord]:
             rs = await self._driven_here(dag_id, run_id)
             if rs is not None:
-                states = {t: rs.tis[t].state for t in selected}
+                states = {t: rs.task_state(t) for t in selected}
                 chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
                 by_hand.refuse_busy(dag_id, run_id, states, chosen, "clear")
                 assert self.driver is not None
-                return [self.driver.record_of(rs.tis[t]) for t in chosen]
-            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
+                return [dataclasses.replace(self.driver.record_of(rs.tis[t]), state=states[t])
+                        for t in chosen]
+            run, tis, _ = await self._stored_run(dag_id, run_id, held_ok=True)
             states = {t: tis[t].state for t in selected}
             chosen = by_hand.to_clear(states, selected, only_failed=only_failed)
             if chosen and held_elsewhere(run, _NOBODY, self.clock.now()):
@@ -744,7 +757,11 @@ class Orchestrator:
         case `clear_tasks` refuses there."""
         new = by_hand.mark_state(state)
         dag = self.dagbag.get_dag(dag_id)
-        dag.get_task(task_id)
+        if dag.get_task(task_id).is_mapped:
+            raise AflowError(
+                f"task {task_id!r} of DAG {dag_id!r} is mapped: marking a mapped task (or one "
+                "of its instances) is not supported; clear it to run it again, or mark its run"
+            )
         if map_index != -1:
             raise TaskNotFound(f"task {task_id!r} of DAG {dag_id!r} has no mapped instance {map_index}")
         below = [t for t in by_hand.select_tasks(dag, [task_id], downstream=True) if t != task_id]
@@ -752,7 +769,7 @@ class Orchestrator:
         async def change() -> list[str]:
             rs = await self._driven_here(dag_id, run_id)
             if rs is not None:
-                states = {t: rs.tis[t].state for t in [task_id, *below]}
+                states = {t: rs.task_state(t) for t in [task_id, *below]}
                 by_hand.refuse_busy(dag_id, run_id, states, [task_id], "mark")
                 then_clear = by_hand.to_clear(states, below, only_failed=True)
                 assert self.driver is not None
@@ -760,12 +777,12 @@ class Orchestrator:
                     raise _ClaimedHere  # their ends are being committed: in a moment
                 await self.driver.mark(rs, task_id, new, then_clear)
                 return [task_id, *then_clear]
-            run, tis = await self._stored_run(dag_id, run_id, held_ok=True)
+            run, tis, instances = await self._stored_run(dag_id, run_id, held_ok=True)
             states = {t: tis[t].state for t in [task_id, *below]}
             then_clear = by_hand.to_clear(states, below, only_failed=True)
             now = self.clock.now()
             rows = [by_hand.marked(tis[task_id], new, now)]
-            rows += [by_hand.cleared(tis[t], dag.task_dict[t].retries) for t in then_clear]
+            rows += by_hand.cleared_rows(dag, tis, instances, then_clear)
             if held_elsewhere(run, _NOBODY, now):
                 # driven by another live process: as a clear there (see clear_tasks); only
                 # a TI that has ended can be marked so
@@ -806,12 +823,14 @@ class Orchestrator:
             if rs is not None:
                 assert self.driver is not None
                 return await self.driver.mark_run(rs, new, owner=self.process_id)
-            _, tis = await self._stored_run(dag_id, run_id)
+            _, tis, instances = await self._stored_run(dag_id, run_id)
             now = self.clock.now()
             ti_state = TaskState(new.value)
+            every = [ti for t, ti in tis.items() if t not in instances]
+            every += [ti for group in instances.values() for ti in group]
             rows: Sequence[TaskInstanceRecord] = [
                 by_hand.marked(ti, s, now)
-                for ti in tis.values()
+                for ti in every
                 if (s := by_hand.run_mark_state(ti.state, ti_state)) is not None
             ]
             record = await self._rewrite(dag_id, run_id, rows, new)

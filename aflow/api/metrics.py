@@ -48,7 +48,7 @@ class OrchestratorCollector(Collector):
         deferred = 0
         if driver is not None:
             deferred = sum(
-                1 for rs in driver.runs.values() for ti in rs.tis.values()
+                1 for rs in driver.runs.values() for ti in rs.all_tis()
                 if ti.state.value == "deferred"
             )
         yield _gauge("aflow_scheduler_tasks_deferred", "deferred task instances of the runs "

@@ -17,6 +17,7 @@ from aflow.states import TriggerRule, WeightRule
 F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
+    from aflow.authoring.mapped import OperatorPartial
     from aflow.authoring.xcom_arg import XComArg
 
 RunIn = Literal["auto", "loop", "thread", "process"]
@@ -189,6 +190,8 @@ class BaseOperator:
         """Once fully constructed: XComArgs in templated fields make upstream dependencies."""
         from aflow.authoring.xcom_arg import iter_xcom_args
 
+        if self.__dict__.get("_aflow_unmapped"):
+            return  # an instance of a mapped task: its dependencies are the mapped task's
         for name in self.template_fields:
             for arg in iter_xcom_args(getattr(self, name, None)):
                 arg.operator.set_downstream(self)
@@ -271,6 +274,24 @@ class BaseOperator:
                     setup_task.as_setup()
                 self.set_upstream(setup_task)
         return self
+
+    # -- mapping -------------------------------------------------------------
+    @classmethod
+    def partial(cls, **kwargs: Any) -> OperatorPartial:
+        """Fix the arguments shared by every instance of a mapped task; `.expand(...)`
+        or `.expand_kwargs(...)` on the result names what is mapped over."""
+        from aflow.authoring.mapped import OperatorPartial
+
+        return OperatorPartial(cls, kwargs)
+
+    @property
+    def is_mapped(self) -> bool:
+        return False
+
+    @property
+    def operator_name(self) -> str:
+        """The operator's class name, as shown on its task instances."""
+        return type(self).__name__
 
     # -- dependencies ------------------------------------------------------
     def set_downstream(self, other: TaskLike | Iterable[TaskLike]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aflow.authoring.baseoperator import BaseOperator
 from aflow.authoring.dag import current_dag
+from aflow.authoring.mapped import MappedOperator, _check_expand_values, _split
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitOperator
 from aflow.authoring.operators.python import PythonOperator, context_kwargs
@@ -125,7 +126,8 @@ class DecoratedTask:
     def override(self, **kwargs: Any) -> DecoratedTask:
         return DecoratedTask(self.function, self.operator_class, {**self.kwargs, **kwargs})
 
-    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+    def _operator_kwargs(self) -> tuple[str, dict[str, Any]]:
+        """(the new task's id, unique in its DAG; the operator's arguments)."""
         op_kwargs = dict(self.kwargs)
         task_id = op_kwargs.pop("task_id", None) or self.function.__name__
         dag = op_kwargs.get("dag") or current_dag()
@@ -136,6 +138,22 @@ class DecoratedTask:
             task_id = _unique_task_id(dag.task_ids, task_id, group)
         if self.function.__doc__ and "doc_md" not in op_kwargs:
             op_kwargs["doc_md"] = inspect.cleandoc(self.function.__doc__)
+        return task_id, op_kwargs
+
+    def partial(self, **kwargs: Any) -> DecoratedPartial:
+        """Fix some of the function's arguments for every instance of a mapped task."""
+        return DecoratedPartial(self, kwargs)
+
+    def expand(self, **mapped: Any) -> XComArg:
+        """One task instance per element of the lists (their cross product if several)."""
+        return DecoratedPartial(self, {}).expand(**mapped)
+
+    def expand_kwargs(self, value: Any) -> XComArg:
+        """One task instance per dict of function arguments in `value`."""
+        return DecoratedPartial(self, {}).expand_kwargs(value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+        task_id, op_kwargs = self._operator_kwargs()
         try:
             inspect.signature(self.function).bind(*args, **kwargs)
         except TypeError as exc:
@@ -148,6 +166,66 @@ class DecoratedTask:
             **op_kwargs,
         )
         return XComArg(operator)
+
+
+class DecoratedPartial:
+    """`@task` function `.partial(**fixed)`: `.expand(**mapped)` or `.expand_kwargs(...)`
+    adds the mapped task and returns its XComArg (the list of its instances' values)."""
+
+    def __init__(self, decorated: DecoratedTask, kwargs: dict[str, Any]) -> None:
+        self.decorated = decorated
+        self.kwargs = kwargs
+
+    def _check(self, task_id: str, names: Any) -> None:
+        sig = inspect.signature(self.decorated.function)
+        for name in names:
+            if name in self.kwargs:
+                raise DagDefinitionError(
+                    f"task {task_id!r}: {name!r} is given both to partial() and to expand()"
+                )
+        try:
+            sig.bind_partial(**self.kwargs, **dict.fromkeys(names))
+        except TypeError as exc:
+            raise DagDefinitionError(f"task {task_id!r}: bad arguments: {exc}") from None
+
+    def _make(self, task_id: str, op_kwargs: dict[str, Any], **mapping: Any) -> XComArg:
+        base, own = _split(op_kwargs)
+        operator = MappedOperator(
+            operator_class=self.decorated.operator_class,
+            partial_kwargs={
+                **own, "python_callable": self.decorated.function, "op_kwargs": dict(self.kwargs),
+            },
+            mapped_into="op_kwargs",
+            task_id=task_id,
+            **mapping,
+            **base,
+        )
+        return XComArg(operator)
+
+    def expand(self, **mapped: Any) -> XComArg:
+        task_id, op_kwargs = self.decorated._operator_kwargs()
+        if not mapped:
+            raise DagDefinitionError(f"task {task_id!r}: expand() needs an argument")
+        self._check(task_id, list(mapped))
+        _check_expand_values(task_id, mapped)
+        return self._make(task_id, op_kwargs, expand_input=dict(mapped))
+
+    def expand_kwargs(self, value: Any) -> XComArg:
+        task_id, op_kwargs = self.decorated._operator_kwargs()
+        if not isinstance(value, XComArg | list | tuple):
+            raise DagDefinitionError(
+                f"task {task_id!r}: expand_kwargs() needs a list of dicts or an upstream "
+                f"task's output, got {type(value).__name__}"
+            )
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if not isinstance(item, Mapping):
+                    raise DagDefinitionError(
+                        f"task {task_id!r}: expand_kwargs element {i} is "
+                        f"{type(item).__name__}, not a dict"
+                    )
+                self._check(task_id, list(item))
+        return self._make(task_id, op_kwargs, expand_kwargs_input=value)
 
 
 def _unique_task_id(existing: list[str], base: str, group: Any = None) -> str:

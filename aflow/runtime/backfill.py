@@ -314,7 +314,7 @@ class _Backfill:
             rs = self.o.driver.runs.get(key)
             if rs is not None and not rs.lost:
                 interval.run = rs.run
-                states = [t.state for t in rs.tis.values()]
+                states = [t.state for t in rs.all_tis()]
             else:
                 run = await self.store.get_run(*key)
                 if run is None:  # gone from the store: nothing left to follow

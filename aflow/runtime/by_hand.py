@@ -124,6 +124,19 @@ def cleared(ti: TaskInstanceRecord, retries: int) -> TaskInstanceRecord:
     )
 
 
+def cleared_rows(
+    dag: DAG,
+    tis: dict[str, TaskInstanceRecord],
+    instances: dict[str, list[TaskInstanceRecord]],
+    chosen: Sequence[str],
+) -> list[TaskInstanceRecord]:
+    """The rows that clear `chosen`: each task's TI back to `none`, and the instances of
+    an expanded mapped task `removed` (it expands afresh when it runs again)."""
+    rows = [cleared(tis[t], dag.task_dict[t].retries) for t in chosen]
+    rows += [dataclasses.replace(r, state=TaskState.REMOVED) for t in chosen for r in instances.get(t, ())]
+    return rows
+
+
 def marked(ti: TaskInstanceRecord, state: TaskState, now: datetime) -> TaskInstanceRecord:
     return dataclasses.replace(
         ti,
@@ -146,3 +159,20 @@ def run_mark_state(ti_state: TaskState, run_state: TaskState) -> TaskState | Non
     if run_state is TaskState.SUCCESS:
         return TaskState.SUCCESS
     return TaskState.FAILED if ti_state in _TRYING else TaskState.SKIPPED
+
+
+def mapped_task_state(states: Iterable[TaskState]) -> TaskState:
+    """One state for the instances of a mapped task, as a clear or mark sees the task:
+    the state of one that has not ended if any (so a busy one refuses the change), else
+    failed, upstream_failed, skipped (all were) or success, in that order."""
+    ended = []
+    for state in states:
+        if state not in FINISHED_TASK_STATES:
+            return state
+        ended.append(state)
+    for state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED):
+        if state in ended:
+            return state
+    if ended and all(s is TaskState.SKIPPED for s in ended):
+        return TaskState.SKIPPED
+    return TaskState.SUCCESS

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,10 +28,11 @@ from anyio.abc import TaskGroup
 
 from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
+from aflow.authoring.mapped import ExpandError, ResolvedInput
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
 from aflow.runtime import skips
-from aflow.runtime.by_hand import run_mark_state
+from aflow.runtime.by_hand import mapped_task_state, run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.services import RunCreator
@@ -115,38 +116,99 @@ class TIState:
         )
 
 
+# The in-memory state of a mapped task's map-index -1 TI once the task is expanded: its
+# instances stand for it from then on (it is never written, nor counted downstream).
+EXPANDED = TaskState.REMOVED
+
+
 class RunState:
     """One owned run in memory."""
 
     def __init__(self, dag: DAG, run: DagRunRecord, tis: Iterable[TaskInstanceRecord]) -> None:
         self.dag = dag
         self.run = run
-        self.tis: dict[str, TIState] = {t.task_id: TIState.from_record(t) for t in tis}
+        # One TI per task (map index -1); a mapped task's instances, once it is expanded,
+        # are in `mapped`, in map-index order.
+        self.tis: dict[str, TIState] = {}
+        self.mapped: dict[str, list[TIState]] = {}
+        for t in tis:
+            if t.map_index < 0:
+                self.tis[t.task_id] = TIState.from_record(t)
+            elif t.state is not TaskState.REMOVED:
+                self.mapped.setdefault(t.task_id, []).append(TIState.from_record(t))
         # Made when a task's first upstream ends: a run of 2,000 sensors waiting for days
         # holds none (100 such runs: ~20 MiB saved).
         self.counts: dict[str, UpstreamCounts] = {}
         self.xcoms = XComView()
-        self.unfinished = sum(1 for t in self.tis.values() if t.state not in FINISHED_TASK_STATES)
+        self.inputs: dict[str, ResolvedInput] = {}  # expand inputs of mapped tasks, resolved
+        for task_id, group in self.mapped.items():
+            group.sort(key=lambda t: t.map_index)
+            self.tis[task_id].state = EXPANDED
+            self.xcoms.set_mapped(task_id, len(group))
+        self.unfinished = sum(1 for t in self.all_tis() if t.state not in FINISHED_TASK_STATES)
         self.done = anyio.Event()
         self.finishing = False
         self.lost = False  # another process took the run over: start and finish nothing
         self.ended_by_hand = False  # marked success/failed: its tries' outcomes are not recorded
         self.changes_pending = False  # TIs cleared in the store by another process wait to be applied
 
+    def all_tis(self) -> Iterator[TIState]:
+        """Every TI of the run: a mapped task's instances instead of its -1 TI once it
+        is expanded."""
+        mapped = self.mapped
+        for task_id, ti in self.tis.items():
+            if task_id in mapped:
+                yield from mapped[task_id]
+            else:
+                yield ti
+
+    def task_tis(self, task_id: str) -> list[TIState]:
+        """The TIs of one task: its instances if it is an expanded mapped task."""
+        group = self.mapped.get(task_id)
+        return group if group is not None else [self.tis[task_id]]
+
+    def ti_at(self, task_id: str, map_index: int) -> TIState | None:
+        if map_index < 0:
+            return self.tis.get(task_id)
+        group = self.mapped.get(task_id)
+        return group[map_index] if group is not None and map_index < len(group) else None
+
+    def task_state(self, task_id: str) -> TaskState:
+        """A task's state as a change by hand sees it (see `by_hand.mapped_task_state`)."""
+        group = self.mapped.get(task_id)
+        if group is None:
+            return self.tis[task_id].state
+        return mapped_task_state(t.state for t in group)
+
+    def _upstream_total(self, task_id: str) -> int:
+        """How many upstream TIs `task_id` waits for: an expanded mapped task counts
+        each of its instances (a trigger rule sees every one, as in Airflow)."""
+        ups = self.dag.task_dict[task_id].upstream_task_ids
+        if not self.mapped:
+            return len(ups)
+        return sum(len(self.mapped[u]) if u in self.mapped else 1 for u in ups)
+
     def counts_for(self, task_id: str) -> UpstreamCounts:
         """The counts of `task_id`'s upstream end states, kept from now on."""
         counts = self.counts.get(task_id)
         if counts is None:
-            total = len(self.dag.task_dict[task_id].upstream_task_ids)
-            counts = self.counts[task_id] = UpstreamCounts(total=total)
+            counts = self.counts[task_id] = UpstreamCounts(total=self._upstream_total(task_id))
         return counts
 
     def peek_counts(self, task_id: str) -> UpstreamCounts:
         """The counts to decide `task_id` on now (fresh ones, not kept, if none ended)."""
         counts = self.counts.get(task_id)
         if counts is None:
-            return UpstreamCounts(total=len(self.dag.task_dict[task_id].upstream_task_ids))
+            return UpstreamCounts(total=self._upstream_total(task_id))
         return counts
+
+    def change_totals(self, task_id: str, delta: int) -> None:
+        """`task_id` now has `delta` more TIs (expanded, or no longer): its downstream
+        tasks wait for that many more."""
+        for down in self.dag.task_dict[task_id].downstream_task_ids:
+            counts = self.counts.get(down)
+            if counts is not None:
+                counts.total += delta
 
     @property
     def key(self) -> tuple[str, str]:
@@ -213,19 +275,23 @@ class RunDriver:
         if key in self.runs:
             return self.runs[key]
         now = self.clock.now()
-        known = {t.task_id for t in tis}
+        known = {t.task_id for t in tis if t.map_index < 0}
         # A task with no row has not run yet: runs are created without TI rows (a TI's
-        # first write is its first try), which saves a row write per task.
+        # first write is its first try), which saves a row write per task. (A mapped
+        # task's -1 TI has no row once expanded: its instances' rows stand for it.)
         missing = [new_ti(task, run.run_id) for task in dag.tasks if task.task_id not in known]
         removed = [
             dataclasses.replace(t, state=TaskState.REMOVED)
             for t in tis
-            if t.task_id not in dag.task_dict and t.state is not TaskState.REMOVED
+            if t.state is not TaskState.REMOVED and (
+                t.task_id not in dag.task_dict
+                or (t.map_index >= 0 and not dag.task_dict[t.task_id].is_mapped))
         ]
         if removed:
             await self._durably(self.store.save_tis, removed)
-        removed_ids = {t.task_id for t in removed}
-        tis = [t for t in tis if t.task_id in dag.task_dict and t.task_id not in removed_ids] + missing
+        removed_keys = {(t.task_id, t.map_index) for t in removed}
+        tis = [t for t in tis if t.task_id in dag.task_dict
+               and (t.task_id, t.map_index) not in removed_keys] + missing
         if run.run_type is RunType.EVENT and not run.triggering_asset_events:
             events = await self.store.asset_events_of_run(run.dag_id, run.run_id)
             run = dataclasses.replace(run, triggering_asset_events=tuple(events))
@@ -234,12 +300,12 @@ class RunDriver:
         if run.state is not DagRunState.RUNNING:
             rs.run = dataclasses.replace(run, state=DagRunState.RUNNING, start_date=run.start_date or now)
             await self._durably(self.store.save_run, rs.run)
-        if any(t.state is TaskState.SUCCESS for t in rs.tis.values()):
+        if any(t.state is TaskState.SUCCESS for t in rs.all_tis()):
             for x in await self.store.get_xcoms(run.dag_id, run.run_id):
                 rs.xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
 
         # Counts from end states that were committed before this adoption.
-        for ti in rs.tis.values():
+        for ti in rs.all_tis():
             if ti.state in FINISHED_TASK_STATES:
                 ti.counted = ti.state
                 for down in dag.task_dict[ti.task_id].downstream_task_ids:
@@ -248,7 +314,7 @@ class RunDriver:
         # A try that was running (or a TI queued) when its owner died.
         recovered: list[TIState] = []
         to_save: list[TaskInstanceRecord] = []
-        for ti in rs.tis.values():
+        for ti in rs.all_tis():
             if ti.state is TaskState.RUNNING and ti.next_method is not None:
                 # It died going on from a deferral: the trigger's event is still committed
                 # in its row, so it goes on again from there, in the same try.
@@ -276,13 +342,13 @@ class RunDriver:
                 to_save.append(ti)
         if to_save:
             await self._durably(self.store.save_tis, to_save)
-        for ti in rs.tis.values():
+        for ti in rs.all_tis():
             if ti.state in (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE):
                 self._tg.start_soon(self._retry_later, rs, ti)
         # A fired trigger whose TI already ended (its owner died between committing the
         # outcome and removing the row) is left over: remove it.
         for trigger in await self.store.fired_triggers([(run.dag_id, run.run_id)]):
-            owner_ti = rs.tis.get(trigger.task_id)
+            owner_ti = rs.ti_at(trigger.task_id, trigger.map_index)
             # (a clear made in the store while another process drove the run: its TI
             # rows, just read, already say so)
             if (owner_ti is None or owner_ti.state in FINISHED_TASK_STATES
@@ -294,7 +360,7 @@ class RunDriver:
         # Deferred TIs keep waiting on their triggers (any triggerer adopts those); one
         # whose trigger fired while no one drove the run goes on now. In a pool that
         # counts deferred tasks, each holds its slots here from now on.
-        for ti in [t for t in rs.tis.values() if t.state is TaskState.DEFERRED]:
+        for ti in [t for t in rs.all_tis() if t.state is TaskState.DEFERRED]:
             if self.slots.include_deferred(ti.pool):
                 self.slots.take_hold(ti, ti.pool, dag.task_dict[ti.task_id].pool_slots)
             trigger = await self.store.get_trigger(run.dag_id, run.run_id, ti.task_id, ti.map_index)
@@ -315,7 +381,12 @@ class RunDriver:
         decided: list[TIState] = []
         for task in dag.topological_order():
             ti = rs.tis[task.task_id]
-            if ti.state is TaskState.NONE:
+            if task.task_id in rs.mapped:  # expanded: its instances that have not started
+                for instance in rs.mapped[task.task_id]:
+                    if instance.state is TaskState.NONE:
+                        instance.state = TaskState.SCHEDULED
+                        ready.append(instance)
+            elif ti.state is TaskState.NONE:
                 self._decide(rs, ti, rs.peek_counts(task.task_id), now, ready, decided)
         for ti in ready:
             self._submit(rs, ti)
@@ -332,7 +403,7 @@ class RunDriver:
         rs = self.runs.pop(key, None)
         if rs is not None:
             rs.lost = True
-            for ti in rs.tis.values():
+            for ti in rs.all_tis():
                 if ti.state is not TaskState.RUNNING:  # a running try gives its own back
                     self.slots.release_hold(ti)
             rs.done.set()
@@ -366,7 +437,8 @@ class RunDriver:
         """Of `task_ids`, the TIs whose end is being committed or decided on right now
         (ended in memory, not yet counted downstream): a clear or mark waits for them."""
         return [t for t in task_ids
-                if (ti := rs.tis[t]).state in FINISHED_TASK_STATES and ti.counted is None]
+                if any(ti.state in FINISHED_TASK_STATES and ti.counted is None
+                       for ti in rs.task_tis(t))]
 
     async def clear(self, rs: RunState, task_ids: list[str]) -> None:
         """Make these ended TIs (in topological order; `none` ones are left alone) run
@@ -375,10 +447,12 @@ class RunDriver:
         downstream of a cleared one wait for it. The caller has checked that none of them
         is running or waiting (they hold no slot, timer or trigger)."""
         held: list[TIState] = []
+        instances: list[TIState] = []
         for task_id in task_ids:
             ti = rs.tis[task_id]
             if ti.state not in FINISHED_TASK_STATES:
                 continue
+            instances += self._unexpand(rs, task_id)
             self._forget_end(rs, ti)
             retries = rs.dag.task_dict[task_id].retries
             ti.state = TaskState.NONE
@@ -391,7 +465,7 @@ class RunDriver:
             held.append(ti)
         if not held:
             return
-        rows = [self.record_of(ti) for ti in held]
+        rows = [self.record_of(ti) for ti in held + instances]
         # Until the reset is committed nothing decides them (they are not `none` in
         # memory), so no start of theirs can be committed before it.
         for ti in held:
@@ -423,7 +497,7 @@ class RunDriver:
             return  # `_finish_run` queues the run again if the change came too late
         events = [t for t in await self.store.fired_triggers([rs.key])
                   if t.classpath == BY_HAND_CLASSPATH]
-        rows = {r.task_id: r for r in await self.store.get_tis(*rs.key)}
+        rows = {r.task_id: r for r in await self.store.get_tis(*rs.key) if r.map_index < 0}
         if rs.lost or rs.finishing or rs.key not in self.runs:
             return
         held: list[TIState] = []
@@ -433,6 +507,7 @@ class RunDriver:
             if ti is None or row is None or ti.state not in FINISHED_TASK_STATES:
                 continue
             if row.state is TaskState.NONE:
+                self._unexpand(rs, ti.task_id)  # (the other process removed its instances)
                 self._forget_end(rs, ti)
                 ti.state = TaskState.QUEUED  # held: decided once its event row is gone
                 ti.max_tries = row.max_tries
@@ -515,7 +590,7 @@ class RunDriver:
         self.runs.pop(rs.key, None)
         ti_state = TaskState(state.value)
         rows = []
-        for ti in rs.tis.values():
+        for ti in rs.all_tis():
             new = run_mark_state(ti.state, ti_state)
             if new is None:
                 continue
@@ -551,7 +626,7 @@ class RunDriver:
         """What the `none` TI of `task_id` does now, on its upstream counts, a committed
         branch / short-circuit choice and a teardown's setups (skips.py)."""
         decision = decide(rs.dag.task_dict[task_id].trigger_rule, counts)
-        return skips.override(rs.dag, task_id, decision, rs.xcoms, lambda t: rs.tis[t].state)
+        return skips.override(rs.dag, task_id, decision, rs.xcoms, rs.task_state)
 
     def _decide(
         self,
@@ -624,6 +699,9 @@ class RunDriver:
         if rs.lost:
             return
         dag = rs.dag
+        if ti.map_index < 0 and dag.task_dict[ti.task_id].is_mapped:
+            self._tg.start_soon(self._expand, rs, ti)  # no slot: no user code runs
+            return
         self.slots.submit(
             rs.run.dag_id,
             dag.priority_weights()[ti.task_id],
@@ -657,17 +735,90 @@ class RunDriver:
             log.exception("internal error while running %s of %s", ti.task_id, rs.run.run_id)
             if ti.state in FINISHED_TASK_STATES or rs.lost or rs.key not in self.runs:
                 return False  # its end is recorded (the error came after): nothing is left open
-            ti.state = TaskState.FAILED
-            ti.end_date = self.clock.now()
-            ti.error = f"aflow internal error: {type(exc).__name__}: {exc}"
-            self._write_to_log(rs, ti, f"ERROR - {ti.error}")
-            await self._durably(
-                functools.partial(self.store.finish_ti, end_trigger=ti.next_method is not None),
-                ti, [],
-            )
-            rs.unfinished -= 1
-            await self._after_end(rs, [ti])
+            await self._fail(rs, ti, f"aflow internal error: {type(exc).__name__}: {exc}")
             return False
+
+    async def _fail(self, rs: RunState, ti: TIState, error: str) -> None:
+        """End a TI as failed with `error` (logged, on its row), without a try's outcome;
+        the trigger row of a deferral it went on from goes with it."""
+        now = self.clock.now()
+        ti.state = TaskState.FAILED
+        ti.start_date = ti.start_date or now
+        ti.end_date = now
+        ti.error = error
+        self._write_to_log(rs, ti, f"ERROR - {error}")
+        await self._durably(
+            functools.partial(self.store.finish_ti, end_trigger=ti.next_method is not None),
+            ti, [],
+        )
+        rs.unfinished -= 1
+        await self._after_end(rs, [ti])
+
+    # -- mapped tasks -----------------------------------------------------------------
+    async def _expand(self, rs: RunState, ti: TIState) -> None:
+        """A mapped task's -1 TI was decided to run: resolve its expand input, commit a
+        `none` row per instance (one transaction: adoption sees all of them or none),
+        then send every instance to the slots. An input that cannot be mapped over fails
+        the task; an empty one skips it (as Airflow)."""
+        task = rs.dag.task_dict[ti.task_id]
+        try:
+            resolved = task.resolve_input(rs.xcoms)  # type: ignore[attr-defined]
+        except ExpandError as exc:
+            await self._fail(rs, ti, str(exc))
+            return
+        n = resolved.length
+        if n == 0:
+            log.info("task %s of run %s maps over nothing: skipped", ti.task_id, ti.run_id)
+            ti.state = TaskState.SKIPPED
+            ti.start_date = ti.end_date = self.clock.now()
+            await self._commit_decided(rs, [ti])
+            return
+        group = [
+            TIState(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=i,
+                    state=TaskState.NONE, try_number=0, max_tries=task.retries,
+                    operator=ti.operator, priority_weight=ti.priority_weight, pool=ti.pool)
+            for i in range(n)
+        ]
+        # (the -1 TI's row, if a clear left one, says `removed` from now on)
+        gone = dataclasses.replace(self.record_of(ti), state=TaskState.REMOVED)
+        await self._durably(self.store.save_tis, [*group, gone])
+        if rs.lost or rs.key not in self.runs or ti.state is not TaskState.SCHEDULED:
+            return  # marked by hand or taken over meanwhile
+        log.info("task %s of run %s expanded into %d instances", ti.task_id, ti.run_id, n)
+        rs.mapped[ti.task_id] = group
+        rs.inputs[ti.task_id] = resolved
+        rs.xcoms.set_mapped(ti.task_id, n)
+        ti.state = EXPANDED
+        rs.unfinished += n - 1
+        rs.change_totals(ti.task_id, n - 1)
+        for instance in group:
+            instance.state = TaskState.SCHEDULED
+            self._submit(rs, instance)
+
+    def _unexpand(self, rs: RunState, task_id: str) -> list[TIState]:
+        """Forget the instances of an expanded mapped task whose TIs have all ended (it
+        is being cleared: it expands again when it is next decided). Returns them, now
+        `removed`, for their rows to be reset so."""
+        group = rs.mapped.pop(task_id, None)
+        if group is None:
+            return []
+        for instance in group:
+            self._forget_end(rs, instance)
+            instance.state = TaskState.REMOVED
+            rs.xcoms.set_task(task_id, instance.map_index, {})
+        rs.xcoms.set_mapped(task_id, None)
+        rs.inputs.pop(task_id, None)
+        rs.change_totals(task_id, 1 - len(group))
+        return group
+
+    @staticmethod
+    def _instance(rs: RunState, ti: TIState) -> Any:
+        """The operator a mapped task's instance runs as."""
+        task = rs.dag.task_dict[ti.task_id]
+        resolved = rs.inputs.get(ti.task_id)
+        if resolved is None:  # adopted after a restart: the same upstream XComs, the same input
+            resolved = rs.inputs[ti.task_id] = task.resolve_input(rs.xcoms)  # type: ignore[attr-defined]
+        return task.unmap(ti.map_index, resolved)  # type: ignore[attr-defined]
 
     async def _run_ti(self, rs: RunState, ti: TIState) -> bool:
         """Runs in a slot: the try (or a deferred try going on) and its outcome's commit.
@@ -675,6 +826,14 @@ class RunDriver:
         if rs.lost:
             return False  # marked by hand (the TI with it) or taken over while it waited for a slot
         task = rs.dag.task_dict[ti.task_id]
+        if ti.map_index >= 0:
+            try:
+                task = self._instance(rs, ti)
+            except Exception as exc:  # noqa: BLE001 - a bad mapped value fails its instance
+                ti.try_number = max(ti.try_number, 1)  # (so that its log says why)
+                await self._fail(rs, ti, f"cannot build map index {ti.map_index} of task "
+                                         f"{ti.task_id!r}: {type(exc).__name__}: {exc}")
+                return False
         now = self.clock.now()
         resume: Resume | None = None
         if ti.next_method is not None and ti.next_event is not None:
@@ -819,13 +978,7 @@ class RunDriver:
             classpath, kwargs = deferral.trigger.serialize()
             check_kwargs(classpath, kwargs)
         except Exception as exc:  # noqa: BLE001 - a bad trigger fails its task, not the run
-            ti.state = TaskState.FAILED
-            ti.end_date = now
-            ti.error = f"cannot defer: the trigger does not serialize: {exc}"
-            self._write_to_log(rs, ti, f"ERROR - {ti.error}")
-            await self._durably(self.store.finish_ti, ti, [])
-            rs.unfinished -= 1
-            await self._after_end(rs, [ti])
+            await self._fail(rs, ti, f"cannot defer: the trigger does not serialize: {exc}")
             return False
         keep = self.slots.include_deferred(ti.pool) and not rs.lost
         if not keep:
@@ -860,7 +1013,7 @@ class RunDriver:
                 rs.changes_pending = True
                 self._tg.start_soon(self._apply_changes, rs)
             return True
-        ti = rs.tis.get(trigger.task_id)
+        ti = rs.ti_at(trigger.task_id, trigger.map_index)
         if ti is None or ti.state is not TaskState.DEFERRED or ti.try_number != trigger.try_number:
             return False
         ti.next_event = trigger.event
@@ -986,7 +1139,8 @@ class RunDriver:
         rs.finishing = True
         leaves = skips.leaf_ids(rs.dag)  # (teardowns do not count: see skips.py)
         failed = any(
-            rs.tis[t].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for t in leaves
+            ti.state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED)
+            for t in leaves for ti in rs.task_tis(t)
         )
         state = DagRunState.FAILED if failed else DagRunState.SUCCESS
         ended = dataclasses.replace(rs.run, state=state, end_date=self.clock.now())

@@ -62,7 +62,7 @@ def new_ti(task: BaseOperator, run_id: str) -> TaskInstanceRecord:
         task_id=task.task_id,
         state=TaskState.NONE,
         max_tries=task.retries,
-        operator=type(task).__name__,
+        operator=task.operator_name,
         priority_weight=task.dag.priority_weights()[task.task_id],
         pool=task.pool,
     )
@@ -72,14 +72,18 @@ def with_unstarted(
     dag_id: str, run_id: str, task_ids: list[str], rows: list[TaskInstanceRecord]
 ) -> list[TaskInstanceRecord]:
     """A run's TI rows plus a `none` record for each task that has no row yet (runs are
-    created without TI rows; a TI's first row is written when it is first decided)."""
+    created without TI rows; a TI's first row is written when it is first decided).
+    An expanded mapped task shows as its instances: its map-index -1 row, `removed`
+    when it expanded, is left out."""
     have = {r.task_id for r in rows}
+    expanded = {r.task_id for r in rows if r.map_index >= 0}
     missing = [
         TaskInstanceRecord(dag_id=dag_id, run_id=run_id, task_id=t)
         for t in task_ids
         if t not in have
     ]
-    return rows + missing
+    return [r for r in rows if not (r.map_index < 0 and r.task_id in expanded
+                                    and r.state is TaskState.REMOVED)] + missing
 
 
 def manual_interval(dag: DAG, when: datetime) -> tuple[datetime, datetime]:

@@ -113,6 +113,7 @@ async def run_in_child_process(
         "hostname": job.hostname,
         "run": _run_to_json(job.run),
         "xcoms": job.xcoms.as_list(),
+        "mapped": job.xcoms.mapped,
         "store_url": _store_url(job),  # for Variable/Connection lookups in the child
     }
     with tempfile.TemporaryDirectory(prefix="aflow-task-") as tmp:
@@ -206,7 +207,11 @@ def _child_main(spec_path: str) -> int:
                           store_url=spec.get("store_url"))
         dags = {d.dag_id: d for d in load_file(Path(spec["dag_file"]))}
         dag = dags[spec["dag_id"]]
-        task = dag.get_task(spec["task_id"]).prepare_for_run()
+        xcoms = XComView.from_list(spec["xcoms"], spec.get("mapped"))
+        task = dag.get_task(spec["task_id"])
+        if task.is_mapped:  # this instance, built as the parent built it
+            task = task.unmap(spec["map_index"], task.resolve_input(xcoms))  # type: ignore[attr-defined]
+        task = task.prepare_for_run()
         run = _run_from_json(spec["run"])
         ti = RuntimeTaskInstance(
             dag_id=dag.dag_id,
@@ -217,7 +222,7 @@ def _child_main(spec_path: str) -> int:
             max_tries=spec["max_tries"],
             start_date=dt_in(spec["start_date"]),
             hostname=spec["hostname"],
-            xcoms=XComView.from_list(spec["xcoms"]),
+            xcoms=xcoms,
             upstream_task_ids=task.upstream_task_ids,
         )
         context = build_context(task, ti, run)

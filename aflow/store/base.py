@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from aflow.states import DagRunState
+from aflow.states import DagRunState, TaskState
 from aflow.store.records import (
     ApiTokenRecord,
     AssetEventRecord,
@@ -219,7 +219,8 @@ class Store(abc.ABC):
     async def reset_tis(self, tis: Sequence[TaskInstanceRow]) -> None:
         """Group-committed, for the process that drives the TIs' run: the given TI rows as
         they are (cleared ones in state `none`), and the XComs of those written as `none`
-        and the trigger rows of all of them deleted, in one transaction."""
+        or `removed` (CLEARED_TI_STATES) and the trigger rows of all of them deleted, in
+        one transaction."""
 
     @abc.abstractmethod
     async def rewrite_run(
@@ -525,6 +526,10 @@ class Store(abc.ABC):
 def _no_subscription() -> None:
     return None
 
+
+# TI rows whose XComs a reset (reset_tis, rewrite_run) deletes: cleared ones, and the
+# instances of a cleared mapped task, which are gone until it expands again.
+CLEARED_TI_STATES = frozenset({TaskState.NONE, TaskState.REMOVED})
 
 # The classpath and event of the fired trigger rows `change_for_owner` leaves: "this TI was
 # cleared or marked by hand in the store; do the same in memory". No triggerer runs them.

@@ -77,6 +77,7 @@ from aflow.store.asset_rows import consumed_uris, watcher_key, watcher_rows
 from aflow.store.base import (
     BY_HAND_CLASSPATH,
     BY_HAND_EVENT,
+    CLEARED_TI_STATES,
     Store,
     busy_message,
     held_by_live_owner,
@@ -378,7 +379,7 @@ def _reset_op(tis: Sequence[TaskInstanceRow]) -> Op:
     and the trigger rows of all of them deleted: one op."""
     keys = [(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti in tis]
     op: Op = [(enc.UPSERT_TI, [enc.ti_row(ti) for ti in tis])]
-    cleared = [k for k, ti in zip(keys, tis, strict=True) if ti.state is TaskState.NONE]
+    cleared = [k for k, ti in zip(keys, tis, strict=True) if ti.state in CLEARED_TI_STATES]
     if cleared:
         op.append((enc.DELETE_TI_XCOMS, cleared))
     op.append((enc.DELETE_TI_TRIGGER, keys))

@@ -39,6 +39,7 @@ from aflow.store.asset_rows import consumed_uris, watcher_key, watcher_rows
 from aflow.store.base import (
     BY_HAND_CLASSPATH,
     BY_HAND_EVENT,
+    CLEARED_TI_STATES,
     Store,
     busy_message,
     held_by_live_owner,
@@ -321,7 +322,7 @@ def _reset_op(tis: Sequence[TaskInstanceRow]) -> Op:
     """TI rows as given, the XComs of those in state `none` (cleared: they run again)
     and the trigger rows of all of them deleted: one op."""
     op: Op = [(_UPSERT_TI, [_ti_row(ti) for ti in tis])]
-    cleared = [_ti_key(ti) for ti in tis if ti.state is TaskState.NONE]
+    cleared = [_ti_key(ti) for ti in tis if ti.state in CLEARED_TI_STATES]
     if cleared:
         op.append((_DELETE_TI_XCOMS, cleared))
     op.append((_DELETE_TI_TRIGGER, [_ti_key(ti) for ti in tis]))

@@ -1,0 +1,279 @@
+"""Dynamic task mapping: `Op.partial(...).expand(...)`, `expand_kwargs`, and the same on
+`@task` functions.
+
+A mapped task is one node of the DAG (a MappedOperator) until its run decides it: then
+its expand input is resolved (literal lists, or upstream XComs) and it becomes N task
+instances with `map_index` 0..N-1, each built (`unmap`) as an ordinary operator of the
+mapped class just before its try. With several expanded arguments the instances are
+their cross product, the last argument varying fastest (as Airflow). A downstream task
+that reads a mapped task's XCom gets the list of its instances' values, in map-index
+order (instances that pushed nothing are left out, as in Airflow).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aflow.authoring.baseoperator import BaseOperator
+from aflow.authoring.xcom_arg import XComArg, iter_xcom_args
+from aflow.exceptions import DagDefinitionError
+
+if TYPE_CHECKING:
+    from aflow.runtime.xcom import XComView
+
+# BaseOperator arguments a mapped task takes once for all of its instances: its identity,
+# its place in the DAG and the engine's view of it (pool, weight, trigger rule, retries
+# and callbacks). They may not be mapped.
+_NOT_MAPPABLE = frozenset({"task_id", "dag", "default_args", "task_group"})
+
+
+class ExpandError(Exception):
+    """The expand input of a mapped task, resolved at run time, cannot be mapped over."""
+
+
+def _base_param_names() -> frozenset[str]:
+    init = getattr(BaseOperator.__init__, "__wrapped__", BaseOperator.__init__)
+    return frozenset(
+        name for name, p in inspect.signature(init).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    )
+
+
+def _accepted_names(cls: type[BaseOperator]) -> frozenset[str]:
+    """The keyword arguments the `__init__`s of `cls` take, down to BaseOperator's."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        sig = inspect.signature(getattr(init, "__wrapped__", init))
+        for name, p in sig.parameters.items():
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self":
+                names.add(name)
+        if klass is BaseOperator:
+            break
+    return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedInput:
+    """A mapped task's expand input with every reference resolved, for one run."""
+
+    names: tuple[str, ...]  # expand(): the mapped argument names; () for expand_kwargs
+    values: tuple[Sequence[Any], ...]  # expand(): one sequence per name; expand_kwargs: (list,)
+    length: int
+
+    def at(self, index: int) -> dict[str, Any]:
+        """The mapped arguments of instance `index`."""
+        if not self.names:
+            return dict(self.values[0][index])
+        out: dict[str, Any] = {}
+        for name, seq in zip(reversed(self.names), reversed(self.values), strict=True):
+            index, here = divmod(index, len(seq))
+            out[name] = seq[here]
+        return out
+
+
+def _as_sequence(task_id: str, name: str, value: Any) -> Sequence[Any]:
+    if isinstance(value, list | tuple):
+        return value
+    if isinstance(value, Mapping):
+        return [[k, v] for k, v in value.items()]  # (key, value) pairs, as JSON lists
+    raise ExpandError(
+        f"task {task_id!r} cannot map over {name}: it is {type(value).__name__}, "
+        "not a list or a dict"
+    )
+
+
+class MappedOperator(BaseOperator):
+    """A task expanded over its input at run time into one instance per element."""
+
+    ui_color = "#f0f0ff"
+
+    def __init__(
+        self,
+        *,
+        operator_class: type[BaseOperator],
+        partial_kwargs: dict[str, Any],
+        expand_input: dict[str, Any] | None = None,
+        expand_kwargs_input: Any = None,
+        mapped_into: str | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        self.operator_class = operator_class
+        self.partial_kwargs = partial_kwargs
+        self.expand_input = expand_input
+        self.expand_kwargs_input = expand_kwargs_input
+        self.mapped_into = mapped_into  # "op_kwargs" for @task: mapped values are its arguments
+        self.template_fields = ()  # rendered on each instance, not here
+        # BaseOperator arguments given to partial(), which every instance gets too
+        self.base_kwargs = {k: v for k, v in base_kwargs.items() if k not in _NOT_MAPPABLE}
+        super().__init__(**base_kwargs)
+
+    @property
+    def is_mapped(self) -> bool:
+        return True
+
+    @property
+    def operator_name(self) -> str:
+        return self.operator_class.__name__
+
+    def _after_init(self) -> None:
+        """XComArgs anywhere in the partial or expand input are upstream dependencies."""
+        sources = [self.partial_kwargs, self.expand_input, self.expand_kwargs_input]
+        for value in sources:
+            for arg in iter_xcom_args(value):
+                arg.operator.set_downstream(self)
+
+    # -- at run time ------------------------------------------------------------
+    def resolve_input(self, xcoms: XComView) -> ResolvedInput:
+        """The expand input with its XComArgs read from the run's XComs; ExpandError
+        names the task and the argument when a value cannot be mapped over."""
+        if self.expand_input is None:
+            value = _resolve(self.expand_kwargs_input, xcoms)
+            seq = _as_sequence(self.task_id, "its expand_kwargs input", value)
+            for i, item in enumerate(seq):
+                if not isinstance(item, Mapping) or not all(isinstance(k, str) for k in item):
+                    raise ExpandError(
+                        f"task {self.task_id!r}: expand_kwargs element {i} is "
+                        f"{type(item).__name__}, not a dict of argument names to values"
+                    )
+            return ResolvedInput((), (seq,), len(seq))
+        names = tuple(self.expand_input)
+        values = tuple(
+            _as_sequence(self.task_id, f"argument {name!r}", _resolve(self.expand_input[name], xcoms))
+            for name in names
+        )
+        length = 1
+        for seq in values:
+            length *= len(seq)
+        return ResolvedInput(names, values, length)
+
+    def unmap(self, index: int, resolved: ResolvedInput) -> BaseOperator:
+        """Instance `index` as an ordinary operator of the mapped class: the partial
+        arguments plus its mapped ones. It is not added to the DAG (it shares the mapped
+        task's id and dependencies); its constructor's errors propagate."""
+        mapped = resolved.at(index)
+        bad = [k for k in mapped if k in _NOT_MAPPABLE]
+        if bad:
+            raise ExpandError(f"task {self.task_id!r}: {', '.join(bad)} cannot be mapped")
+        if self.mapped_into is None:
+            return self._build({**self.partial_kwargs, **mapped})
+        # A function's arguments: the operator is built once and copied per instance with
+        # its own arguments (its constructor only stores them), which is ~5x cheaper.
+        template = self.__dict__.get("_aflow_template")
+        if template is None:
+            template = self._aflow_template = self._build(self.partial_kwargs)
+        op = copy.copy(template)
+        setattr(op, self.mapped_into, {**getattr(template, self.mapped_into), **mapped})
+        op.__dict__.pop("_aflow_templated", None)  # its own values may hold templates
+        return op
+
+    def _build(self, kwargs: dict[str, Any]) -> BaseOperator:
+        assert self.dag is not None
+        op = self.operator_class.__new__(self.operator_class)
+        op._aflow_unmapped = True  # no DAG membership, no new dependencies
+        op.__init__(task_id=self.task_id, default_args=self.dag.default_args,
+                    **{**self.base_kwargs, **kwargs})
+        op.dag = self.dag
+        op.upstream_task_ids = self.upstream_task_ids
+        op.downstream_task_ids = self.downstream_task_ids
+        return op
+
+
+def _resolve(value: Any, xcoms: XComView) -> Any:
+    if isinstance(value, XComArg):
+        return xcoms.get(value.operator.task_id, value.key)
+    if isinstance(value, list):
+        return [_resolve(v, xcoms) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, xcoms) for k, v in value.items()}
+    return value
+
+
+def _check_expand_values(task_id: str, values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        if isinstance(value, XComArg):
+            continue
+        if not isinstance(value, list | tuple | Mapping):
+            raise DagDefinitionError(
+                f"task {task_id!r}: expand({name}=...) needs a list, a dict or an upstream "
+                f"task's output (XComArg), got {type(value).__name__}"
+            )
+
+
+def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(BaseOperator arguments, the operator class's own arguments)."""
+    base_names = _base_param_names()
+    base = {k: v for k, v in kwargs.items() if k in base_names}
+    own = {k: v for k, v in kwargs.items() if k not in base_names}
+    return base, own
+
+
+class OperatorPartial:
+    """What `SomeOperator.partial(task_id=..., **fixed)` returns: `.expand(**mapped)` or
+    `.expand_kwargs(list_of_dicts)` makes the mapped task."""
+
+    def __init__(self, operator_class: type[BaseOperator], kwargs: dict[str, Any]) -> None:
+        if "task_id" not in kwargs:
+            raise DagDefinitionError(f"{operator_class.__name__}.partial() needs a task_id")
+        self.operator_class = operator_class
+        self.kwargs = kwargs
+        self._used = False
+
+    def _check_names(self, names: Sequence[str]) -> None:
+        task_id = self.kwargs["task_id"]
+        accepted = _accepted_names(self.operator_class)
+        for name in names:
+            if name in _NOT_MAPPABLE:
+                raise DagDefinitionError(f"task {task_id!r}: {name} cannot be mapped")
+            if name not in accepted:
+                raise DagDefinitionError(
+                    f"task {task_id!r}: {self.operator_class.__name__} has no argument "
+                    f"{name!r} to map over"
+                )
+            if name in self.kwargs:
+                raise DagDefinitionError(
+                    f"task {task_id!r}: {name!r} is given both to partial() and to expand()"
+                )
+
+    def _make(self, **mapping: Any) -> MappedOperator:
+        if self._used:
+            raise DagDefinitionError(
+                f"task {self.kwargs['task_id']!r}: a partial() can be expanded only once"
+            )
+        self._used = True
+        kwargs = dict(self.kwargs)
+        task_id = kwargs.pop("task_id")
+        base, own = _split(kwargs)
+        return MappedOperator(
+            operator_class=self.operator_class, partial_kwargs=own, task_id=task_id,
+            **mapping, **base,
+        )
+
+    def expand(self, **mapped: Any) -> MappedOperator:
+        if not mapped:
+            raise DagDefinitionError(f"task {self.kwargs['task_id']!r}: expand() needs an argument")
+        self._check_names(list(mapped))
+        _check_expand_values(self.kwargs["task_id"], mapped)
+        return self._make(expand_input=dict(mapped))
+
+    def expand_kwargs(self, value: Any) -> MappedOperator:
+        if not isinstance(value, XComArg | list | tuple):
+            raise DagDefinitionError(
+                f"task {self.kwargs['task_id']!r}: expand_kwargs() needs a list of dicts or "
+                f"an upstream task's output, got {type(value).__name__}"
+            )
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if not isinstance(item, Mapping):
+                    raise DagDefinitionError(
+                        f"task {self.kwargs['task_id']!r}: expand_kwargs element {i} is "
+                        f"{type(item).__name__}, not a dict"
+                    )
+                self._check_names([k for k in item])
+        return self._make(expand_kwargs_input=value)

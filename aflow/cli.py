@@ -304,7 +304,7 @@ async def cmd_dags_import_errors(args: argparse.Namespace) -> int:
 def _ti_rows(tis: Sequence[Any]) -> list[dict[str, Any]]:
     return [
         {
-            "task_id": t.task_id,
+            "task_id": t.task_id if t.map_index < 0 else f"{t.task_id}[{t.map_index}]",
             "state": t.state.value,
             "tries": t.try_number,
             "duration_s": t.duration_s,
@@ -336,7 +336,7 @@ async def cmd_dags_test(args: argparse.Namespace) -> int:
         final = await handle.wait()
         tis = await handle.task_instances()
     order = {t.task_id: i for i, t in enumerate(dag.topological_order())}
-    tis.sort(key=lambda t: order.get(t.task_id, len(order)))
+    tis.sort(key=lambda t: (order.get(t.task_id, len(order)), t.map_index))
     if args.output == "json":
         print(json.dumps({"dag_id": dag.dag_id, "run_id": final.run_id, "state": final.state.value,
                           "tasks": _ti_rows(tis)}, indent=2))

@@ -129,9 +129,12 @@ class TaskInstanceCollection(BaseModel):
     total_entries: int
 
 
-class LogQuery(Input):
+class InstanceQuery(Input):
+    map_index: int = Field(-1, ge=-1, description="which instance of a mapped task (-1: the task's only one)")
+
+
+class LogQuery(InstanceQuery):
     offset: int = Field(0, ge=0, description="byte offset to read from (tail with next_offset)")
-    map_index: int = Field(-1, ge=-1)
 
 
 class LogChunk(BaseModel):

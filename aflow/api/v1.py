@@ -135,7 +135,8 @@ async def task_instance(
     for t in await run_tis(request, dag_id, run_id):
         if t.task_id == task_id and t.map_index == map_index:
             return t
-    raise not_found(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    which = f" with map index {map_index}" if map_index >= 0 else ""
+    raise not_found(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}{which}")
 
 
 def int_param(name: str, text: str) -> int:
@@ -296,11 +297,12 @@ async def list_task_instances(
 
 
 @api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}",
-           summary="One task instance", tag="task instances", response=m.TaskInstance)
+           summary="One task instance", tag="task instances", query=m.InstanceQuery,
+           response=m.TaskInstance)
 async def get_task_instance(
-    request: web.Request, dag_id: str, dag_run_id: str, task_id: str
+    request: web.Request, dag_id: str, dag_run_id: str, task_id: str, query: m.InstanceQuery,
 ) -> m.TaskInstance:
-    return ti_out(await task_instance(request, dag_id, dag_run_id, task_id))
+    return ti_out(await task_instance(request, dag_id, dag_run_id, task_id, query.map_index))
 
 
 @api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}/logs/{try_number}",
@@ -324,16 +326,17 @@ async def get_log(
 
 
 @api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}/xcomEntries",
-           summary="A task instance's XComs", tag="task instances", response=m.XComCollection)
+           summary="A task instance's XComs", tag="task instances", query=m.InstanceQuery,
+           response=m.XComCollection)
 async def list_xcoms(
-    request: web.Request, dag_id: str, dag_run_id: str, task_id: str
+    request: web.Request, dag_id: str, dag_run_id: str, task_id: str, query: m.InstanceQuery,
 ) -> m.XComCollection:
-    await task_instance(request, dag_id, dag_run_id, task_id)
+    await task_instance(request, dag_id, dag_run_id, task_id, query.map_index)
     xcoms = await orchestrator(request).store.get_xcoms(dag_id, dag_run_id, task_id)
     return m.XComCollection(xcom_entries=[
         m.XComEntry(task_id=x.task_id, map_index=x.map_index, key=x.key,
                     value=mask_value(x.value))  # (secrets this server has seen: ***)
-        for x in xcoms
+        for x in xcoms if x.map_index == query.map_index
     ])
 
 

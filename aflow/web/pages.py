@@ -10,8 +10,10 @@ double-submit token (a SameSite=Strict cookie that each form echoes).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,11 @@ from aflow.api.auth import (
 from aflow.api.v1 import ORCHESTRATOR, run_tis
 from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
+from aflow.runtime.by_hand import mapped_task_state
 from aflow.runtime.stats import trigger_counts
 from aflow.runtime.timetable import DagRunInfo, timetable_for
 from aflow.secrets import mask_value
-from aflow.states import DagRunState, RunType
+from aflow.states import DagRunState, RunType, TaskState
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 from aflow.web import graph
 from aflow.web.rendered import rendered_fields
@@ -44,6 +47,7 @@ from aflow.web.states import RUN_COLOURS, TASK_COLOURS, stylesheet
 DAGS_PER_PAGE = 50
 RECENT_RUNS = 10  # dots per DAG on the list
 GRID_RUNS = 25
+MAX_INSTANCE_LINKS = 50  # a mapped task's page links this many of its instances
 EVENT_POLL_S = 0.5  # how often a live page's stream looks at the store
 EVENT_KEEPALIVE_S = 15.0
 CSRF_COOKIE = "aflow_csrf"
@@ -237,13 +241,33 @@ def local_path(target: str | None) -> str:
     return target
 
 
+def by_task(rows: Iterable[TaskInstanceRecord]) -> dict[str, TaskInstanceRecord]:
+    """One record per task, as the grid and graph show it: an expanded mapped task as its
+    first instance in the state of all of them (see `by_hand.mapped_task_state`)."""
+    out: dict[str, TaskInstanceRecord] = {}
+    groups: dict[str, list[TaskInstanceRecord]] = {}
+    for r in rows:
+        if r.map_index < 0:
+            out.setdefault(r.task_id, r)
+        elif r.state is not TaskState.REMOVED:
+            groups.setdefault(r.task_id, []).append(r)
+    for task_id, group in groups.items():
+        first = min(group, key=lambda r: r.map_index)
+        out[task_id] = dataclasses.replace(first, state=mapped_task_state(r.state for r in group))
+    return out
+
+
+def task_states(rows: Iterable[TaskInstanceRecord]) -> dict[str, str]:
+    return {t: r.state.value for t, r in by_task(rows).items()}
+
+
 async def grid_data(o: Orchestrator, dag: DagRecord) -> dict[str, Any]:
     runs = list(reversed(await o.store.list_runs(dag.dag_id, limit=GRID_RUNS)))
     tasks = [t["task_id"] for t in dag.structure.get("tasks", [])]
     states: dict[str, dict[str, str]] = {}
     for run in runs:
         rows = await o.store.get_tis(dag.dag_id, run.run_id)
-        states[run.run_id] = {t.task_id: t.state.value for t in rows}
+        states[run.run_id] = task_states(rows)
     return {"runs": runs, "tasks": tasks, "states": states}
 
 
@@ -254,7 +278,7 @@ async def dag_page(request: web.Request) -> web.Response:
     grid = await grid_data(o, dag)
     selected_id = request.query.get("run_id") or (grid["runs"][-1].run_id if grid["runs"] else None)
     selected = await o.store.get_run(dag.dag_id, selected_id) if selected_id else None
-    tis = {t.task_id: t for t in await run_tis(request, dag.dag_id, selected.run_id)} if selected else {}
+    tis = by_task(await run_tis(request, dag.dag_id, selected.run_id)) if selected else {}
     lay = graph.layout(dag.structure.get("tasks", []))
     return render(request, "dag.html", dag=dag, grid=grid, layout=lay, selected=selected,
                   tis=tis, loaded=dag.dag_id in o.dagbag.dags)
@@ -303,9 +327,26 @@ async def task_page(request: web.Request) -> web.Response:
     dag = await dag_or_404(request, request.match_info["dag_id"])
     run = await run_or_404(request, dag.dag_id, request.match_info["run_id"])
     task_id = request.match_info["task_id"]
-    ti = next((t for t in await run_tis(request, dag.dag_id, run.run_id) if t.task_id == task_id), None)
+    rows = [t for t in await run_tis(request, dag.dag_id, run.run_id) if t.task_id == task_id]
+    mapped = sorted((t for t in rows if t.map_index >= 0 and t.state is not TaskState.REMOVED),
+                    key=lambda t: t.map_index)
+    try:
+        wanted = int(request.query.get("map_index", mapped[0].map_index if mapped else -1))
+    except ValueError:
+        wanted = -1
+    ti = next((t for t in rows if t.map_index == wanted), None)
     if ti is None:
-        raise PageError(404, f"Run {run.run_id!r} of {dag.dag_id!r} has no task {task_id!r}.")
+        raise PageError(404, f"Run {run.run_id!r} of {dag.dag_id!r} has no task {task_id!r}"
+                             + (f" with map index {wanted}." if wanted >= 0 else "."))
+    instances = None
+    if mapped:  # the counts by state, and links to the first and the unsuccessful ones
+        counts: dict[str, int] = {}
+        for t in mapped:
+            counts[t.state.value] = counts.get(t.state.value, 0) + 1
+        shown = [t for t in mapped if t.state is not TaskState.SUCCESS][:MAX_INSTANCE_LINKS]
+        shown += mapped[: max(0, MAX_INSTANCE_LINKS - len(shown))]
+        instances = {"total": len(mapped), "counts": counts,
+                     "links": sorted({(t.map_index, t.state.value) for t in shown})}
     xcoms = await o.store.get_xcoms(dag.dag_id, run.run_id, task_id)
     try:
         shown_try = int(request.query.get("try", ti.try_number))
@@ -313,7 +354,8 @@ async def task_page(request: web.Request) -> web.Response:
         shown_try = ti.try_number
     shown_try = min(max(shown_try, 1), max(ti.try_number, 1))
     fields, why_not = await rendered_fields(o, run, ti)
-    return render(request, "task.html", dag=dag, run=run, ti=ti, xcoms=xcoms,
+    xcoms = [x for x in xcoms if x.map_index == ti.map_index]
+    return render(request, "task.html", dag=dag, run=run, ti=ti, xcoms=xcoms, instances=instances,
                   shown_try=shown_try, rendered=fields, rendered_problem=why_not,
                   xcom_json={x.key: json.dumps(mask_value(x.value), indent=2, default=str)
                              for x in xcoms})
@@ -477,7 +519,7 @@ async def _snapshot(o: Orchestrator, dag_id: str, run_ids: list[str]) -> dict[st
     tis: dict[str, dict[str, str]] = {}
     for run in shown.values():
         if run.state in (DagRunState.QUEUED, DagRunState.RUNNING) or run.run_id in run_ids:
-            tis[run.run_id] = {t.task_id: t.state.value for t in await o.store.get_tis(dag_id, run.run_id)}
+            tis[run.run_id] = task_states(await o.store.get_tis(dag_id, run.run_id))
     return {
         "runs": {r.run_id: r.state.value for r in shown.values()},
         "tis": tis,

@@ -13,6 +13,7 @@ from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.xcom import XComView
 from aflow.secrets import mask, mask_value
 from aflow.secrets.templates import secret_refs, template_context
+from aflow.states import TaskState
 from aflow.store.records import DagRunRecord, TaskInstanceRecord
 
 
@@ -24,11 +25,24 @@ async def rendered_fields(
     if dag is None or ti.task_id not in dag.task_dict:
         return {}, "the DAG is not loaded by this server"
     task = dag.task_dict[ti.task_id]
-    if not task.template_fields:
+    if not task.template_fields and not task.is_mapped:
         return {}, None
     xcoms = XComView()
     for x in await o.store.get_xcoms(run.dag_id, run.run_id):
         xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
+    if task.is_mapped:  # the instance, built from its resolved input as its try built it
+        if ti.map_index < 0:
+            return {}, "the task is mapped: open one of its instances"
+        lengths: dict[str, int] = {}
+        for row in await o.store.get_tis(run.dag_id, run.run_id):
+            if row.map_index >= 0 and row.state is not TaskState.REMOVED:
+                lengths[row.task_id] = lengths.get(row.task_id, 0) + 1
+        for task_id, n in lengths.items():
+            xcoms.set_mapped(task_id, n)
+        try:
+            task = task.unmap(ti.map_index, task.resolve_input(xcoms))  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - why it cannot be shown is what the page shows
+            return {}, mask(f"{type(exc).__name__}: {exc}")
     runtime = RuntimeTaskInstance(
         dag_id=run.dag_id, run_id=run.run_id, task_id=ti.task_id, map_index=ti.map_index,
         try_number=max(ti.try_number, 1), max_tries=ti.max_tries, start_date=ti.start_date,

@@ -68,7 +68,7 @@ async function tailLog(pre) {
   for (;;) {
     let chunk = null;
     try {
-      const response = await fetch(pre.dataset.logUrl + "?offset=" + offset);
+      const response = await fetch(pre.dataset.logUrl + (pre.dataset.logUrl.includes("?") ? "&" : "?") + "offset=" + offset);
       if (response.ok) chunk = await response.json();
       else if (response.status === 404) { pre.dataset.complete = "1"; return; }  // no such try
     } catch (e) { chunk = null; }

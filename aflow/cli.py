@@ -435,7 +435,8 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
 async def cmd_tasks_list(args: argparse.Namespace) -> int:
     dag = (await _load_bag(args)).get_dag(args.dag_id)
     rows = [
-        {"task_id": t.task_id, "operator": type(t).__name__, "trigger_rule": t.trigger_rule.value,
+        {"task_id": t.task_id, "operator": t.operator_name + (" (mapped)" if t.is_mapped else ""),
+         "trigger_rule": t.trigger_rule.value,
          "upstream": ",".join(sorted(t.upstream_task_ids))}
         for t in dag.topological_order()
     ]

@@ -281,7 +281,8 @@ class DAG:
             "tasks": [
                 {
                     "task_id": t.task_id,
-                    "operator": type(t).__name__,
+                    "operator": t.operator_name,
+                    **({"mapped": True} if t.is_mapped else {}),
                     "trigger_rule": str(t.trigger_rule),
                     "retries": t.retries,
                     "upstream": sorted(t.upstream_task_ids),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aflow.authoring.baseoperator import BaseOperator
+from aflow.authoring.templating import has_templates, value_has_template
 from aflow.authoring.xcom_arg import XComArg, iter_xcom_args
 from aflow.exceptions import DagDefinitionError
 
@@ -92,8 +93,6 @@ def _as_sequence(task_id: str, name: str, value: Any) -> Sequence[Any]:
 class MappedOperator(BaseOperator):
     """A task expanded over its input at run time into one instance per element."""
 
-    ui_color = "#f0f0ff"
-
     def __init__(
         self,
         *,
@@ -110,6 +109,7 @@ class MappedOperator(BaseOperator):
         self.expand_kwargs_input = expand_kwargs_input
         self.mapped_into = mapped_into  # "op_kwargs" for @task: mapped values are its arguments
         self.template_fields = ()  # rendered on each instance, not here
+        self.ui_color = operator_class.ui_color
         # BaseOperator arguments given to partial(), which every instance gets too
         self.base_kwargs = {k: v for k, v in base_kwargs.items() if k not in _NOT_MAPPABLE}
         super().__init__(**base_kwargs)
@@ -167,10 +167,13 @@ class MappedOperator(BaseOperator):
         # its own arguments (its constructor only stores them), which is ~5x cheaper.
         template = self.__dict__.get("_aflow_template")
         if template is None:
-            template = self._aflow_template = self._build(self.partial_kwargs)
+            template = self._build(self.partial_kwargs)
+            template._aflow_templated = has_templates(template)
+            self._aflow_template = template
         op = copy.copy(template)
         setattr(op, self.mapped_into, {**getattr(template, self.mapped_into), **mapped})
-        op.__dict__.pop("_aflow_templated", None)  # its own values may hold templates
+        if not template._aflow_templated and self.mapped_into in op.template_fields:
+            op._aflow_templated = value_has_template(mapped, tuple(op.template_ext))
         return op
 
     def _build(self, kwargs: dict[str, Any]) -> BaseOperator:

@@ -100,22 +100,22 @@ def render_value(
     return value
 
 
-def _has_template(value: Any, template_ext: tuple[str, ...]) -> bool:
+def value_has_template(value: Any, template_ext: tuple[str, ...]) -> bool:
     if isinstance(value, (XComArg, ParamRef)):  # noqa: UP038 - a tuple is faster here
         return True
     if isinstance(value, str):
         return "{{" in value or "{%" in value or bool(template_ext and value.endswith(template_ext))
     if isinstance(value, list | tuple | set):
-        return any(_has_template(v, template_ext) for v in value)
+        return any(value_has_template(v, template_ext) for v in value)
     if isinstance(value, dict):
-        return any(_has_template(v, template_ext) for v in value.values())
+        return any(value_has_template(v, template_ext) for v in value.values())
     return False
 
 
 def has_templates(task: BaseOperator) -> bool:
     """Whether any templated field holds something to render (checked once per task)."""
     ext = tuple(task.template_ext)
-    return any(_has_template(getattr(task, f, None), ext) for f in task.template_fields)
+    return any(value_has_template(getattr(task, f, None), ext) for f in task.template_fields)
 
 
 def render_template_fields(task: BaseOperator, context: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def layout(tasks: Sequence[dict[str, Any]]) -> Layout:
     tallest = max((len(c) for c in columns), default=0)
     height = 2 * MARGIN + max(tallest * (NODE_H + GAP_Y) - GAP_Y, 0)
     width = 2 * MARGIN + max(len(columns) * (NODE_W + GAP_X) - GAP_X, 0)
-    operator = {t["task_id"]: t.get("operator", "") for t in tasks}
+    operator = {t["task_id"]: t.get("operator", "") + (", mapped" if t.get("mapped") else "")
+                for t in tasks}
     position: dict[str, tuple[int, int]] = {}
     nodes = []
     for col, members in enumerate(columns):

@@ -435,6 +435,32 @@ def test_definition_errors_name_the_task_and_the_argument() -> None:
             BashOperator.partial(task_id="d").expand_kwargs([{"bash_command": "echo"}, 3])
 
 
+async def test_partial_arguments_from_xcom_and_templates_reach_every_instance(home: Path) -> None:
+    with DAG("partial_refs", start_date=START) as dag:
+
+        @task
+        def src() -> list[int]:
+            return [1, 2, 3]
+
+        @task
+        def offset() -> int:
+            return 100
+
+        @task
+        def each(x: int, y: int, label: str) -> str:
+            return f"{label}:{x + y}"
+
+        @task
+        def collect(values: list[str]) -> list[str]:
+            return values
+
+        collect(each.partial(y=offset(), label="{{ dag.dag_id }}").expand(x=src()))
+
+    final, _, xcoms = await run_once(dag, home, "partial_refs")
+    assert final.state.value == "success"
+    assert xcoms[("collect", -1)] == ["partial_refs:101", "partial_refs:102", "partial_refs:103"]
+
+
 def test_the_dag_structure_shows_the_mapped_task_once() -> None:
     with DAG("shape", start_date=START) as dag:
 
@@ -454,3 +480,6 @@ def test_the_dag_structure_shows_the_mapped_task_once() -> None:
     assert dag.task_dict["each"].upstream_task_ids == {"src", "extra"}
     assert dag.task_dict["each"].is_mapped and not dag.task_dict["src"].is_mapped
     assert json.dumps(sorted(dag.task_ids)) == '["each", "extra", "src"]'
+    shown = {t["task_id"]: t for t in dag.structure()["tasks"]}
+    assert shown["each"]["operator"] == "_PythonDecoratedOperator" and shown["each"]["mapped"]
+    assert "mapped" not in shown["src"]

@@ -3,6 +3,7 @@
 from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetWatcher
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
+from aflow.authoring.deadlines import DeadlineAlert, DeadlineReference
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.empty import EmptyOperator
 from aflow.authoring.operators.python import PythonOperator
@@ -22,6 +23,7 @@ from aflow.authoring.taskflow import task
 from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
+from aflow.notifications import BaseNotifier, SmtpNotifier, WebhookNotifier
 from aflow.orchestrator import Orchestrator, RunHandle
 from aflow.runtime.backfill import BackfillProgress, BackfillResult, BackfillRun
 from aflow.secrets import Connection, SecretsBackend, Variable, configure_secrets
@@ -39,6 +41,7 @@ __all__ = [
     "BackfillProgress",
     "BackfillResult",
     "BackfillRun",
+    "BaseNotifier",
     "BaseOperator",
     "BaseSensorOperator",
     "BashOperator",
@@ -47,6 +50,8 @@ __all__ = [
     "DAG",
     "DagRunState",
     "DateTimeSensor",
+    "DeadlineAlert",
+    "DeadlineReference",
     "EmptyOperator",
     "ExternalTaskSensor",
     "FileSensor",
@@ -61,6 +66,7 @@ __all__ = [
     "RunType",
     "SecretsBackend",
     "SkipTask",
+    "SmtpNotifier",
     "SqlSensor",
     "SystemClock",
     "TaskFailure",
@@ -69,6 +75,7 @@ __all__ = [
     "TriggerRule",
     "Variable",
     "Webhook",
+    "WebhookNotifier",
     "WebhookSensor",
     "WeightRule",
     "chain",

@@ -6,7 +6,7 @@
 
 Start order (left in reverse): DAG processor (parses a DAG folder in parser processes)
 → store (migrations) → log routing → task group → configured pools written, slots (with
-the store's pools, kept current by PoolSync) and run driver → scheduler
+the store's pools, kept current by PoolSync), run driver and deadline watcher → scheduler
 (claims runs, creates scheduled ones) → triggerer → the DAG folder watcher. Leaving is
 graceful: start nothing new, let running tries finish for `shutdown_grace_s`, then
 cancel them (they are recorded to run again), release leases, flush the store.
@@ -40,6 +40,7 @@ from aflow.runtime.dag_processor import (
     BagChange,
     DagProcessor,
 )
+from aflow.runtime.deadlines import DeadlineWatcher
 from aflow.runtime.pools import PoolSpec, PoolSync, parse_pools
 from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import with_unstarted
@@ -183,6 +184,7 @@ class Orchestrator:
         self.driver: RunDriver | None = None
         self.scheduler: Scheduler | None = None
         self.triggerer: Triggerer | None = None
+        self.deadlines: DeadlineWatcher | None = None
         self._stop_now = anyio.Event()
         self.started_at: datetime | None = None  # when __aenter__ began (clock time)
 
@@ -269,6 +271,11 @@ class Orchestrator:
             log_dir=self.log_dir,
             thread_limiter=anyio.CapacityLimiter(self.parallelism),
         )
+        self.deadlines = DeadlineWatcher(  # before any run is adopted: it hears of each
+            store=store, clock=self.clock, driver=self.driver, owner=self.process_id,
+            thread_limiter=self.driver.thread_limiter,
+        )
+        await tg.start(self.deadlines.run)
         self.scheduler = Scheduler(
             store=store,
             clock=self.clock,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from aflow.authoring.assets import as_outlets
 from aflow.authoring.dag import DAG, current_dag, validate_id
+from aflow.authoring.deadlines import as_deadlines
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
 from aflow.states import TriggerRule, WeightRule
 
@@ -99,6 +100,7 @@ class BaseOperator:
         email: str | list[str] | None = None,
         depends_on_past: bool = False,
         outlets: Any = None,
+        deadline: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -157,6 +159,7 @@ class BaseOperator:
         self.email = email
         self.depends_on_past = depends_on_past
         self.outlets = as_outlets(task_id, outlets)  # assets its success updates
+        self.deadlines = as_deadlines(f"task {task_id!r}", deadline)  # DeadlineAlerts
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         self.dag: DAG | None = None

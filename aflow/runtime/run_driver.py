@@ -30,6 +30,7 @@ from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
+from aflow.runtime import services
 from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
@@ -199,6 +200,7 @@ class RunDriver:
         self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
         self.on_try_started: list[Callable[[RunState, TIState], None]] = []  # e.g. metrics
         self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
+        self.on_run_adopted: list[Callable[[RunState], None]] = []  # e.g. deadline timers
         self.tries_started = 0
         self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
         self._inline_pending = False
@@ -231,6 +233,8 @@ class RunDriver:
         if run.state is not DagRunState.RUNNING:
             rs.run = dataclasses.replace(run, state=DagRunState.RUNNING, start_date=run.start_date or now)
             await self._durably(self.store.save_run, rs.run)
+        for listener in self.on_run_adopted:
+            listener(rs)
         if any(t.state is TaskState.SUCCESS for t in rs.tis.values()):
             for x in await self.store.get_xcoms(run.dag_id, run.run_id):
                 rs.xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
@@ -1005,16 +1009,25 @@ class RunDriver:
         rs.done.set()
 
     async def _dag_callback(self, rs: RunState, cb: Any) -> None:
+        failed = rs.run.state is DagRunState.FAILED
         context = {
             "dag": rs.dag,
             "dag_run": rs.run,
             "run_id": rs.run.run_id,
-            "reason": "task_failure" if rs.run.state is DagRunState.FAILED else "success",
+            "logical_date": rs.run.logical_date,
+            "reason": "task_failure" if failed else "success",
+            "failed_task_ids": sorted({t.task_id for t in rs.tis.values()
+                                       if t.state is TaskState.FAILED}),
         }
+        token = services.set_store(self.store)  # a notifier looks its Connection up there
         try:
-            await call_callback(cb, context, self.thread_limiter)
-        except Exception:  # noqa: BLE001 - a callback never changes the run
-            log.exception("DAG %s callback failed", rs.dag.dag_id)
+            for one in cb if isinstance(cb, list | tuple) else [cb]:  # one, or a list
+                try:
+                    await call_callback(one, context, self.thread_limiter)
+                except Exception:  # noqa: BLE001 - a callback never changes the run
+                    log.exception("DAG %s callback failed", rs.dag.dag_id)
+        finally:
+            services.reset_store(token)
 
     async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """A state write the run cannot go on without: retried with backoff until it commits

@@ -80,6 +80,7 @@ class DeadlineWatcher:
         self.owner = owner
         self.thread_limiter = thread_limiter
         self.missed = 0  # misses this process recorded (and so alerted)
+        self.recorded_before = 0  # due deadlines whose miss another process (or life) recorded
         # Called once a due deadline is dealt with: (the miss as recorded, whether this
         # process recorded it, and so sent its alert). For metrics and tests.
         self.on_fired: list[Callable[[DeadlineMissRecord, bool], None]] = []
@@ -201,6 +202,7 @@ class DeadlineWatcher:
         )
         won = await self._retrying(self.store.record_deadline_miss, miss)
         if not won:
+            self.recorded_before += 1
             log.info("deadline %s of %s was recorded already; no second alert", timer.index,
                      _what(miss))
         else:

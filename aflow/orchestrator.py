@@ -329,7 +329,8 @@ class Orchestrator:
             raise
 
     async def _drain(self, tg: Any) -> None:
-        """Shutdown: start nothing new, give running tries the grace period, then cancel."""
+        """Shutdown: start nothing new, give running tries (and DAG callbacks, deadline
+        alerts) the grace period, then cancel."""
         assert self._slots is not None
         self._slots.stop_accepting()
         with anyio.move_on_after(self.shutdown_grace_s) as scope:
@@ -339,11 +340,20 @@ class Orchestrator:
                     await event_wait()
                     scope.cancel()
 
-                waiters.start_soon(until, self._slots.wait_drained)
+                waiters.start_soon(until, self._settled)
                 waiters.start_soon(until, self._stop_now.wait)
         if self._slots.running:
             log.warning("cancelling %d running tries after the grace period", self._slots.running)
         tg.cancel_scope.cancel()
+
+    async def _settled(self) -> None:
+        """No try runs, and no DAG callback or deadline alert is being sent."""
+        assert self._slots is not None
+        await self._slots.wait_drained()
+        if self.driver is not None:
+            await self.driver.wait_callbacks()
+        if self.deadlines is not None:
+            await self.deadlines.wait_idle()
 
     def cut_grace_short(self) -> None:
         """During shutdown: stop waiting for running tries and cancel them now."""

@@ -80,6 +80,8 @@ class DeadlineWatcher:
         self.owner = owner
         self.thread_limiter = thread_limiter
         self.missed = 0  # misses this process recorded (and so alerted)
+        self.firing = 0  # due deadlines being recorded and alerted now
+        self._fire_done = anyio.Event()
         self.recorded_before = 0  # due deadlines whose miss another process (or life) recorded
         # Called once a due deadline is dealt with: (the miss as recorded, whether this
         # process recorded it, and so sent its alert). For metrics and tests.
@@ -165,7 +167,15 @@ class DeadlineWatcher:
                     del self._by_run[timer.rs.key]
             if self._still_open(timer):
                 assert self._tg is not None
+                self.firing += 1
                 self._tg.start_soon(self._fire, timer)
+
+    async def wait_idle(self) -> None:
+        """Return once no due deadline is being recorded or alerted (a shutdown lets
+        them finish within its grace period)."""
+        while self.firing:
+            self._fire_done = anyio.Event()
+            await self._fire_done.wait()
 
     async def _sleep_until(self, when: datetime) -> None:
         """Until `when` on the clock, or until an earlier deadline arrives."""
@@ -193,6 +203,13 @@ class DeadlineWatcher:
 
     # -- firing ------------------------------------------------------------------------------
     async def _fire(self, timer: _Timer) -> None:
+        try:
+            await self._record_and_alert(timer)
+        finally:
+            self.firing -= 1
+            self._fire_done.set()
+
+    async def _record_and_alert(self, timer: _Timer) -> None:
         rs, alert = timer.rs, timer.alert
         miss = DeadlineMissRecord(
             dag_id=rs.run.dag_id, run_id=rs.run.run_id, task_id=timer.task_id,

@@ -201,6 +201,8 @@ class RunDriver:
         self.on_try_started: list[Callable[[RunState, TIState], None]] = []  # e.g. metrics
         self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
         self.on_run_adopted: list[Callable[[RunState], None]] = []  # e.g. deadline timers
+        self.callbacks_running = 0  # DAG callbacks (e.g. notifiers) started and not done
+        self._callbacks_changed = anyio.Event()
         self.tries_started = 0
         self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
         self._inline_pending = False
@@ -1003,6 +1005,7 @@ class RunDriver:
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
         if callbacks is not None:
+            self.callbacks_running += 1  # (counted now: a shutdown waits for it, see below)
             self._tg.start_soon(self._dag_callback, rs, callbacks)
         for listener in self.on_run_finished:
             listener(rs)
@@ -1028,6 +1031,15 @@ class RunDriver:
                     log.exception("DAG %s callback failed", rs.dag.dag_id)
         finally:
             services.reset_store(token)
+            self.callbacks_running -= 1
+            self._callbacks_changed.set()
+
+    async def wait_callbacks(self) -> None:
+        """Return once no DAG callback is running (a shutdown lets them finish, within
+        its grace period, as it does running tries)."""
+        while self.callbacks_running:
+            self._callbacks_changed = anyio.Event()
+            await self._callbacks_changed.wait()
 
     async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """A state write the run cannot go on without: retried with backoff until it commits

@@ -182,11 +182,11 @@ async def test_after_a_restart_a_recorded_miss_is_not_alerted_again(
     PostgreSQL adopting the run: either way the miss is recorded, so no second alert."""
     clock = ManualClock(START)
     alerts = Alerts()
-    gate = anyio.Event()
+    gate, started = anyio.Event(), anyio.Event()
     with DAG("restart", start_date=START, deadline=DeadlineAlert(
             reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=10),
             callback=alerts)) as dag:
-        PythonOperator(task_id="t", python_callable=blocking(gate))
+        PythonOperator(task_id="t", python_callable=blocking(gate, started))
 
     async with Orchestrator([dag], home=home, store=store_url, clock=clock, schedule=False,
                             shutdown_grace_s=0) as first:
@@ -194,6 +194,8 @@ async def test_after_a_restart_a_recorded_miss_is_not_alerted_again(
         fired = Fired()
         first.deadlines.on_fired.append(fired)
         handle = await first.trigger("restart")
+        with anyio.fail_after(15):
+            await started.wait()  # the try runs: the shutdown interrupts it cleanly
         clock.advance(timedelta(minutes=11))
         ((miss, won),) = await fired.wait_for(1)
         assert won and miss.alert_state == "sent"

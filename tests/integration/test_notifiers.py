@@ -259,3 +259,21 @@ async def test_smtp_default_mail_for_a_task_failure_names_task_and_error(
     html = msg.get_body(("html",)).get_content()
     assert "ValueError: the source table is empty" in html
     assert "http://aflow.example/dags/mail_task/runs/" in html
+
+
+async def test_a_dag_callback_still_running_at_shutdown_is_let_finish(home: Any) -> None:
+    """`aflow dags test` and embedded users leave right after the run ends: the DAG's
+    failure callback (a notifier) finishes within the shutdown grace, not cut off."""
+    from tests.conftest import run_dag
+
+    sent: list[str] = []
+
+    async def slow_notifier(context: dict[str, Any]) -> None:
+        await anyio.sleep(0.3)  # a slow webhook: the orchestrator is already leaving
+        sent.append(context["reason"])
+
+    with DAG("slow_callback", start_date=START, on_failure_callback=slow_notifier) as dag:
+        PythonOperator(task_id="bad", python_callable=boom)
+    result = await run_dag(dag, home)
+    assert result.state == "failed"
+    assert sent == ["task_failure"]

@@ -234,3 +234,53 @@ def test_deadline_arguments_are_checked_with_clear_errors() -> None:
     fixed = DeadlineAlert(reference=DeadlineReference.FIXED_DATETIME(START), interval=60)
     assert fixed.interval == timedelta(minutes=1)
     assert fixed.describe() == "by 2024-01-01T00:01:00+00:00"
+
+
+async def test_a_deadline_notifier_posts_its_alert_and_a_failing_one_is_recorded_failed(
+    home: Path,
+) -> None:
+    from aiohttp import web
+
+    from aflow import WebhookNotifier
+    from tests.integration.test_notifiers import Hook
+
+    good, bad = Hook(), Hook()
+    bad.status = 500
+    app = web.Application()
+    app.router.add_post("/good", good.handle)
+    app.router.add_post("/bad", bad.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        clock = ManualClock(START)
+        gate, started = anyio.Event(), anyio.Event()
+        with DAG("late_webhook", start_date=START, deadline=DeadlineAlert(
+                reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=timedelta(hours=1),
+                callback=[WebhookNotifier(f"{base}/good", slack=True),
+                          WebhookNotifier(f"{base}/bad")])) as dag:
+            PythonOperator(task_id="t", python_callable=blocking(gate, started))
+        async with Orchestrator([dag], home=home, clock=clock, schedule=False,
+                                shutdown_grace_s=0) as o:
+            assert o.deadlines is not None
+            fired = Fired()
+            o.deadlines.on_fired.append(fired)
+            handle = await o.trigger("late_webhook", logical_date=START - timedelta(minutes=30))
+            with anyio.fail_after(15):
+                await started.wait()
+            clock.advance(timedelta(minutes=31))
+            ((miss, won),) = await fired.wait_for(1)
+            assert won and miss.deadline_at == START + timedelta(minutes=30)
+            assert miss.alert_state == "failed" and "500" in (miss.alert_error or "")
+            (slack,) = good.bodies
+            assert "missed its deadline" in slack["text"] and handle.run_id in slack["text"]
+            (generic,) = bad.bodies
+            assert generic["reason"] == "deadline_missed" and generic["state"] == "running"
+            assert generic["deadline"]["deadline_at"] == miss.deadline_at.isoformat()
+            (recorded,) = await o.store.deadline_misses("late_webhook", handle.run_id)
+            assert recorded.alert_state == "failed"
+            gate.set()
+            assert (await handle.wait(timeout=30)).state.value == "success"  # not cancelled
+    finally:
+        await runner.cleanup()

@@ -277,3 +277,40 @@ async def test_a_dag_callback_still_running_at_shutdown_is_let_finish(home: Any)
     result = await run_dag(dag, home)
     assert result.state == "failed"
     assert sent == ["task_failure"]
+
+
+async def test_smtp_notifier_logs_in_with_the_connection_credentials(
+    orchestrator_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
+                      auth_data: Any) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"p@ss word")
+
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port(),
+                            authenticator=authenticator, auth_require_tls=False)
+    controller.start()
+    try:
+        monkeypatch.setenv("AFLOW_CONN_SMTP_DEFAULT",
+                           f"smtp://bot%40example.com:p%40ss%20word@127.0.0.1:{controller.port}")
+        with DAG("mail_login", start_date=START) as dag:
+            PythonOperator(task_id="t", python_callable=lambda: 1,
+                           on_success_callback=SmtpNotifier("ops@example.com"))
+        o = await orchestrator_factory([dag])
+        handle = await o.trigger("mail_login")
+        assert (await handle.wait(timeout=30)).state.value == "success"
+        assert await anyio.to_thread.run_sync(box.arrived.wait, 15)
+    finally:
+        controller.stop()
+    assert logins == [(b"bot@example.com", b"p@ss word")]
+    (envelope,) = box.envelopes
+    assert envelope.mail_from == "bot@example.com"  # no from_email: the login sends
+    msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    assert msg["Subject"] == "aflow: task t of DAG mail_login (run " + handle.run_id + ") succeeded"

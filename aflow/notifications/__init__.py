@@ -2,8 +2,10 @@
 (`on_failure_callback=`, `on_success_callback=`, `on_retry_callback=` of tasks and DAGs,
 and the `callback=` of a DeadlineAlert), alone or in lists."""
 
-from aflow.notifications.base import BaseNotifier, describe
+from aflow.notifications.base import BaseNotifier, NotificationError, describe
 from aflow.notifications.smtp import SmtpNotifier
 from aflow.notifications.webhook import WebhookNotifier
 
-__all__ = ["BaseNotifier", "SmtpNotifier", "WebhookNotifier", "describe"]
+__all__ = [
+    "BaseNotifier", "NotificationError", "SmtpNotifier", "WebhookNotifier", "describe",
+]

@@ -13,8 +13,13 @@ from typing import Any
 import jinja2
 
 from aflow.authoring.templating import jinja_env, render_value
+from aflow.exceptions import AflowError
 
 log = logging.getLogger(__name__)
+
+
+class NotificationError(AflowError):
+    """A notifier could not deliver its alert (the message never holds a secret URL)."""
 
 
 class BaseNotifier:

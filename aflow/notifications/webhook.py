@@ -4,11 +4,19 @@ payload or as a Slack-compatible message (`{"text": ..., "blocks": [...]}`)."""
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
 from aflow.exceptions import DagDefinitionError
-from aflow.notifications.base import BaseNotifier, default_message, describe, page_url
+from aflow.notifications.base import (
+    BaseNotifier,
+    NotificationError,
+    default_message,
+    describe,
+    page_url,
+)
+from aflow.secrets.masking import add_secret
 
 Format = Literal["json", "slack"]
 DEFAULT_TIMEOUT_S = 10.0
@@ -72,10 +80,22 @@ class WebhookNotifier(BaseNotifier):
 
     async def notify(self, context: dict[str, Any]) -> None:
         url, headers, auth = await self._target()
-        async with httpx.AsyncClient(timeout=self.timeout, auth=auth) as client:
-            answer = await client.post(url, json=self.payload(context),
-                                       headers=headers | self.headers)
-            answer.raise_for_status()
+        # A webhook's path is often its secret (Slack's is): the whole URL is masked in
+        # logs (httpx logs each request), and errors name the server only.
+        if urlsplit(url).path.strip("/") or urlsplit(url).query:
+            add_secret(url)
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, auth=auth) as client:
+                answer = await client.post(url, json=self.payload(context),
+                                           headers=headers | self.headers)
+        except httpx.HTTPError as exc:
+            raise NotificationError(
+                f"could not reach the webhook at {_server(url)}: {type(exc).__name__}: "
+                f"{str(exc).replace(url, _server(url))}") from None
+        if not answer.is_success:
+            raise NotificationError(
+                f"the webhook at {_server(url)} answered {answer.status_code} "
+                f"{answer.reason_phrase}: {answer.text[:200]!r}")
 
     async def _target(self) -> tuple[str, dict[str, str], httpx.BasicAuth | None]:
         if self.url is not None:
@@ -95,8 +115,17 @@ class WebhookNotifier(BaseNotifier):
         return _join(host, self.endpoint), headers, auth
 
     def __repr__(self) -> str:
-        where = self.url if self.url is not None else f"conn {self.http_conn_id}"
+        where = _server(self.url) if self.url is not None else f"conn {self.http_conn_id}"
         return f"<WebhookNotifier {self.format} {where}>"
+
+
+def _server(url: str) -> str:
+    """scheme://host[:port] of a URL, without its path, query or credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def _join(base: str, endpoint: str) -> str:

@@ -35,6 +35,7 @@ from aflow.notifications.base import BaseNotifier
 from aflow.runtime import services
 from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.task_runner import call_callback
+from aflow.secrets.masking import mask
 from aflow.states import FINISHED_TASK_STATES
 from aflow.store.base import Store
 from aflow.store.records import DeadlineMissRecord
@@ -245,7 +246,7 @@ class DeadlineWatcher:
                         await call_callback(cb, self._context(rs, miss), self.thread_limiter)
                 except Exception as exc:  # noqa: BLE001 - an alert never changes the run
                     log.exception("deadline alert of %s failed", _what(miss))
-                    errors.append(f"{type(exc).__name__}: {exc}")
+                    errors.append(mask(f"{type(exc).__name__}: {exc}"))  # shown in the UI
         finally:
             services.reset_store(token)
         state, error = ("failed", "; ".join(errors)[:2000]) if errors else ("sent", None)

@@ -134,15 +134,15 @@ async def test_dag_failure_callbacks_in_a_list_send_slack_and_call_functions(
     assert context["failed_task_ids"] == ["bad"]
 
 
-async def test_a_failing_notifier_never_changes_the_run(
-    orchestrator_factory: Any, hook: tuple[Hook, str],
+async def test_a_failing_notifier_never_changes_the_run_nor_logs_its_secret_path(
+    orchestrator_factory: Any, hook: tuple[Hook, str], home: Any,
 ) -> None:
     receiver, base = hook
     receiver.status = 500
     with DAG("notify_500", start_date=START,
              on_success_callback=WebhookNotifier(f"{base}/dag")) as dag:
         PythonOperator(task_id="t", python_callable=lambda: "done",
-                       on_success_callback=WebhookNotifier(f"{base}/task"))
+                       on_success_callback=WebhookNotifier(f"{base}/T0B0xoxbsecret"))
     o = await orchestrator_factory([dag])
     handle = await o.trigger("notify_500")
     assert (await handle.wait(timeout=30)).state.value == "success"
@@ -150,6 +150,12 @@ async def test_a_failing_notifier_never_changes_the_run(
     assert {b["reason"] for b in bodies} == {"task_success", "success"}
     (ti,) = await handle.task_instances()
     assert ti.state.value == "success"
+
+    from aflow.runtime.logs import log_path
+
+    text = await anyio.Path(log_path(home / "logs", "notify_500", handle.run_id, "t", 1)).read_text()
+    assert f"the webhook at {base} answered 500" in text  # logged in the task's log
+    assert "xoxbsecret" not in text  # a webhook's path is its secret: never logged
 
 
 async def test_webhook_through_an_http_connection_with_headers_and_basic_auth(

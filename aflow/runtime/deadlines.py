@@ -162,7 +162,7 @@ class DeadlineWatcher:
             heapq.heappop(self._heap)
             timer.dead = True  # (not counted in _dead: it has left the heap)
             timers = self._by_run.get(timer.rs.key)
-            if timers is not None:
+            if timers is not None and timer in timers:  # (a run adopted again has others)
                 timers.remove(timer)
                 if not timers:
                     del self._by_run[timer.rs.key]

@@ -3,6 +3,7 @@
 from aflow.authoring.assets import Asset, AssetAll, AssetAny, AssetEvent, AssetWatcher
 from aflow.authoring.baseoperator import BaseOperator, chain
 from aflow.authoring.dag import DAG, dag
+from aflow.authoring.deadlines import DeadlineAlert, DeadlineReference
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitOperator
 from aflow.authoring.operators.email import EmailOperator
@@ -29,6 +30,7 @@ from aflow.authoring.taskgroup import TaskGroup, task_group
 from aflow.authoring.webhooks import Webhook
 from aflow.clock import Clock, ManualClock, SystemClock
 from aflow.exceptions import AflowError, RunBusy, SkipTask, TaskFailure
+from aflow.notifications import BaseNotifier, SmtpNotifier, WebhookNotifier
 from aflow.orchestrator import Orchestrator, RunHandle
 from aflow.runtime.backfill import BackfillProgress, BackfillResult, BackfillRun
 from aflow.secrets import Connection, SecretsBackend, Variable, configure_secrets
@@ -46,6 +48,7 @@ __all__ = [
     "BackfillProgress",
     "BackfillResult",
     "BackfillRun",
+    "BaseNotifier",
     "BaseOperator",
     "BaseSensorOperator",
     "BashOperator",
@@ -55,6 +58,8 @@ __all__ = [
     "DAG",
     "DagRunState",
     "DateTimeSensor",
+    "DeadlineAlert",
+    "DeadlineReference",
     "EmailOperator",
     "EmptyOperator",
     "ExternalTaskSensor",
@@ -73,6 +78,7 @@ __all__ = [
     "SecretsBackend",
     "ShortCircuitOperator",
     "SkipTask",
+    "SmtpNotifier",
     "SqlSensor",
     "SystemClock",
     "TaskFailure",
@@ -83,6 +89,7 @@ __all__ = [
     "TriggerRule",
     "Variable",
     "Webhook",
+    "WebhookNotifier",
     "WebhookSensor",
     "WeightRule",
     "chain",

@@ -6,7 +6,7 @@
 
 Start order (left in reverse): DAG processor (parses a DAG folder in parser processes)
 → store (migrations) → log routing → task group → configured pools written, slots (with
-the store's pools, kept current by PoolSync) and run driver → scheduler
+the store's pools, kept current by PoolSync), run driver and deadline watcher → scheduler
 (claims runs, creates scheduled ones) → triggerer → the DAG folder watcher. Leaving is
 graceful: start nothing new, let running tries finish for `shutdown_grace_s`, then
 cancel them (they are recorded to run again), release leases, flush the store.
@@ -41,6 +41,7 @@ from aflow.runtime.dag_processor import (
     BagChange,
     DagProcessor,
 )
+from aflow.runtime.deadlines import DeadlineWatcher
 from aflow.runtime.pools import PoolSpec, PoolSync, parse_pools
 from aflow.runtime.run_driver import RunDriver, RunState
 from aflow.runtime.run_factory import with_unstarted
@@ -184,6 +185,7 @@ class Orchestrator:
         self.driver: RunDriver | None = None
         self.scheduler: Scheduler | None = None
         self.triggerer: Triggerer | None = None
+        self.deadlines: DeadlineWatcher | None = None
         self._stop_now = anyio.Event()
         self.started_at: datetime | None = None  # when __aenter__ began (clock time)
 
@@ -270,6 +272,11 @@ class Orchestrator:
             log_dir=self.log_dir,
             thread_limiter=anyio.CapacityLimiter(self.parallelism),
         )
+        self.deadlines = DeadlineWatcher(  # before any run is adopted: it hears of each
+            store=store, clock=self.clock, driver=self.driver, owner=self.process_id,
+            thread_limiter=self.driver.thread_limiter,
+        )
+        await tg.start(self.deadlines.run)
         self.scheduler = Scheduler(
             store=store,
             clock=self.clock,
@@ -324,7 +331,8 @@ class Orchestrator:
             raise
 
     async def _drain(self, tg: Any) -> None:
-        """Shutdown: start nothing new, give running tries the grace period, then cancel."""
+        """Shutdown: start nothing new, give running tries (and DAG callbacks, deadline
+        alerts) the grace period, then cancel."""
         assert self._slots is not None
         self._slots.stop_accepting()
         with anyio.move_on_after(self.shutdown_grace_s) as scope:
@@ -334,11 +342,20 @@ class Orchestrator:
                     await event_wait()
                     scope.cancel()
 
-                waiters.start_soon(until, self._slots.wait_drained)
+                waiters.start_soon(until, self._settled)
                 waiters.start_soon(until, self._stop_now.wait)
         if self._slots.running:
             log.warning("cancelling %d running tries after the grace period", self._slots.running)
         tg.cancel_scope.cancel()
+
+    async def _settled(self) -> None:
+        """No try runs, and no DAG callback or deadline alert is being sent."""
+        assert self._slots is not None
+        await self._slots.wait_drained()
+        if self.driver is not None:
+            await self.driver.wait_callbacks()
+        if self.deadlines is not None:
+            await self.deadlines.wait_idle()
 
     def cut_grace_short(self) -> None:
         """During shutdown: stop waiting for running tries and cancel them now."""

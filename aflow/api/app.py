@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from aflow.api import deadlines as _deadlines  # noqa: F401 - registers its route on v1
 from aflow.api import v1
 from aflow.api.auth import auth_middleware
 from aflow.api.errors import error_middleware

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from aflow.authoring.assets import as_outlets
 from aflow.authoring.dag import DAG, current_dag, validate_id
+from aflow.authoring.deadlines import as_deadlines
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
 from aflow.states import TriggerRule, WeightRule
 
@@ -101,6 +102,7 @@ class BaseOperator:
         depends_on_past: bool = False,
         outlets: Any = None,
         task_group: Any = None,
+        deadline: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -167,6 +169,7 @@ class BaseOperator:
         self.email = email
         self.depends_on_past = depends_on_past
         self.outlets = as_outlets(task_id, outlets)  # assets its success updates
+        self.deadlines = as_deadlines(f"task {task_id!r}", deadline)  # DeadlineAlerts
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         self.dag: DAG | None = None

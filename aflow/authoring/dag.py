@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aflow.authoring.assets import as_condition
+from aflow.authoring.deadlines import DeadlineAlert, as_deadlines
 from aflow.authoring.params import ParamsDict
 from aflow.authoring.webhooks import Webhook
 from aflow.exceptions import (
@@ -41,6 +42,7 @@ def stop_collecting(token: contextvars.Token[list[DAG] | None]) -> None:
     _loading.reset(token)
 
 ScheduleArg = Any  # a cron string, a preset, a timedelta, None, or assets (see assets.py)
+Callback = Callable[[dict[str, Any]], Any]  # a function or a notifier, called with a context
 
 
 def validate_id(kind: str, value: str) -> str:
@@ -75,14 +77,15 @@ class DAG:
         max_active_runs: int = 16,
         max_active_tasks: int = 16,
         dagrun_timeout: timedelta | None = None,
-        on_success_callback: Callable[[dict[str, Any]], Any] | None = None,
-        on_failure_callback: Callable[[dict[str, Any]], Any] | None = None,
+        on_success_callback: Callback | list[Callback] | None = None,
+        on_failure_callback: Callback | list[Callback] | None = None,
         user_defined_macros: dict[str, Any] | None = None,
         user_defined_filters: dict[str, Callable[..., Any]] | None = None,
         template_searchpath: str | list[str] | None = None,
         render_template_as_native_obj: bool = False,
         is_paused_upon_creation: bool | None = None,
         webhooks: Iterable[Webhook] | None = None,
+        deadline: DeadlineAlert | list[DeadlineAlert] | None = None,
     ) -> None:
         self.dag_id = validate_id("dag_id", dag_id)
         if start_date is not None and start_date.tzinfo is None:
@@ -119,6 +122,7 @@ class DAG:
         for name in names:
             if names.count(name) > 1:
                 raise DagDefinitionError(f"DAG {dag_id!r}: webhook {name!r} is defined twice")
+        self.deadlines = as_deadlines(f"DAG {dag_id!r}", deadline)  # see runtime/deadlines.py
         self.fileloc: str | None = _caller_file()
         self.task_dict: dict[str, BaseOperator] = {}
         self._topo_cache: list[BaseOperator] | None = None

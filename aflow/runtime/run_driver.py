@@ -31,7 +31,7 @@ from aflow.authoring.dag import DAG
 from aflow.authoring.mapped import ExpandError, ResolvedInput
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
-from aflow.runtime import skips
+from aflow.runtime import services, skips
 from aflow.runtime.by_hand import mapped_task_state, run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
@@ -238,6 +238,20 @@ def _ends_inline(task: Any, ti: TIState) -> bool:
     return _resumes_at_once(task, Resume(ti.next_method, {}, ti.next_event))
 
 
+async def durably(write: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """A state write that what follows cannot go on without: retried with backoff until
+    it commits (a store outage pauses the run instead of losing or wedging it). Returns
+    what it returns."""
+    delay = 0.1
+    while True:
+        try:
+            return await write(*args)
+        except StoreError as exc:
+            log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 class RunDriver:
     def __init__(
         self,
@@ -263,6 +277,9 @@ class RunDriver:
         self.on_deferred: list[Any] = []  # callables(), e.g. waking the triggerer
         self.on_try_started: list[Callable[[RunState, TIState], None]] = []  # e.g. metrics
         self.on_asset_events: list[Any] = []  # callables(), e.g. the scheduler's asset wake-up
+        self.on_run_adopted: list[Callable[[RunState], None]] = []  # e.g. deadline timers
+        self.callbacks_running = 0  # DAG callbacks (e.g. notifiers) started and not done
+        self._callbacks_changed = anyio.Event()
         self.tries_started = 0
         self.create_run: RunCreator | None = None  # set by the orchestrator: runs from tasks
         self._inline: list[tuple[RunState, TIState]] = []  # resumed sensors to end in a batch
@@ -300,6 +317,8 @@ class RunDriver:
         if run.state is not DagRunState.RUNNING:
             rs.run = dataclasses.replace(run, state=DagRunState.RUNNING, start_date=run.start_date or now)
             await self._durably(self.store.save_run, rs.run)
+        for listener in self.on_run_adopted:
+            listener(rs)
         if any(t.state is TaskState.SUCCESS for t in rs.all_tis()):
             for x in await self.store.get_xcoms(run.dag_id, run.run_id):
                 rs.xcoms.set_one(x.task_id, x.map_index, x.key, x.value)
@@ -1159,35 +1178,44 @@ class RunDriver:
         log.info("run %s of %s ended: %s", rs.run.run_id, rs.run.dag_id, state.value)
         callbacks = rs.dag.on_failure_callback if failed else rs.dag.on_success_callback
         if callbacks is not None:
+            self.callbacks_running += 1  # (counted now: a shutdown waits for it, see below)
             self._tg.start_soon(self._dag_callback, rs, callbacks)
         for listener in self.on_run_finished:
             listener(rs)
         rs.done.set()
 
     async def _dag_callback(self, rs: RunState, cb: Any) -> None:
+        failed = rs.run.state is DagRunState.FAILED
         context = {
             "dag": rs.dag,
             "dag_run": rs.run,
             "run_id": rs.run.run_id,
-            "reason": "task_failure" if rs.run.state is DagRunState.FAILED else "success",
+            "logical_date": rs.run.logical_date,
+            "reason": "task_failure" if failed else "success",
+            "failed_task_ids": sorted({t.task_id for t in rs.all_tis()
+                                       if t.state is TaskState.FAILED}),
         }
+        token = services.set_store(self.store)  # a notifier looks its Connection up there
         try:
-            await call_callback(cb, context, self.thread_limiter)
-        except Exception:  # noqa: BLE001 - a callback never changes the run
-            log.exception("DAG %s callback failed", rs.dag.dag_id)
+            for one in cb if isinstance(cb, list | tuple) else [cb]:  # one, or a list
+                try:
+                    await call_callback(one, context, self.thread_limiter)
+                except Exception:  # noqa: BLE001 - a callback never changes the run
+                    log.exception("DAG %s callback failed", rs.dag.dag_id)
+        finally:
+            services.reset_store(token)
+            self.callbacks_running -= 1
+            self._callbacks_changed.set()
+
+    async def wait_callbacks(self) -> None:
+        """Return once no DAG callback is running (a shutdown lets them finish, within
+        its grace period, as it does running tries)."""
+        while self.callbacks_running:
+            self._callbacks_changed = anyio.Event()
+            await self._callbacks_changed.wait()
 
     async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """A state write the run cannot go on without: retried with backoff until it commits
-        (a store outage pauses the run instead of losing or wedging it). Returns what it
-        returns."""
-        delay = 0.1
-        while True:
-            try:
-                return await write(*args)
-            except StoreError as exc:
-                log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await durably(write, *args)
 
     # -- logs -------------------------------------------------------------------------
     def _log_path(self, rs: RunState, ti: TIState) -> str:

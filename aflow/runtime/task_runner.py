@@ -327,7 +327,9 @@ async def call_callback(
     context: dict[str, Any],
     limiter: anyio.CapacityLimiter | None = None,
 ) -> None:
-    if inspect.iscoroutinefunction(cb):
+    if inspect.iscoroutinefunction(cb) or inspect.iscoroutinefunction(
+        inspect.getattr_static(type(cb), "__call__", None)  # a notifier: `async __call__`
+    ):
         await cb(context)
     else:
         result = await anyio.to_thread.run_sync(cb, context, limiter=limiter)
@@ -344,12 +346,16 @@ async def _run_callbacks(
 ) -> None:
     if result.state is TaskState.SUCCESS:
         callbacks = task.on_success_callback
+        outcome = TaskState.SUCCESS
     elif result.state is TaskState.FAILED:
         will_retry = result.retryable and job.try_number <= job.max_tries
         callbacks = task.on_retry_callback if will_retry else task.on_failure_callback
+        outcome = TaskState.UP_FOR_RETRY if will_retry else TaskState.FAILED
         context = {**context, "exception": result.error}
     else:
         return
+    if callbacks:
+        context["ti"].state = outcome.value  # what the callback (a notifier) reports
     for cb in callbacks:
         try:
             await call_callback(cb, context, job.thread_limiter)

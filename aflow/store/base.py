@@ -20,6 +20,7 @@ from aflow.store.records import (
     ConnectionRecord,
     DagRecord,
     DagRunRecord,
+    DeadlineMissRecord,
     ImportErrorRecord,
     PoolRecord,
     ProcessRecord,
@@ -476,6 +477,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_connection(self, conn_id: str) -> bool:
         """False if there was none."""
+
+    # -- deadline misses (see aflow.runtime.deadlines) --------------------------------
+    @abc.abstractmethod
+    async def record_deadline_miss(self, miss: DeadlineMissRecord) -> bool:
+        """Record a missed deadline (committed on return) unless one is recorded already
+        for its (dag_id, run_id, task_id, alert_index); True when this call recorded it:
+        only that caller sends the alert, so it goes out once across restarts and
+        processes."""
+
+    @abc.abstractmethod
+    async def set_deadline_alert_state(
+        self, dag_id: str, run_id: str, task_id: str | None, alert_index: int,
+        state: str, error: str | None = None,
+    ) -> None:
+        """Record how sending a miss's alert ended (`sent` or `failed` with `error`)."""
+
+    @abc.abstractmethod
+    async def deadline_misses(
+        self, dag_id: str, run_id: str | None = None
+    ) -> list[DeadlineMissRecord]:
+        """The misses of a run (or of every run of the DAG), oldest deadline first."""
 
     # -- processes (heartbeats) ---------------------------------------------------
     @abc.abstractmethod

@@ -270,3 +270,29 @@ class ConnectionRecord:
     schema: str | None = None
     extra_enc: str | None = None
     description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineMissRecord:
+    """A deadline that a run (task_id None) or a task of it missed: recorded once per
+    (dag_id, run_id, task_id, alert_index), before its alert is sent. `alert_state`:
+    `none` (no callback), `sending`, `sent` or `failed` (with `alert_error`)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str | None
+    alert_index: int
+    deadline_at: datetime
+    missed_at: datetime
+    description: str = ""
+    owner: str | None = None
+    alert_state: str = "sending"
+    alert_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dag_id": self.dag_id, "run_id": self.run_id, "task_id": self.task_id,
+            "alert_index": self.alert_index, "deadline_at": self.deadline_at.isoformat(),
+            "missed_at": self.missed_at.isoformat(), "description": self.description,
+            "alert_state": self.alert_state, "alert_error": self.alert_error,
+        }

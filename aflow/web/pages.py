@@ -31,6 +31,7 @@ from aflow.api.auth import (
     start_session,
     verify_password,
 )
+from aflow.api.deadlines import run_deadlines
 from aflow.api.v1 import ORCHESTRATOR, run_tis
 from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
@@ -318,7 +319,7 @@ async def run_page(request: web.Request) -> web.Response:
     run = await run_or_404(request, dag.dag_id, request.match_info["run_id"])
     tis = await run_tis(request, dag.dag_id, run.run_id)
     return render(request, "run.html", dag=dag, run=run, tis=tis,
-                  gantt=gantt(tis, o.clock.now()))
+                  gantt=gantt(tis, o.clock.now()), deadlines=await run_deadlines(o, run))
 
 
 @routes.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}")

@@ -97,6 +97,7 @@ from aflow.store.records import (
     ConnectionRecord,
     DagRecord,
     DagRunRecord,
+    DeadlineMissRecord,
     ImportErrorRecord,
     PoolRecord,
     ProcessRecord,
@@ -112,6 +113,8 @@ from aflow.store.records import (
 log = logging.getLogger(__name__)
 
 _TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
+_MISS_COLS = ("dag_id, run_id, task_id, alert_index, deadline_at, missed_at, description, "
+              "owner, alert_state, alert_error")
 _CONN_COLS = (
     "conn_id, conn_type, host, port, login, password_enc, schema, extra_enc, description"
 )
@@ -1689,6 +1692,54 @@ class PostgresStore(Store):
             return bool(status != "DELETE 0")
 
         return await self._transaction(tx)
+
+    # -- deadline misses ----------------------------------------------------------------
+    async def record_deadline_miss(self, miss: DeadlineMissRecord) -> bool:
+        m = miss
+
+        async def tx(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                f"INSERT INTO deadline_miss ({_MISS_COLS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                m.dag_id, m.run_id, m.task_id or "", m.alert_index, enc.aware(m.deadline_at),
+                enc.aware(m.missed_at), m.description, m.owner, m.alert_state, m.alert_error,
+            )
+            return bool(status == "INSERT 0 1")
+
+        return await self._transaction(tx)
+
+    async def set_deadline_alert_state(
+        self, dag_id: str, run_id: str, task_id: str | None, alert_index: int,
+        state: str, error: str | None = None,
+    ) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE deadline_miss SET alert_state=$1, alert_error=$2 "
+                "WHERE dag_id=$3 AND run_id=$4 AND task_id=$5 AND alert_index=$6",
+                state, error, dag_id, run_id, task_id or "", alert_index,
+            )
+
+        await self._transaction(tx)
+
+    async def deadline_misses(
+        self, dag_id: str, run_id: str | None = None
+    ) -> list[DeadlineMissRecord]:
+        if run_id is None:
+            rows = await self._read(
+                f"SELECT {_MISS_COLS} FROM deadline_miss WHERE dag_id=$1 "
+                "ORDER BY deadline_at, run_id, task_id, alert_index", dag_id)
+        else:
+            rows = await self._read(
+                f"SELECT {_MISS_COLS} FROM deadline_miss WHERE dag_id=$1 AND run_id=$2 "
+                "ORDER BY deadline_at, run_id, task_id, alert_index", dag_id, run_id)
+        return [
+            DeadlineMissRecord(
+                dag_id=r[0], run_id=r[1], task_id=r[2] or None, alert_index=r[3],
+                deadline_at=r[4], missed_at=r[5], description=r[6], owner=r[7],
+                alert_state=r[8], alert_error=r[9],
+            )
+            for r in rows
+        ]
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:

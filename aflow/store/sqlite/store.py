@@ -55,6 +55,7 @@ from aflow.store.records import (
     ConnectionRecord,
     DagRecord,
     DagRunRecord,
+    DeadlineMissRecord,
     ImportErrorRecord,
     PoolRecord,
     ProcessRecord,
@@ -1448,6 +1449,37 @@ class SqliteStore(Store):
         return await self._transaction(lambda conn: conn.execute(
             "DELETE FROM connection WHERE conn_id=?", (conn_id,)).rowcount > 0)
 
+    # -- deadline misses ----------------------------------------------------------------
+    async def record_deadline_miss(self, miss: DeadlineMissRecord) -> bool:
+        m = miss
+        return await self._transaction(lambda conn: conn.execute(
+            f"INSERT OR IGNORE INTO deadline_miss ({_MISS_COLS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (m.dag_id, m.run_id, m.task_id or "", m.alert_index, dt_out(m.deadline_at),
+             dt_out(m.missed_at), m.description, m.owner, m.alert_state, m.alert_error),
+        ).rowcount > 0)
+
+    async def set_deadline_alert_state(
+        self, dag_id: str, run_id: str, task_id: str | None, alert_index: int,
+        state: str, error: str | None = None,
+    ) -> None:
+        await self._transaction(lambda conn: conn.execute(
+            "UPDATE deadline_miss SET alert_state=?, alert_error=? "
+            "WHERE dag_id=? AND run_id=? AND task_id=? AND alert_index=?",
+            (state, error, dag_id, run_id, task_id or "", alert_index),
+        ))
+
+    async def deadline_misses(
+        self, dag_id: str, run_id: str | None = None
+    ) -> list[DeadlineMissRecord]:
+        sql = f"SELECT {_MISS_COLS} FROM deadline_miss WHERE dag_id=?"
+        params: list[Any] = [dag_id]
+        if run_id is not None:
+            sql += " AND run_id=?"
+            params.append(run_id)
+        rows = await self._read(sql + " ORDER BY deadline_at, run_id, task_id, alert_index", params)
+        return [_miss_from(r) for r in rows]
+
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:
         await self._write(
@@ -1508,6 +1540,18 @@ def _asset_rows_op(dags: Sequence[DagRecord]) -> Op:
     if watchers:
         op.append((_UPSERT_WATCHER, [(*row, row[4]) for row in watchers]))
     return op
+
+
+_MISS_COLS = ("dag_id, run_id, task_id, alert_index, deadline_at, missed_at, description, "
+              "owner, alert_state, alert_error")
+
+
+def _miss_from(r: Sequence[Any]) -> DeadlineMissRecord:
+    return DeadlineMissRecord(
+        dag_id=r[0], run_id=r[1], task_id=r[2] or None, alert_index=r[3],
+        deadline_at=dt_in(r[4]), missed_at=dt_in(r[5]),  # type: ignore[arg-type]
+        description=r[6], owner=r[7], alert_state=r[8], alert_error=r[9],
+    )
 
 
 def _trigger_from(r: Sequence[Any]) -> TriggerRecord:

@@ -44,7 +44,7 @@ from aflow.runtime.dag_processor import (
 from aflow.runtime.deadlines import DeadlineWatcher
 from aflow.runtime.pools import PoolSpec, PoolSync, parse_pools
 from aflow.runtime.run_driver import RunDriver, RunState
-from aflow.runtime.run_factory import with_unstarted
+from aflow.runtime.run_factory import new_ti, with_unstarted
 from aflow.runtime.scheduler import (
     DEFAULT_LEASE_S,
     DEFAULT_ORPHAN_GRACE_S,
@@ -56,7 +56,7 @@ from aflow.runtime.scheduler import (
 from aflow.runtime.slots import Slots
 from aflow.runtime.triggerer import DEFAULT_CAPACITY as DEFAULT_TRIGGERER_CAPACITY
 from aflow.runtime.triggerer import Triggerer
-from aflow.states import DagRunState, RunType, TaskState
+from aflow.states import DagRunState, RunType, TaskState, mapped_task_state
 from aflow.store.base import Store, busy_message, held_by_live_owner, held_elsewhere
 from aflow.store.factory import open_store_url
 from aflow.store.records import (
@@ -589,7 +589,7 @@ class Orchestrator:
     ) -> tuple[DagRunRecord, dict[str, TaskInstanceRecord], dict[str, list[TaskInstanceRecord]]]:
         """A run not driven here, with a record per task of its DAG (`none` for tasks with
         no row; an expanded mapped task's in the state of its instances, see
-        `by_hand.mapped_task_state`) and the instances of expanded mapped tasks. RunBusy
+        `states.mapped_task_state`) and the instances of expanded mapped tasks. RunBusy
         if another live process drives it, unless `held_ok`."""
         run = await self.store.get_run(dag_id, run_id)
         if run is None:
@@ -600,16 +600,19 @@ class Orchestrator:
             if not held_ok:
                 raise RunBusy(busy_message(run))
         dag = self.dagbag.get_dag(dag_id)
-        rows = with_unstarted(dag_id, run_id, dag.task_ids, await self.store.get_tis(dag_id, run_id))
+        stored = await self.store.get_tis(dag_id, run_id)
+        rows = with_unstarted(dag_id, run_id, dag.task_ids, stored)
         tis = {r.task_id: r for r in rows if r.map_index == -1}
+        own_rows = {r.task_id: r for r in stored if r.map_index == -1}
         instances: dict[str, list[TaskInstanceRecord]] = {}
         for r in rows:
             if r.map_index >= 0 and r.state is not TaskState.REMOVED:
                 instances.setdefault(r.task_id, []).append(r)
         for task_id, group in instances.items():
-            base = tis.get(task_id) or TaskInstanceRecord(dag_id=dag_id, run_id=run_id, task_id=task_id)
+            base = own_rows.get(task_id) or (new_ti(dag.task_dict[task_id], run_id)
+                                             if task_id in dag.task_dict else group[0])
             tis[task_id] = dataclasses.replace(
-                base, state=by_hand.mapped_task_state(r.state for r in group))
+                base, state=mapped_task_state(r.state for r in group))
         return run, tis, instances
 
     async def _rewrite(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -76,3 +77,20 @@ class WeightRule(StrEnum):
     DOWNSTREAM = "downstream"  # its own weight plus every downstream task's (the default)
     UPSTREAM = "upstream"  # its own weight plus every upstream task's
     ABSOLUTE = "absolute"  # its own weight only
+
+
+def mapped_task_state(states: Iterable[TaskState]) -> TaskState:
+    """One state for the instances of a mapped task, as a clear or mark sees the task:
+    the state of one that has not ended if any (so a busy one refuses the change), else
+    failed, upstream_failed, skipped (all were) or success, in that order."""
+    ended = []
+    for state in states:
+        if state not in FINISHED_TASK_STATES:
+            return state
+        ended.append(state)
+    for state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED):
+        if state in ended:
+            return state
+    if ended and all(s is TaskState.SKIPPED for s in ended):
+        return TaskState.SKIPPED
+    return TaskState.SUCCESS

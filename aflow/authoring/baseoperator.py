@@ -243,11 +243,14 @@ class BaseOperator:
         return self.is_async() or is_loop_safe(self.execute)
 
     def prepare_for_run(self) -> BaseOperator:
-        """A shallow copy for one try, so rendering templates never touches the DAG's task."""
+        """A shallow copy for one try, so rendering templates never touches the DAG's task
+        (an instance of a mapped task is built for its try: it is used as it is)."""
         if "_aflow_templated" not in self.__dict__:
             from aflow.authoring.templating import has_templates
 
             self._aflow_templated = has_templates(self)
+        if self.__dict__.get("_aflow_unmapped"):
+            return self
         return copy.copy(self)
 
     # -- setup / teardown --------------------------------------------------

@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from aflow.runtime.xcom import XComView
 
 # BaseOperator arguments a mapped task takes once for all of its instances: its identity,
-# its place in the DAG and the engine's view of it (pool, weight, trigger rule, retries
-# and callbacks). They may not be mapped.
-_NOT_MAPPABLE = frozenset({"task_id", "dag", "default_args", "task_group"})
+# its place in the DAG and what the engine reads off the task itself (pool and slots,
+# weight, trigger rule, retries, deadline). They may not be mapped.
+_NOT_MAPPABLE = frozenset({
+    "task_id", "dag", "default_args", "task_group", "pool", "pool_slots", "priority_weight",
+    "weight_rule", "trigger_rule", "retries", "deadline", "depends_on_past",
+})
 
 
 class ExpandError(Exception):
@@ -70,8 +73,12 @@ class ResolvedInput:
 
     def at(self, index: int) -> dict[str, Any]:
         """The mapped arguments of instance `index`."""
+        if not 0 <= index < self.length:
+            raise ExpandError(f"map index {index} is out of range: the input has {self.length} elements")
         if not self.names:
             return dict(self.values[0][index])
+        if len(self.names) == 1:
+            return {self.names[0]: self.values[0][index]}
         out: dict[str, Any] = {}
         for name, seq in zip(reversed(self.names), reversed(self.values), strict=True):
             index, here = divmod(index, len(seq))
@@ -110,8 +117,10 @@ class MappedOperator(BaseOperator):
         self.mapped_into = mapped_into  # "op_kwargs" for @task: mapped values are its arguments
         self.template_fields = ()  # rendered on each instance, not here
         self.ui_color = operator_class.ui_color
-        # BaseOperator arguments given to partial(), which every instance gets too
+        # BaseOperator arguments given to partial(), which every instance gets too, and the
+        # default_args in effect here (the DAG's, its task groups', partial()'s own)
         self.base_kwargs = {k: v for k, v in base_kwargs.items() if k not in _NOT_MAPPABLE}
+        self.instance_defaults = dict(self.__dict__.get("_aflow_defaults") or {})
         super().__init__(**base_kwargs)
 
     @property
@@ -180,7 +189,7 @@ class MappedOperator(BaseOperator):
         assert self.dag is not None
         op = self.operator_class.__new__(self.operator_class)
         op._aflow_unmapped = True  # no DAG membership, no new dependencies
-        op.__init__(task_id=self.task_id, default_args=self.dag.default_args,
+        op.__init__(task_id=self.task_id, default_args=self.instance_defaults,
                     **{**self.base_kwargs, **kwargs})
         op.dag = self.dag
         op.upstream_task_ids = self.upstream_task_ids
@@ -210,11 +219,22 @@ def _check_expand_values(task_id: str, values: Mapping[str, Any]) -> None:
 
 
 def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(BaseOperator arguments, the operator class's own arguments)."""
-    base_names = _base_param_names()
+    """(BaseOperator arguments and default_args, the operator class's own arguments)."""
+    base_names = _base_param_names() | {"default_args"}
     base = {k: v for k, v in kwargs.items() if k in base_names}
     own = {k: v for k, v in kwargs.items() if k not in base_names}
     return base, own
+
+
+def refuse_unmappable(cls: type[BaseOperator], task_id: Any) -> None:
+    """Branch and short-circuit tasks decide what runs after them from one choice: a
+    mapped one would make many, so they cannot be mapped."""
+    from aflow.authoring.operators.branch import BranchMixIn, ShortCircuitOperator
+
+    if issubclass(cls, BranchMixIn | ShortCircuitOperator):
+        raise DagDefinitionError(
+            f"task {task_id!r}: a branch or short-circuit task ({cls.__name__}) cannot be mapped"
+        )
 
 
 class OperatorPartial:
@@ -224,6 +244,7 @@ class OperatorPartial:
     def __init__(self, operator_class: type[BaseOperator], kwargs: dict[str, Any]) -> None:
         if "task_id" not in kwargs:
             raise DagDefinitionError(f"{operator_class.__name__}.partial() needs a task_id")
+        refuse_unmappable(operator_class, kwargs["task_id"])
         self.operator_class = operator_class
         self.kwargs = kwargs
         self._used = False

@@ -10,7 +10,12 @@ from typing import Any
 
 from aflow.authoring.baseoperator import BaseOperator
 from aflow.authoring.dag import current_dag
-from aflow.authoring.mapped import MappedOperator, _check_expand_values, _split
+from aflow.authoring.mapped import (
+    MappedOperator,
+    _check_expand_values,
+    _split,
+    refuse_unmappable,
+)
 from aflow.authoring.operators.bash import BashOperator
 from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitOperator
 from aflow.authoring.operators.python import PythonOperator, context_kwargs
@@ -173,6 +178,7 @@ class DecoratedPartial:
     adds the mapped task and returns its XComArg (the list of its instances' values)."""
 
     def __init__(self, decorated: DecoratedTask, kwargs: dict[str, Any]) -> None:
+        refuse_unmappable(decorated.operator_class, decorated.function.__name__)
         self.decorated = decorated
         self.kwargs = kwargs
 

@@ -159,20 +159,3 @@ def run_mark_state(ti_state: TaskState, run_state: TaskState) -> TaskState | Non
     if run_state is TaskState.SUCCESS:
         return TaskState.SUCCESS
     return TaskState.FAILED if ti_state in _TRYING else TaskState.SKIPPED
-
-
-def mapped_task_state(states: Iterable[TaskState]) -> TaskState:
-    """One state for the instances of a mapped task, as a clear or mark sees the task:
-    the state of one that has not ended if any (so a busy one refuses the change), else
-    failed, upstream_failed, skipped (all were) or success, in that order."""
-    ended = []
-    for state in states:
-        if state not in FINISHED_TASK_STATES:
-            return state
-        ended.append(state)
-    for state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED):
-        if state in ended:
-            return state
-    if ended and all(s is TaskState.SKIPPED for s in ended):
-        return TaskState.SKIPPED
-    return TaskState.SUCCESS

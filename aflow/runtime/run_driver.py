@@ -32,7 +32,7 @@ from aflow.authoring.mapped import ExpandError, ResolvedInput
 from aflow.clock import Clock
 from aflow.exceptions import StoreError, TaskDeferred
 from aflow.runtime import services, skips
-from aflow.runtime.by_hand import mapped_task_state, run_mark_state
+from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.services import RunCreator
@@ -48,7 +48,13 @@ from aflow.runtime.task_runner import (
 from aflow.runtime.ti import RuntimeTaskInstance
 from aflow.runtime.trigger_rules import Decision, UpstreamCounts, decide
 from aflow.runtime.xcom import RETURN_KEY, XComView, check_json
-from aflow.states import FINISHED_TASK_STATES, DagRunState, RunType, TaskState
+from aflow.states import (
+    FINISHED_TASK_STATES,
+    DagRunState,
+    RunType,
+    TaskState,
+    mapped_task_state,
+)
 from aflow.store.base import BY_HAND_CLASSPATH, Store
 from aflow.store.records import (
     AssetEventRecord,
@@ -150,6 +156,7 @@ class RunState:
         self.finishing = False
         self.lost = False  # another process took the run over: start and finish nothing
         self.ended_by_hand = False  # marked success/failed: its tries' outcomes are not recorded
+        self.marked_as: DagRunState | None = None  # the state it was marked with, by hand
         self.changes_pending = False  # TIs cleared in the store by another process wait to be applied
 
     def all_tis(self) -> Iterator[TIState]:
@@ -174,7 +181,7 @@ class RunState:
         return group[map_index] if group is not None and map_index < len(group) else None
 
     def task_state(self, task_id: str) -> TaskState:
-        """A task's state as a change by hand sees it (see `by_hand.mapped_task_state`)."""
+        """A task's state as a change by hand sees it (see `states.mapped_task_state`)."""
         group = self.mapped.get(task_id)
         if group is None:
             return self.tis[task_id].state
@@ -606,6 +613,7 @@ class RunDriver:
         outcome is not recorded (the TI is already marked)."""
         now = self.clock.now()
         rs.lost = rs.ended_by_hand = True  # nothing more starts or is recorded here
+        rs.marked_as = state
         self.runs.pop(rs.key, None)
         ti_state = TaskState(state.value)
         rows = []
@@ -645,7 +653,8 @@ class RunDriver:
         """What the `none` TI of `task_id` does now, on its upstream counts, a committed
         branch / short-circuit choice and a teardown's setups (skips.py)."""
         decision = decide(rs.dag.task_dict[task_id].trigger_rule, counts)
-        return skips.override(rs.dag, task_id, decision, rs.xcoms, rs.task_state)
+        return skips.override(rs.dag, task_id, decision, rs.xcoms,
+                              lambda t: [ti.state for ti in rs.task_tis(t)])
 
     def _decide(
         self,
@@ -792,17 +801,27 @@ class RunDriver:
             ti.start_date = ti.end_date = self.clock.now()
             await self._commit_decided(rs, [ti])
             return
+        weight = rs.dag.priority_weights()[ti.task_id]
         group = [
             TIState(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=i,
                     state=TaskState.NONE, try_number=0, max_tries=task.retries,
-                    operator=ti.operator, priority_weight=ti.priority_weight, pool=ti.pool)
+                    operator=task.operator_name, priority_weight=weight, pool=task.pool)
             for i in range(n)
         ]
         # (the -1 TI's row, if a clear left one, says `removed` from now on)
         gone = dataclasses.replace(self.record_of(ti), state=TaskState.REMOVED)
         await self._durably(self.store.save_tis, [*group, gone])
+        if rs.ended_by_hand and rs.marked_as is not None:
+            # the run was marked as these rows committed: they end as its other TIs did
+            new = run_mark_state(TaskState.NONE, TaskState(rs.marked_as.value))
+            if new is not None:
+                now = self.clock.now()
+                for instance in group:
+                    instance.state, instance.start_date, instance.end_date = new, now, now
+                await self._durably(self.store.save_tis, [*group, gone])
+            return
         if rs.lost or rs.key not in self.runs or ti.state is not TaskState.SCHEDULED:
-            return  # marked by hand or taken over meanwhile
+            return  # taken over meanwhile
         log.info("task %s of run %s expanded into %d instances", ti.task_id, ti.run_id, n)
         rs.mapped[ti.task_id] = group
         rs.inputs[ti.task_id] = resolved
@@ -836,8 +855,19 @@ class RunDriver:
         task = rs.dag.task_dict[ti.task_id]
         resolved = rs.inputs.get(ti.task_id)
         if resolved is None:  # adopted after a restart: the same upstream XComs, the same input
-            resolved = rs.inputs[ti.task_id] = task.resolve_input(rs.xcoms)  # type: ignore[attr-defined]
+            resolved = task.resolve_input(rs.xcoms)  # type: ignore[attr-defined]
+            expanded = len(rs.mapped.get(ti.task_id, ()))
+            if resolved.length != expanded:
+                raise ExpandError(
+                    f"its input now has {resolved.length} elements, not the {expanded} it was "
+                    "expanded into (did the DAG file change?); clear the task to expand it again"
+                )
+            rs.inputs[ti.task_id] = resolved
         return task.unmap(ti.map_index, resolved)  # type: ignore[attr-defined]
+
+    def _task_of(self, rs: RunState, ti: TIState) -> Any:
+        """The operator `ti` runs as: its task, or the instance of a mapped one."""
+        return self._instance(rs, ti) if ti.map_index >= 0 else rs.dag.task_dict[ti.task_id]
 
     async def _run_ti(self, rs: RunState, ti: TIState) -> bool:
         """Runs in a slot: the try (or a deferred try going on) and its outcome's commit.
@@ -1037,7 +1067,11 @@ class RunDriver:
             return False
         ti.next_event = trigger.event
         ti.state = TaskState.SCHEDULED
-        if _ends_inline(rs.dag.task_dict[ti.task_id], ti):
+        try:
+            task = self._task_of(rs, ti)
+        except Exception:  # noqa: BLE001 - the ordinary try fails it, saying why
+            task = None
+        if task is not None and _ends_inline(task, ti):
             self._inline.append((rs, ti))
             if not self._inline_pending:
                 self._inline_pending = True
@@ -1110,9 +1144,9 @@ class RunDriver:
         event = ti.next_event or {}
         if event.get("kind") != "event":
             return None
-        task = rs.dag.task_dict[ti.task_id]
-        context = build_context(task, self._runtime_ti(rs, ti, now), rs.run)
         try:
+            task = self._task_of(rs, ti)
+            context = build_context(task, self._runtime_ti(rs, ti, now), rs.run)
             method = task.resume_method(ti.next_method or "")
             value = method(context, event=event.get("payload"), **(ti.next_kwargs or {}))
             if value is None or not task.do_xcom_push:

@@ -134,21 +134,22 @@ def override(
     task_id: str,
     decision: Decision,
     xcoms: XComView,
-    state_of: Callable[[str], TaskState],
+    states_of: Callable[[str], list[TaskState]],
 ) -> Decision:
     """`decision` (the trigger rule's, on the upstream counts) for the `none` TI of
     `task_id`, changed by a committed branch / short-circuit choice or by the outcome
     of a teardown's setups."""
     plan = plan_for(dag)
     for skipper in plan.skippers.get(task_id, ()):
-        if state_of(skipper) is not TaskState.SUCCESS:
+        if states_of(skipper) != [TaskState.SUCCESS]:
             continue
         choice = xcoms.get(skipper, SKIPMIXIN_KEY)
         if isinstance(choice, dict) and _choice_skips(dag, plan, skipper, task_id, choice):
             return Decision.SKIP
     setups = plan.setups.get(task_id)
     if setups and decision is Decision.RUN:
-        return _setups_decision([state_of(s) for s in setups])
+        # (a mapped setup counts each of its instances: one that succeeded is enough)
+        return _setups_decision([state for s in setups for state in states_of(s)])
     return decision
 
 

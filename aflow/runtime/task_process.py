@@ -112,7 +112,7 @@ async def run_in_child_process(
         "start_date": dt_out(job.start_date),
         "hostname": job.hostname,
         "run": _run_to_json(job.run),
-        "xcoms": job.xcoms.as_list(),
+        "xcoms": job.xcoms.as_list(without=task.task_id if job.map_index >= 0 else None),
         "mapped": job.xcoms.mapped,
         "store_url": _store_url(job),  # for Variable/Connection lookups in the child
     }

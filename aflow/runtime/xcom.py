@@ -14,6 +14,9 @@ RETURN_KEY = "return_value"
 def check_json(value: Any, *, task_id: str, key: str) -> Any:
     """Return `value` as it will read back from the store (a JSON round trip), or raise
     XComValueError naming the task, the key and the offending type."""
+    kind = type(value)
+    if kind is int or kind is str or kind is bool or value is None:
+        return value  # reads back as it is (the common case: no round trip)
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -73,8 +76,11 @@ class XComView:
                 out.append(pushed[key])
         return out
 
-    def as_list(self) -> list[list[Any]]:
-        return [[t, m, k, v] for (t, m), kv in self._values.items() for k, v in kv.items()]
+    def as_list(self, without: str | None = None) -> list[list[Any]]:
+        """Every value as [task_id, map_index, key, value] (those of task `without` left
+        out: a mapped task's instance is sent its run's XComs, not its siblings')."""
+        return [[t, m, k, v] for (t, m), kv in self._values.items() if t != without
+                for k, v in kv.items()]
 
     @classmethod
     def from_list(cls, rows: Iterable[list[Any]], mapped: Mapping[str, int] | None = None) -> XComView:

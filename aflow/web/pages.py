@@ -35,11 +35,10 @@ from aflow.api.deadlines import run_deadlines
 from aflow.api.v1 import ORCHESTRATOR, run_tis
 from aflow.exceptions import AflowError, InvalidConfError, RunAlreadyExists, StoreError
 from aflow.orchestrator import Orchestrator
-from aflow.runtime.by_hand import mapped_task_state
 from aflow.runtime.stats import trigger_counts
 from aflow.runtime.timetable import DagRunInfo, timetable_for
 from aflow.secrets import mask_value
-from aflow.states import DagRunState, RunType, TaskState
+from aflow.states import DagRunState, RunType, TaskState, mapped_task_state
 from aflow.store.records import DagRecord, DagRunRecord, TaskInstanceRecord
 from aflow.web import graph
 from aflow.web.rendered import rendered_fields
@@ -244,7 +243,7 @@ def local_path(target: str | None) -> str:
 
 def by_task(rows: Iterable[TaskInstanceRecord]) -> dict[str, TaskInstanceRecord]:
     """One record per task, as the grid and graph show it: an expanded mapped task as its
-    first instance in the state of all of them (see `by_hand.mapped_task_state`)."""
+    first instance in the state of all of them (see `states.mapped_task_state`)."""
     out: dict[str, TaskInstanceRecord] = {}
     groups: dict[str, list[TaskInstanceRecord]] = {}
     for r in rows:

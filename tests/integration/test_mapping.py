@@ -217,7 +217,7 @@ async def test_an_input_that_is_not_a_list_fails_the_task_naming_it(home: Path) 
 async def test_an_instance_whose_arguments_the_operator_refuses_fails_alone(home: Path) -> None:
     with DAG("bad_arg", start_date=START) as dag:
         PythonOperator.partial(task_id="m", python_callable=lambda: 1).expand(
-            retries=[0, -1]  # the second instance's constructor refuses it
+            execution_timeout=[30, "soon"]  # the second instance's constructor refuses it
         )
 
     final, rows, _ = await run_once(dag, home, "bad_arg")
@@ -225,7 +225,7 @@ async def test_an_instance_whose_arguments_the_operator_refuses_fails_alone(home
     assert by_index[0].state.value == "success"
     assert by_index[1].state.value == "failed"
     assert "cannot build map index 1 of task 'm'" in (by_index[1].error or "")
-    assert "retries must be >= 0" in (by_index[1].error or "")
+    assert "could not convert string to float: 'soon'" in (by_index[1].error or "")
     assert final.state.value == "failed"
 
 
@@ -483,3 +483,154 @@ def test_the_dag_structure_shows_the_mapped_task_once() -> None:
     shown = {t["task_id"]: t for t in dag.structure()["tasks"]}
     assert shown["each"]["operator"] == "_PythonDecoratedOperator" and shown["each"]["mapped"]
     assert "mapped" not in shown["src"]
+
+
+# -- what a mapped task keeps of its own: pool, weight, defaults; what cannot be mapped ----------
+async def test_a_cleared_mapped_task_keeps_its_pool_and_weight(home: Path, tmp_path: Path) -> None:
+    size_file, runs = tmp_path / "size", tmp_path / "runs"
+    runs.mkdir()
+    size_file.write_text("3")
+    with DAG("pooled", start_date=START) as dag:
+
+        @task
+        def sizes() -> list[int]:
+            return list(range(int(size_file.read_text())))
+
+        @task(pool="small", priority_weight=7)
+        def each(x: int) -> int:
+            return x
+
+        each.expand(x=sizes())
+    async with Orchestrator([dag], home=home, schedule=False, pools={"small": 2}) as o:
+        handle = await o.trigger("pooled")
+        first = await handle.wait(timeout=60)
+        await o.clear_tasks("pooled", first.run_id, ["each"])  # the run ended: the store path
+        again = await handle.wait(timeout=60)
+        rows = instances(await o.store.get_tis("pooled", first.run_id), "each")
+    assert again.state.value == "success"
+    assert {(r.pool, r.priority_weight, r.operator, r.try_number) for r in rows} == {
+        ("small", 7, "_PythonDecoratedOperator", 1)}
+
+
+async def test_default_args_of_partial_and_of_a_task_group_reach_the_instances(home: Path) -> None:
+    from aflow import TaskGroup
+
+    seen: dict[int, Any] = {}
+
+    def record(x: int, ti: Any = None) -> int:
+        seen[x] = ti.max_tries
+        return x
+
+    with DAG("defaults", start_date=START, default_args={"retries": 0}) as dag:
+        with TaskGroup("g", default_args={"execution_timeout": 5}):
+            grouped = PythonOperator.partial(task_id="m", python_callable=record).expand(
+                op_args=[[1], [2]])
+        partial_defaults = PythonOperator.partial(
+            task_id="p", python_callable=record, default_args={"retries": 3},
+        ).expand(op_args=[[3]])
+    assert grouped.task_id == "g.m"
+    built = grouped.unmap(0, grouped.resolve_input(__import__("aflow.runtime.xcom").runtime.xcom.XComView()))
+    assert built.execution_timeout is not None and built.execution_timeout.total_seconds() == 5
+    final, rows, _ = await run_once(dag, home, "defaults")
+    assert final.state.value == "success"
+    assert {r.max_tries for r in instances(rows, "p")} == {3}
+    assert partial_defaults.retries == 3
+
+
+def test_branches_short_circuits_and_engine_arguments_cannot_be_mapped() -> None:
+    from aflow import BranchPythonOperator, ShortCircuitOperator
+
+    with DAG("refused", start_date=START):
+
+        @task.branch
+        def pick(x: int) -> str:
+            return "a"
+
+        with pytest.raises(DagDefinitionError, match="branch or short-circuit task .* cannot be mapped"):
+            pick.expand(x=[1, 2])
+        with pytest.raises(DagDefinitionError, match="cannot be mapped"):
+            BranchPythonOperator.partial(task_id="b", python_callable=lambda: "a").expand(
+                op_args=[[1]])
+        with pytest.raises(DagDefinitionError, match="cannot be mapped"):
+            ShortCircuitOperator.partial(task_id="s", python_callable=lambda: True).expand(
+                op_args=[[1]])
+        with pytest.raises(DagDefinitionError, match="pool cannot be mapped"):
+            BashOperator.partial(task_id="c", bash_command="echo").expand(pool=["a", "b"])
+        with pytest.raises(DagDefinitionError, match="retries cannot be mapped"):
+            BashOperator.partial(task_id="d", bash_command="echo").expand(retries=[1, 2])
+
+
+def test_an_index_beyond_the_input_is_refused() -> None:
+    from aflow.authoring.mapped import ExpandError, ResolvedInput
+
+    resolved = ResolvedInput(("x", "y"), ([1, 2], ["a", "b", "c"]), 6)
+    assert [resolved.at(i) for i in (0, 2, 3, 5)] == [
+        {"x": 1, "y": "a"}, {"x": 1, "y": "c"}, {"x": 2, "y": "a"}, {"x": 2, "y": "c"}]
+    with pytest.raises(ExpandError, match="map index 6 is out of range: the input has 6"):
+        resolved.at(6)
+
+
+# -- setups and sensors around mapped tasks --------------------------------------------------------
+async def test_a_teardown_runs_if_one_instance_of_its_mapped_setup_succeeded(home: Path) -> None:
+    from aflow import setup, teardown
+
+    with DAG("mapped_setup", start_date=START) as dag:
+
+        @setup
+        def make(x: int) -> int:
+            if x == 1:
+                raise ValueError("this one could not be made")
+            return x
+
+        @task
+        def work() -> None:
+            raise RuntimeError("the work fails")
+
+        @teardown
+        def cleanup() -> None:
+            return None
+
+        made = make.expand(x=[0, 1, 2])
+        made >> work() >> cleanup()
+        made >> dag.task_dict["cleanup"]
+
+    final, rows, _ = await run_once(dag, home, "mapped_setup")
+    states = {(t.task_id, t.map_index): t.state.value for t in rows}
+    assert states[("make", 1)] == "failed" and states[("make", 0)] == "success"
+    assert states[("cleanup", -1)] == "success"
+    assert final.state.value == "failed"
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+async def test_an_external_task_sensor_waits_for_every_instance(home: Path, deferrable: bool) -> None:
+    from aflow import ExternalTaskSensor
+
+    gate = anyio.Event()
+    with DAG("upstream_dag", start_date=START, schedule="@daily") as upstream:
+
+        @task
+        async def each(x: int) -> int:
+            if x == 2:
+                await gate.wait()
+            return x
+
+        each.expand(x=[0, 1, 2])
+    with DAG("downstream_dag", start_date=START, schedule="@daily") as downstream:
+        ExternalTaskSensor(task_id="wait", external_dag_id="upstream_dag", external_task_id="each",
+                           deferrable=deferrable, poke_interval=0.05, mode="poke", timeout=60)
+    logical = datetime(2024, 3, 1, tzinfo=UTC)
+    async with Orchestrator([upstream, downstream], home=home, schedule=False) as o:
+        up = await o.trigger("upstream_dag", logical_date=logical)
+        down = await o.trigger("downstream_dag", logical_date=logical)
+        with anyio.fail_after(30):
+            while True:  # two instances end, the third waits on the gate
+                rows = instances(await o.store.get_tis("upstream_dag", up.run_id), "each")
+                if sum(r.state.value == "success" for r in rows) == 2:
+                    break
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # (the sensor has poked, or its trigger polled, meanwhile)
+        sensor = [t for t in await o.store.get_tis("downstream_dag", down.run_id) if t.task_id == "wait"]
+        assert not sensor or sensor[0].state.value != "success"
+        gate.set()
+        assert (await down.wait(timeout=60)).state.value == "success"
+        assert (await up.wait(timeout=60)).state.value == "success"

@@ -11,6 +11,7 @@ from aflow.authoring.baseoperator import loop_safe
 from aflow.authoring.sensors.base import BaseSensorOperator, PokeReturnValue
 from aflow.exceptions import AflowError, DagDefinitionError
 from aflow.runtime.services import STORE_CONNECTION_ID, current_store
+from aflow.states import TaskState, mapped_task_state
 
 
 class ExternalTaskSensor(BaseSensorOperator):
@@ -77,7 +78,11 @@ class ExternalTaskSensor(BaseSensorOperator):
         else:
             tis = [t for t in await store.get_tis(run.dag_id, run.run_id)
                    if t.task_id == self.external_task_id]
-            state = tis[0].state.value if tis else None
+            instances = [t for t in tis if t.map_index >= 0 and t.state is not TaskState.REMOVED]
+            if instances:  # a mapped task: the state of all of its instances
+                state = mapped_task_state(t.state for t in instances).value
+            else:
+                state = tis[0].state.value if tis else None
         return PokeReturnValue(self._check(state), {"run_id": run.run_id, "state": state})
 
     @loop_safe
@@ -101,11 +106,18 @@ class ExternalTaskSensor(BaseSensorOperator):
             sql = (f"SELECT state FROM dag_run WHERE dag_id = :dag_id "
                    f"AND logical_date = {logical_date} AND state IN ({marks})")
         else:
+            # (a mapped task: once none of its instances is in another state but
+            # `removed`, the first one in a failed state, if any, decides)
+            failed = ", ".join(f":s{i}" for i in range(len(self.allowed_states), len(states)))
             sql = (
                 "SELECT ti.state FROM task_instance ti JOIN dag_run r "
                 "ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
                 f"WHERE r.dag_id = :dag_id AND r.logical_date = {logical_date} "
-                f"AND ti.task_id = :task_id AND ti.state IN ({marks})"
+                f"AND ti.task_id = :task_id AND ti.state IN ({marks}) "
+                "AND NOT EXISTS (SELECT 1 FROM task_instance o WHERE o.dag_id = ti.dag_id "
+                "AND o.run_id = ti.run_id AND o.task_id = ti.task_id "
+                f"AND o.state <> 'removed' AND o.state NOT IN ({marks}))"
+                + (f" ORDER BY CASE WHEN ti.state IN ({failed}) THEN 0 ELSE 1 END" if failed else "")
             )
             params["task_id"] = self.external_task_id
         return SqlTrigger(sql, conn_id=STORE_CONNECTION_ID, parameters=params,

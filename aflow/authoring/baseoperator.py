@@ -44,6 +44,24 @@ def _own_param_names(init: Callable[..., None]) -> set[str]:
     }
 
 
+def shallow_copy(obj: Any) -> Any:
+    """`copy.copy(obj)` for an operator: a new object of its class with the same attribute
+    dict, made directly (a third of copy.copy's cost, which goes through __reduce_ex__)
+    unless the class defines its own __copy__ or __slots__."""
+    cls = type(obj)
+    plain = _PLAIN_CLASSES.get(cls)
+    if plain is None:
+        plain = _PLAIN_CLASSES[cls] = not (hasattr(cls, "__copy__") or hasattr(cls, "__slots__"))
+    if not plain:
+        return copy.copy(obj)
+    new = object.__new__(cls)
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
+_PLAIN_CLASSES: dict[type, bool] = {}  # operator class -> whether shallow_copy may go direct
+
+
 def loop_safe(fn: F) -> F:
     """Mark a sync method as quick and non-blocking, so `run_in="auto"` calls it on the
     event loop instead of paying a worker-thread hop (e.g. a sensor's `execute_complete`
@@ -251,7 +269,7 @@ class BaseOperator:
             self._aflow_templated = has_templates(self)
         if self.__dict__.get("_aflow_unmapped"):
             return self
-        return copy.copy(self)
+        return shallow_copy(self)
 
     # -- setup / teardown --------------------------------------------------
     def as_setup(self) -> BaseOperator:

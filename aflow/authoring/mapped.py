@@ -12,13 +12,12 @@ order (instances that pushed nothing are left out, as in Airflow).
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aflow.authoring.baseoperator import BaseOperator
+from aflow.authoring.baseoperator import BaseOperator, shallow_copy
 from aflow.authoring.templating import has_templates, value_has_template
 from aflow.authoring.xcom_arg import XComArg, iter_xcom_args
 from aflow.exceptions import DagDefinitionError
@@ -179,7 +178,7 @@ class MappedOperator(BaseOperator):
             template = self._build(self.partial_kwargs)
             template._aflow_templated = has_templates(template)
             self._aflow_template = template
-        op = copy.copy(template)
+        op = shallow_copy(template)
         setattr(op, self.mapped_into, {**getattr(template, self.mapped_into), **mapped})
         if not template._aflow_templated and self.mapped_into in op.template_fields:
             op._aflow_templated = value_has_template(mapped, tuple(op.template_ext))

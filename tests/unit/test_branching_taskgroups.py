@@ -221,7 +221,7 @@ def test_followed_ids_rejects_what_is_not_directly_downstream(returned: Any, mes
 
 def _decide(dag: DAG, task_id: str, states: dict[str, TaskState], xcoms: XComView,
             decision: Decision = Decision.WAIT) -> Decision:
-    return override(dag, task_id, decision, xcoms, lambda t: states.get(t, S.NONE))
+    return override(dag, task_id, decision, xcoms, lambda t: [states.get(t, S.NONE)])
 
 
 def test_branch_choice_skips_unfollowed_direct_downstream_only() -> None:

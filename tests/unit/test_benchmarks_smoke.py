@@ -77,6 +77,13 @@ def test_fanout_small() -> None:
     assert "[bench fanout]" in stderr
 
 
+def test_mapped_small() -> None:
+    rec, stderr = run_bench("mapped", "--n", "30")
+    check_record(rec, "mapped", 30, tis=32, hops=2)
+    assert rec["mapped_tis_per_s"] > 0 and rec["expand_hop_ms"] >= 0 and rec["reduce_hop_ms"] >= 0
+    assert "[bench mapped]" in stderr
+
+
 def test_chain_small() -> None:
     rec, stderr = run_bench("chain", "--n", "20")
     check_record(rec, "chain", 20, tis=20, hops=19)

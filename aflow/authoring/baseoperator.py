@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 from aflow.authoring.assets import as_outlets
 from aflow.authoring.dag import DAG, current_dag, validate_id
 from aflow.authoring.deadlines import as_deadlines
+from aflow.authoring.linkable import Linkable
 from aflow.exceptions import DagDefinitionError, TaskAlreadyInDagError
 from aflow.states import TriggerRule, WeightRule
 
@@ -77,7 +78,7 @@ def is_loop_safe(fn: Callable[..., Any]) -> bool:
     return bool(getattr(fn, "_aflow_loop_safe", False))
 
 
-class BaseOperator:
+class BaseOperator(Linkable):
     """Base of every operator. Subclasses implement `execute(context)`, sync or async.
 
     Arguments missing from a task's constructor are taken from its DAG's `default_args`.
@@ -348,21 +349,6 @@ class BaseOperator:
         downstream.upstream_task_ids.add(self.task_id)
         self.dag.invalidate_order()
 
-    def __rshift__(self, other: Any) -> Any:
-        self.set_downstream(other)
-        return other
-
-    def __lshift__(self, other: Any) -> Any:
-        self.set_upstream(other)
-        return other
-
-    def __rrshift__(self, other: Any) -> BaseOperator:
-        self.set_upstream(other)
-        return self
-
-    def __rlshift__(self, other: Any) -> BaseOperator:
-        self.set_downstream(other)
-        return self
 
     @property
     def upstream_list(self) -> list[BaseOperator]:

@@ -217,6 +217,24 @@ def _check_expand_values(task_id: str, values: Mapping[str, Any]) -> None:
             )
 
 
+def check_expand_kwargs(task_id: str, value: Any, check_names: Any) -> None:
+    """`expand_kwargs(value)` takes a list of dicts (each one's names checked with
+    `check_names`) or an upstream task's output; else a DagDefinitionError."""
+    if not isinstance(value, XComArg | list | tuple):
+        raise DagDefinitionError(
+            f"task {task_id!r}: expand_kwargs() needs a list of dicts or an upstream task's "
+            f"output, got {type(value).__name__}"
+        )
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise DagDefinitionError(
+                    f"task {task_id!r}: expand_kwargs element {i} is {type(item).__name__}, "
+                    "not a dict"
+                )
+            check_names(list(item))
+
+
 def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(BaseOperator arguments and default_args, the operator class's own arguments)."""
     base_names = _base_param_names() | {"default_args"}
@@ -286,17 +304,5 @@ class OperatorPartial:
         return self._make(expand_input=dict(mapped))
 
     def expand_kwargs(self, value: Any) -> MappedOperator:
-        if not isinstance(value, XComArg | list | tuple):
-            raise DagDefinitionError(
-                f"task {self.kwargs['task_id']!r}: expand_kwargs() needs a list of dicts or "
-                f"an upstream task's output, got {type(value).__name__}"
-            )
-        if isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                if not isinstance(item, Mapping):
-                    raise DagDefinitionError(
-                        f"task {self.kwargs['task_id']!r}: expand_kwargs element {i} is "
-                        f"{type(item).__name__}, not a dict"
-                    )
-                self._check_names([k for k in item])
+        check_expand_kwargs(self.kwargs["task_id"], value, self._check_names)
         return self._make(expand_kwargs_input=value)

@@ -14,6 +14,7 @@ from aflow.authoring.mapped import (
     MappedOperator,
     _check_expand_values,
     _split,
+    check_expand_kwargs,
     refuse_unmappable,
 )
 from aflow.authoring.operators.bash import BashOperator
@@ -218,19 +219,7 @@ class DecoratedPartial:
 
     def expand_kwargs(self, value: Any) -> XComArg:
         task_id, op_kwargs = self.decorated._operator_kwargs()
-        if not isinstance(value, XComArg | list | tuple):
-            raise DagDefinitionError(
-                f"task {task_id!r}: expand_kwargs() needs a list of dicts or an upstream "
-                f"task's output, got {type(value).__name__}"
-            )
-        if isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                if not isinstance(item, Mapping):
-                    raise DagDefinitionError(
-                        f"task {task_id!r}: expand_kwargs element {i} is "
-                        f"{type(item).__name__}, not a dict"
-                    )
-                self._check(task_id, list(item))
+        check_expand_kwargs(task_id, value, lambda names: self._check(task_id, names))
         return self._make(task_id, op_kwargs, expand_kwargs_input=value)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aflow.authoring.dag import DAG, current_dag, validate_id
+from aflow.authoring.linkable import Linkable
 from aflow.exceptions import DagDefinitionError, DuplicateTaskIdError
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def groups_of(dag: DAG) -> dict[str, TaskGroup]:
     return groups
 
 
-class TaskGroup:
+class TaskGroup(Linkable):
     """`with TaskGroup("extract") as g:` — tasks made inside are `extract.<task_id>`.
 
     `prefix_group_id=False` keeps its children's ids as they are; `default_args` fill the
@@ -183,21 +184,6 @@ class TaskGroup:
         for root in self._ends("roots"):
             root.set_upstream(other)
 
-    def __rshift__(self, other: Any) -> Any:
-        self.set_downstream(other)
-        return other
-
-    def __lshift__(self, other: Any) -> Any:
-        self.set_upstream(other)
-        return other
-
-    def __rrshift__(self, other: Any) -> TaskGroup:
-        self.set_upstream(other)
-        return self
-
-    def __rlshift__(self, other: Any) -> TaskGroup:
-        self.set_downstream(other)
-        return self
 
     def __repr__(self) -> str:
         return f"<TaskGroup: {self.group_id}>"

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from aflow.authoring.linkable import Linkable
+
 if TYPE_CHECKING:
     from aflow.authoring.baseoperator import BaseOperator
 
 RETURN_KEY = "return_value"
 
 
-class XComArg:
+class XComArg(Linkable):
     """The XCom `key` of `operator` (its return value by default)."""
 
     def __init__(self, operator: BaseOperator, key: str = RETURN_KEY) -> None:
@@ -25,21 +27,6 @@ class XComArg:
     def resolve(self, context: dict[str, Any]) -> Any:
         return context["ti"].xcom_pull(task_ids=self.operator.task_id, key=self.key)
 
-    def __rshift__(self, other: Any) -> Any:
-        self.operator.set_downstream(other)
-        return other
-
-    def __lshift__(self, other: Any) -> Any:
-        self.operator.set_upstream(other)
-        return other
-
-    def __rrshift__(self, other: Any) -> XComArg:
-        self.operator.set_upstream(other)
-        return self
-
-    def __rlshift__(self, other: Any) -> XComArg:
-        self.operator.set_downstream(other)
-        return self
 
     def set_downstream(self, other: Any) -> None:
         self.operator.set_downstream(other)

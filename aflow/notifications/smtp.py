@@ -1,16 +1,11 @@
-"""SmtpNotifier: an e-mail alert sent over SMTP, through a Connection.
-
-The connection (default `smtp_default`, e.g. `AFLOW_CONN_SMTP_DEFAULT=smtp://user:pass@
-mail.example.com:587?from_email=aflow%40example.com`) gives host, port, login and
-password; its extra may set `from_email`, `ssl` (SMTP over TLS from the start, port
-465 style), `starttls` (default: upgrade when the server offers it) and `timeout`.
-Sending is stdlib smtplib in a worker thread, so the event loop never waits on it."""
+"""SmtpNotifier: an e-mail alert sent over SMTP, through a Connection (default
+`smtp_default`, e.g. `AFLOW_CONN_SMTP_DEFAULT=smtp://user:pass@mail.example.com:587?
+from_email=aflow%40example.com`; aflow.runtime.smtp says what else it may set), in a
+worker thread, so the event loop never waits on it."""
 
 from __future__ import annotations
 
 import html
-import smtplib
-import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
@@ -19,22 +14,17 @@ import anyio.to_thread
 
 from aflow.exceptions import DagDefinitionError
 from aflow.notifications.base import BaseNotifier, default_message, describe, page_url
-from aflow.secrets.connection import Connection
+from aflow.runtime.smtp import SmtpSettings, addresses
 
 DEFAULT_CONN_ID = "smtp_default"
-DEFAULT_TIMEOUT_S = 30.0
 
 
 def _addresses(value: str | list[str] | None, what: str) -> list[str]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    out: list[str] = []
+    items = [] if value is None else [value] if isinstance(value, str) else list(value)
     for item in items:
         if not isinstance(item, str):
             raise DagDefinitionError(f"SmtpNotifier: {what} must be addresses, got {item!r}")
-        out.extend(a.strip() for a in item.replace(";", ",").split(",") if a.strip())
-    return out
+    return addresses(items)
 
 
 class SmtpNotifier(BaseNotifier):
@@ -88,50 +78,18 @@ class SmtpNotifier(BaseNotifier):
     async def notify(self, context: dict[str, Any]) -> None:
         from aflow.secrets.backends import lookup_connection
 
-        conn = await lookup_connection(self.conn_id)
-        sender = self.from_email or conn.extra.get("from_email") or conn.login
+        settings = SmtpSettings(await lookup_connection(self.conn_id))
+        sender = self.from_email or settings.from_email
         if not sender:
             raise DagDefinitionError(
                 f"SmtpNotifier: no sender: pass from_email= or set from_email in the extra "
                 f"of connection {self.conn_id!r}")
         msg = self.message(context, str(sender))
         rcpt = _addresses(self.to, "to") + _addresses(self.cc, "cc") + _addresses(self.bcc, "bcc")
-        await anyio.to_thread.run_sync(send_mail, conn, msg, rcpt, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(settings.send, msg, rcpt, abandon_on_cancel=True)
 
     def __repr__(self) -> str:
         return f"<SmtpNotifier to {self.to!r} via {self.conn_id}>"
-
-
-def _flag(value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def send_mail(conn: Connection, msg: EmailMessage, recipients: list[str]) -> None:
-    """Send `msg` to `recipients` through the SMTP server of `conn` (blocking)."""
-    if not conn.host:
-        raise DagDefinitionError(f"connection {conn.conn_id!r} has no host for SMTP")
-    use_ssl = _flag(conn.extra.get("ssl"), False)
-    timeout = float(conn.extra.get("timeout") or DEFAULT_TIMEOUT_S)
-    port = conn.port or (465 if use_ssl else 25)
-    context = ssl.create_default_context()
-    server: smtplib.SMTP
-    if use_ssl:
-        server = smtplib.SMTP_SSL(conn.host, port, timeout=timeout, context=context)
-    else:
-        server = smtplib.SMTP(conn.host, port, timeout=timeout)
-    with server:
-        server.ehlo()
-        starttls = conn.extra.get("starttls")
-        if not use_ssl and _flag(starttls, server.has_extn("starttls")):
-            server.starttls(context=context)
-            server.ehlo()
-        if conn.login:
-            server.login(conn.login, conn.password or "")
-        server.send_message(msg, to_addrs=recipients)
 
 
 def _default_html(d: dict[str, Any], base_url: str | None) -> str:

@@ -1,15 +1,8 @@
-"""EmailOperator: send an HTML email through SMTP, with the server from a Connection.
-
-The connection (`smtp_default` unless `conn_id` says otherwise): host and port (default
-465 with SSL, else 25), login and password (AUTH when a login is given), and in its extra
-`ssl` (connect with TLS from the start), `starttls` (upgrade a plain connection), both
-false by default, `from_email` (the sender when the task gives none) and `timeout`
-(seconds, default 30). Airflow's `disable_ssl`/`disable_tls` extras are read too.
-Boolean extras may be JSON booleans or the text `true`/`false`.
-
-The standard library's `smtplib` does the talking, in a worker thread (one short blocking
-exchange per task; no extra dependency). Bcc recipients get the message but are not in
-its headers. `files` are attached, their type guessed from their names.
+"""EmailOperator: send an HTML email through SMTP, with the server from a Connection
+(`smtp_default` unless `conn_id` says otherwise; see aflow.runtime.smtp for what the
+connection may say). The exchange runs in a worker thread. Bcc recipients get the
+message but are not in its headers. `files` are attached, their type guessed from their
+names.
 """
 
 from __future__ import annotations
@@ -17,8 +10,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import smtplib
-import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -27,79 +19,12 @@ from typing import Any
 import anyio.to_thread
 
 from aflow.authoring.baseoperator import BaseOperator
-from aflow.exceptions import AflowError, DagDefinitionError
+from aflow.exceptions import DagDefinitionError
+from aflow.runtime.smtp import SmtpError, SmtpSettings, addresses
 from aflow.secrets.backends import lookup_connection
-from aflow.secrets.connection import Connection
 from aflow.secrets.masking import mask
 
 log = logging.getLogger("aflow.task.email")
-
-DEFAULT_TIMEOUT_S = 30.0
-
-
-class EmailOperatorError(AflowError):
-    """The email could not be sent (no server, refused login, a rejected recipient)."""
-
-
-def addresses(value: str | Iterable[str] | None) -> list[str]:
-    """`a@x, b@y; c@z` or a list of them, as a list."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    out: list[str] = []
-    for item in items:
-        out.extend(a.strip() for a in str(item).replace(";", ",").split(",") if a.strip())
-    return out
-
-
-def _flag(extra: dict[str, Any], key: str, default: bool) -> bool:
-    value = extra.get(key, default)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-class SmtpSettings:
-    """How to reach the server of one SMTP connection."""
-
-    def __init__(self, conn: Connection) -> None:
-        extra = conn.extra or {}
-        if not conn.host:
-            raise EmailOperatorError(f"connection {conn.conn_id!r} has no host")
-        self.conn_id = conn.conn_id
-        self.host = conn.host
-        self.use_ssl = _flag(extra, "ssl", False)
-        self.starttls = _flag(extra, "starttls", False)
-        if "disable_ssl" in extra:
-            self.use_ssl = not _flag(extra, "disable_ssl", True)
-        if "disable_tls" in extra:
-            self.starttls = not _flag(extra, "disable_tls", True)
-        self.port = conn.port or (465 if self.use_ssl else 25)
-        self.login = conn.login
-        self.password = conn.password
-        self.from_email = extra.get("from_email") or conn.login
-        self.timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT_S)
-
-    @property
-    def where(self) -> str:
-        return f"connection {self.conn_id!r} (smtp server {self.host}:{self.port})"
-
-    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
-        """Blocking: connect, say hello, maybe STARTTLS and AUTH, send, quit."""
-        context = ssl.create_default_context()
-        smtp: smtplib.SMTP
-        if self.use_ssl:
-            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with smtp:
-            if self.starttls and not self.use_ssl:
-                smtp.starttls(context=context)
-            if self.login:
-                smtp.login(self.login, self.password or "")
-            refused = smtp.send_message(msg, to_addrs=recipients)
-        if refused:
-            log.warning("the server refused some recipients: %s", sorted(refused))
 
 
 class EmailOperator(BaseOperator):
@@ -154,7 +79,7 @@ class EmailOperator(BaseOperator):
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                raise EmailOperatorError(
+                raise SmtpError(
                     f"task {self.task_id!r}: cannot attach {name!r}: {exc.strerror or exc}"
                 ) from None
             kind, _ = mimetypes.guess_type(path.name)
@@ -166,7 +91,7 @@ class EmailOperator(BaseOperator):
         settings = SmtpSettings(await lookup_connection(self.conn_id))
         sender = self.from_email or settings.from_email
         if not sender:
-            raise EmailOperatorError(
+            raise SmtpError(
                 f"task {self.task_id!r}: no sender: pass from_email, or set from_email in "
                 f"the extra (or a login) of connection {self.conn_id!r}"
             )
@@ -176,7 +101,7 @@ class EmailOperator(BaseOperator):
         try:
             await anyio.to_thread.run_sync(settings.send, msg, recipients)
         except (smtplib.SMTPException, OSError) as exc:
-            raise EmailOperatorError(
+            raise SmtpError(
                 f"sending email via {settings.where} failed: {type(exc).__name__}: "
                 f"{mask(str(exc)) or 'no detail'}"
             ) from None

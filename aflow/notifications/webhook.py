@@ -84,6 +84,9 @@ class WebhookNotifier(BaseNotifier):
         # logs (httpx logs each request), and errors name the server only.
         if urlsplit(url).path.strip("/") or urlsplit(url).query:
             add_secret(url)
+            add_secret(str(httpx.URL(url)))  # as httpx logs it (host lowercased, port dropped...)
+            target = httpx.URL(url)
+            add_secret(target.raw_path.decode("ascii", "replace"))
         try:
             async with httpx.AsyncClient(timeout=self.timeout, auth=auth) as client:
                 answer = await client.post(url, json=self.payload(context),
@@ -103,16 +106,16 @@ class WebhookNotifier(BaseNotifier):
         from aflow.secrets.backends import lookup_connection
 
         assert self.http_conn_id is not None
+        from aflow.authoring.operators.http import HttpOperatorError, base_url
+
         conn = await lookup_connection(self.http_conn_id)
-        host = conn.host or ""
-        if "://" not in host:
-            scheme = conn.schema or "http"
-            host = f"{scheme}://{host}"
-        if conn.port:
-            host = f"{host.rstrip('/')}:{conn.port}"
+        try:  # the HTTP connection read as HttpOperator reads it (scheme from its type too)
+            base = base_url(conn)
+        except HttpOperatorError as exc:
+            raise NotificationError(str(exc)) from None
         headers = {str(k): str(v) for k, v in conn.extra.items()}
         auth = httpx.BasicAuth(conn.login, conn.password or "") if conn.login else None
-        return _join(host, self.endpoint), headers, auth
+        return _join(base, self.endpoint), headers, auth
 
     def __repr__(self) -> str:
         where = _server(self.url) if self.url is not None else f"conn {self.http_conn_id}"

@@ -713,6 +713,10 @@ class RunDriver:
                     if down.state is not TaskState.NONE:
                         continue
                     self._decide(rs, down, counts, now, ready, decided)
+                for teardown_id in skips.indirect_teardowns(rs.dag, ti.task_id):
+                    teardown = rs.tis[teardown_id]  # (a setup it waited for has ended)
+                    if teardown.state is TaskState.NONE:
+                        self._decide(rs, teardown, rs.peek_counts(teardown_id), now, ready, decided)
             for ti in ready:
                 self._submit(rs, ti)
             if decided:

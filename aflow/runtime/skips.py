@@ -47,6 +47,9 @@ class SkipPlan:
     skippers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # teardown task id -> its setups
     setups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # setup task id -> the teardowns it is not directly upstream of (decided again when
+    # it ends: their upstream counts do not hear of it)
+    indirect_teardowns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # the tasks whose end states decide the run's state
     leaves: tuple[str, ...] = ()
     # (branch id, followed ids) -> the direct downstream task ids that choice skips
@@ -88,9 +91,14 @@ def _make_plan(dag: Any) -> SkipPlan:
             if not dag.task_dict[tid].is_teardown:
                 skippers.setdefault(tid, []).append(task.task_id)
     plan.skippers = {k: tuple(v) for k, v in skippers.items()}
+    indirect: dict[str, list[str]] = {}
     for task in dag.task_dict.values():
         if task.trigger_rule is TriggerRule.ALL_DONE_SETUP_SUCCESS:
             plan.setups[task.task_id] = tuple(sorted(_setups_of(dag, task)))
+            for setup in plan.setups[task.task_id]:
+                if setup not in task.upstream_task_ids:
+                    indirect.setdefault(setup, []).append(task.task_id)
+    plan.indirect_teardowns = {k: tuple(sorted(v)) for k, v in indirect.items()}
     plan.leaves = tuple(t.task_id for t in run_leaves(dag))
     return plan
 
@@ -127,6 +135,11 @@ def run_leaves(dag: Any) -> list[Any]:
 
 def leaf_ids(dag: Any) -> tuple[str, ...]:
     return plan_for(dag).leaves
+
+
+def indirect_teardowns(dag: Any, task_id: str) -> tuple[str, ...]:
+    """The teardowns to decide again when setup `task_id` ends (see SkipPlan)."""
+    return plan_for(dag).indirect_teardowns.get(task_id, ())
 
 
 def override(
@@ -173,13 +186,14 @@ def _choice_skips(dag: Any, plan: SkipPlan, skipper: str, task_id: str, choice: 
 
 
 def _setups_decision(states: list[TaskState]) -> Decision:
-    """A teardown whose upstream tasks are all done, on its setups' states: it runs if
-    one succeeded (or none has ended yet: a setup can only still be running when the
-    tasks between it and the teardown ended early), is skipped if all were skipped,
-    and is upstream_failed otherwise."""
-    ended = [s for s in states if s.finished]
-    if not ended or TaskState.SUCCESS in ended:
+    """A teardown whose upstream tasks are all done, on its setups' states: it waits
+    while one has not ended (the work between them may have ended early: skipped, or
+    upstream_failed), then runs if one succeeded, is skipped if all were skipped, and
+    is upstream_failed otherwise."""
+    if any(not s.finished for s in states):
+        return Decision.WAIT
+    if TaskState.SUCCESS in states:
         return Decision.RUN
-    if len(ended) == len(states) and all(s is TaskState.SKIPPED for s in ended):
+    if all(s is TaskState.SKIPPED for s in states):
         return Decision.SKIP
     return Decision.UPSTREAM_FAILED

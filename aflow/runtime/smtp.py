@@ -3,7 +3,8 @@
 The connection (e.g. `smtp_default`): host and port (default 465 with SSL, else 25),
 login and password (AUTH when a login is given), and in its extra `ssl` (connect with
 TLS from the start), `starttls` (upgrade a plain connection; by default when the server
-offers it), `from_email` (the sender when the caller gives none) and `timeout` (seconds,
+offers it, and a login is refused on a connection that stayed plain unless `starttls`
+is false on purpose), `from_email` (the sender when the caller gives none) and `timeout` (seconds,
 default 30). Airflow's `disable_ssl`/`disable_tls` extras are read too. Boolean extras
 may be JSON booleans or the text `true`/`false`.
 
@@ -89,10 +90,19 @@ class SmtpSettings:
         with smtp:
             smtp.ehlo()
             offered = smtp.has_extn("starttls")
+            encrypted = self.use_ssl
             if not self.use_ssl and (self.starttls if self.starttls is not None else offered):
                 smtp.starttls(context=context)
                 smtp.ehlo()
+                encrypted = True
             if self.login:
+                if not encrypted and self.starttls is None:
+                    # (a server that drops STARTTLS from its answer would get the password)
+                    raise SmtpError(
+                        f"{self.where} does not offer STARTTLS: the login would go in clear "
+                        "text; use ssl=true, or set starttls=false in the connection's extra "
+                        "to send it unencrypted on purpose"
+                    )
                 smtp.login(self.login, self.password or "")
             refused = smtp.send_message(msg, to_addrs=recipients)
         if refused:

@@ -182,7 +182,11 @@ def test_sigkill_before_the_run_is_claimed_then_restart(cli: CLI, crash_folder: 
     (tmp_path / "release_b").touch()
     (tmp_path / "release_lone").touch()
     scheduler = start_scheduler(cli, crash_folder)
-    wait_until(lambda: started(tmp_path, "a", 1), what="a to run")
+    # (lone, a root too, has no retries: killed mid-try it would fail the run, so the kill
+    # waits for its end as well as for a's start)
+    wait_until(lambda: started(tmp_path, "a", 1)
+               and cli.ti_states("crashy", run_id).get("lone", {}).get("state") == "success",
+               what="a to run and lone to end")
     scheduler.kill()
     scheduler = start_scheduler(cli, crash_folder)
     run = cli.wait_run_state("crashy", run_id)

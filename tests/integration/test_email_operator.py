@@ -75,7 +75,8 @@ def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Inbox, int]]:
                        f"smtp://reports%40example.org:{PASSWORD}@127.0.0.1:{port}"
                        "?from_email=reports%40example.org&starttls=false")
     monkeypatch.setenv("AFLOW_CONN_SMTP_WRONG",
-                       f"smtp://reports%40example.org:not-{PASSWORD}@127.0.0.1:{port}")
+                       f"smtp://reports%40example.org:not-{PASSWORD}@127.0.0.1:{port}"
+                       "?starttls=false")
     try:
         yield inbox, port
     finally:

@@ -305,7 +305,8 @@ async def test_smtp_notifier_logs_in_with_the_connection_credentials(
     controller.start()
     try:
         monkeypatch.setenv("AFLOW_CONN_SMTP_DEFAULT",
-                           f"smtp://bot%40example.com:p%40ss%20word@127.0.0.1:{controller.port}")
+                           f"smtp://bot%40example.com:p%40ss%20word@127.0.0.1:{controller.port}"
+                           "?starttls=false")
         with DAG("mail_login", start_date=START) as dag:
             PythonOperator(task_id="t", python_callable=lambda: 1,
                            on_success_callback=SmtpNotifier("ops@example.com"))

@@ -271,7 +271,8 @@ def test_short_circuit_choice() -> None:
         ((S.FAILED,), Decision.UPSTREAM_FAILED),
         ((S.UPSTREAM_FAILED, S.SKIPPED), Decision.UPSTREAM_FAILED),
         ((S.SKIPPED, S.SKIPPED), Decision.SKIP),
-        ((S.RUNNING,), Decision.RUN),
+        ((S.RUNNING,), Decision.WAIT),  # it waits for a setup still running
+        ((S.SUCCESS, S.RUNNING), Decision.WAIT),
     ],
 )
 def test_teardown_on_its_setups(setup_states: tuple[TaskState, ...], expected: Decision) -> None:

@@ -24,7 +24,8 @@ class Deadline(BaseModel):
     alert_index: int
     description: str
     deadline_at: datetime | None
-    status: Literal["missed", "met", "pending"]
+    # late: it ended after its deadline, with no miss recorded (no scheduler drove it then)
+    status: Literal["missed", "late", "met", "pending"]
     missed_at: datetime | None = None
     alert_state: str | None = None  # of a miss: none (no callback), sending, sent, failed
     alert_error: str | None = None
@@ -54,14 +55,19 @@ async def run_deadlines(o: Orchestrator, run: DagRunRecord) -> list[Deadline]:
             await store.get_tis(run.dag_id, run.run_id) if alerts else [])
         for task_id, index, alert in alerts:
             if task_id is None:
-                done = run.state.finished
+                done, ended = run.state.finished, run.end_date
             else:
                 mine = [t for t in tis if t.task_id == task_id]
                 done = bool(mine) and all(t.state in FINISHED_TASK_STATES for t in mine)
+                ended = max((t.end_date for t in mine if t.end_date is not None), default=None)
+            deadline_at = alert.deadline_for(run)
+            status = "pending"
+            if done:
+                late = deadline_at is not None and ended is not None and ended > deadline_at
+                status = "late" if late else "met"
             out[(task_id, index)] = Deadline(
                 dag_id=run.dag_id, dag_run_id=run.run_id, task_id=task_id, alert_index=index,
-                description=alert.describe(), deadline_at=alert.deadline_for(run),
-                status="met" if done else "pending")
+                description=alert.describe(), deadline_at=deadline_at, status=status)
     return sorted(out.values(), key=lambda d: (d.task_id or "", d.alert_index))
 
 

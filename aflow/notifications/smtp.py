@@ -6,6 +6,7 @@ worker thread, so the event loop never waits on it."""
 from __future__ import annotations
 
 import html
+import smtplib
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
@@ -14,7 +15,8 @@ import anyio.to_thread
 
 from aflow.exceptions import DagDefinitionError
 from aflow.notifications.base import BaseNotifier, default_message, describe, page_url
-from aflow.runtime.smtp import SmtpSettings, addresses
+from aflow.runtime.smtp import SmtpError, SmtpSettings, addresses
+from aflow.secrets.masking import mask
 
 DEFAULT_CONN_ID = "smtp_default"
 
@@ -86,7 +88,11 @@ class SmtpNotifier(BaseNotifier):
                 f"of connection {self.conn_id!r}")
         msg = self.message(context, str(sender))
         rcpt = _addresses(self.to, "to") + _addresses(self.cc, "cc") + _addresses(self.bcc, "bcc")
-        await anyio.to_thread.run_sync(settings.send, msg, rcpt, abandon_on_cancel=True)
+        try:
+            await anyio.to_thread.run_sync(settings.send, msg, rcpt, abandon_on_cancel=True)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise SmtpError(f"sending mail via {settings.where} failed: {type(exc).__name__}: "
+                            f"{mask(str(exc)) or 'no detail'}") from None
 
     def __repr__(self) -> str:
         return f"<SmtpNotifier to {self.to!r} via {self.conn_id}>"

@@ -73,7 +73,11 @@ class SmtpSettings:
         self.login = conn.login
         self.password = conn.password
         self.from_email = extra.get("from_email") or conn.login
-        self.timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT_S)
+        try:
+            self.timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT_S)
+        except (TypeError, ValueError):
+            raise SmtpError(f"connection {conn.conn_id!r}: extra timeout must be a number of "
+                            f"seconds, got {extra.get('timeout')!r}") from None
 
     @property
     def where(self) -> str:

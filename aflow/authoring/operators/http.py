@@ -72,6 +72,11 @@ def base_url(conn: Connection) -> str:
     return base
 
 
+# Transport errors of the request itself (a bad URL scheme, a header httpx refuses, a
+# proxy refusing it): retrying them only waits before the same failure.
+_NEVER_BETTER = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError)
+
+
 def join_url(base: str, endpoint: str | None) -> str:
     if not endpoint:
         return base
@@ -175,6 +180,8 @@ class HttpOperator(BaseOperator):
                 response = await client.request(self.method, url, headers=self.headers, **kwargs)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 problem = f"{type(exc).__name__}: {mask(str(exc)) or 'no detail'}"
+                if isinstance(exc, _NEVER_BETTER):  # asking again cannot help
+                    raise HttpOperatorError(f"{self._what(url)} failed: {problem}") from None
                 if last:
                     raise HttpOperatorError(
                         f"{self._what(url)} failed after {attempts} attempt(s): {problem}"

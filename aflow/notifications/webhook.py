@@ -16,6 +16,7 @@ from aflow.notifications.base import (
     describe,
     page_url,
 )
+from aflow.runtime.tls import client_ssl_context
 from aflow.secrets.masking import add_secret
 
 Format = Literal["json", "slack"]
@@ -88,7 +89,8 @@ class WebhookNotifier(BaseNotifier):
             target = httpx.URL(url)
             add_secret(target.raw_path.decode("ascii", "replace"))
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, auth=auth) as client:
+            async with httpx.AsyncClient(timeout=self.timeout, auth=auth,
+                                         verify=await client_ssl_context()) as client:
                 answer = await client.post(url, json=self.payload(context),
                                            headers=headers | self.headers)
         except httpx.HTTPError as exc:

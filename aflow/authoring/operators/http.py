@@ -32,6 +32,7 @@ import httpx
 from aflow.authoring.baseoperator import BaseOperator
 from aflow.authoring.operators.python import context_kwargs
 from aflow.exceptions import AflowError, DagDefinitionError
+from aflow.runtime.tls import client_ssl_context
 from aflow.secrets.backends import lookup_connection
 from aflow.secrets.connection import Connection
 from aflow.secrets.masking import mask
@@ -209,7 +210,8 @@ class HttpOperator(BaseOperator):
             if (conn.login or conn.password) else None
         log.info("%s %s (connection %r)", self.method, url, self.http_conn_id)
         async with httpx.AsyncClient(
-            auth=auth, headers=headers, timeout=self.request_timeout_s, follow_redirects=True
+            auth=auth, headers=headers, timeout=self.request_timeout_s, follow_redirects=True,
+            verify=await client_ssl_context(),
         ) as client:
             response = await self.send(client, url)
         log.info("%s %s -> HTTP %d", self.method, url, response.status_code)

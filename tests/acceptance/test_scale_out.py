@@ -194,7 +194,10 @@ def test_schedulers_share_runs_and_adopt_a_killed_ones_runs(
     of three runs; in each round one scheduler holding a run in progress is SIGKILLed and
     a new one takes its place. Every run succeeds, every task succeeds exactly once, no
     task that had succeeded ran again, and no try ran twice."""
-    cluster = make_cluster(cli, postgres_dsn, pg_schema, tmp_path)
+    # Tasks sleep 0.1 s: a run lasts at least 5 s (chains of 50), so on a fast stretch
+    # of the machine the runs are still running when all three are triggered and
+    # claimed (with 0.02 s they could end before the test saw them claimed).
+    cluster = make_cluster(cli, postgres_dsn, pg_schema, tmp_path, sleep_s=0.1)
     servers = [cluster.start() for _ in range(3)]
     for server in servers:
         server.wait_ready()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +171,16 @@ async def pg_schema_url(postgres_dsn: str) -> AsyncIterator[str]:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def clean_secrets() -> Iterator[None]:
+    """No secrets backend configuration and no known secrets before or after the test."""
+    from aflow.secrets import configure_secrets
+    from aflow.secrets.masking import forget_secrets
+
+    configure_secrets()
+    forget_secrets()
+    yield
+    configure_secrets()
+    forget_secrets()

@@ -6,17 +6,13 @@ worker thread, so the event loop never waits on it."""
 from __future__ import annotations
 
 import html
-import smtplib
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-import anyio.to_thread
-
 from aflow.exceptions import DagDefinitionError
 from aflow.notifications.base import BaseNotifier, default_message, describe, page_url
-from aflow.runtime.smtp import SmtpError, SmtpSettings, addresses
-from aflow.secrets.masking import mask
+from aflow.runtime.smtp import SmtpSettings, addresses
 
 DEFAULT_CONN_ID = "smtp_default"
 
@@ -88,11 +84,7 @@ class SmtpNotifier(BaseNotifier):
                 f"of connection {self.conn_id!r}")
         msg = self.message(context, str(sender))
         rcpt = _addresses(self.to, "to") + _addresses(self.cc, "cc") + _addresses(self.bcc, "bcc")
-        try:
-            await anyio.to_thread.run_sync(settings.send, msg, rcpt, abandon_on_cancel=True)
-        except (smtplib.SMTPException, OSError) as exc:
-            raise SmtpError(f"sending mail via {settings.where} failed: {type(exc).__name__}: "
-                            f"{mask(str(exc)) or 'no detail'}") from None
+        await settings.deliver(msg, rcpt)
 
     def __repr__(self) -> str:
         return f"<SmtpNotifier to {self.to!r} via {self.conn_id}>"

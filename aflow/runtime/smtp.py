@@ -111,3 +111,16 @@ class SmtpSettings:
             refused = smtp.send_message(msg, to_addrs=recipients)
         if refused:
             log.warning("the server refused some recipients: %s", sorted(refused))
+
+    async def deliver(self, msg: EmailMessage, recipients: list[str]) -> None:
+        """`send` in a worker thread; its errors become an SmtpError naming the server
+        (masked: a password never reaches a log or error)."""
+        import anyio.to_thread
+
+        from aflow.secrets.masking import mask
+
+        try:
+            await anyio.to_thread.run_sync(self.send, msg, recipients, abandon_on_cancel=True)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise SmtpError(f"sending mail via {self.where} failed: {type(exc).__name__}: "
+                            f"{mask(str(exc)) or 'no detail'}") from None

@@ -21,23 +21,14 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from aflow import DAG, EmailOperator
 from aflow.exceptions import DagDefinitionError
-from aflow.secrets import configure_secrets
-from aflow.secrets.masking import forget_secrets
 from tests.integration.test_sql_operator import run_one, task_log
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_secrets")]
 
 PASSWORD = "Smtp-Pa55-" + uuid.uuid4().hex[:10]
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def clean_secrets() -> Iterator[None]:
-    configure_secrets()
-    forget_secrets()
-    yield
-    configure_secrets()
-    forget_secrets()
 
 
 class Inbox:

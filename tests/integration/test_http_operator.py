@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,23 +17,15 @@ from aiohttp import web
 
 from aflow import DAG, HttpOperator
 from aflow.authoring.operators.http import HttpOperatorError, base_url
-from aflow.secrets import Connection, configure_secrets
-from aflow.secrets.masking import forget_secrets
+from aflow.secrets import Connection
 from tests.integration.test_sql_operator import run_one, task_log
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_secrets")]
 
 PASSWORD = "Http-Pa55-" + uuid.uuid4().hex[:10]
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def clean_secrets() -> Iterator[None]:
-    configure_secrets()
-    forget_secrets()
-    yield
-    configure_secrets()
-    forget_secrets()
 
 
 class Server:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,13 @@ import pytest
 
 from aflow import DAG, SQLExecuteQueryOperator
 from aflow.runtime.logs import log_path, read_log
-from aflow.secrets import configure_secrets
-from aflow.secrets.masking import forget_secrets
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_secrets")]
 
 PASSWORD = "Sql-Pa55-" + uuid.uuid4().hex[:10]
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def clean_secrets() -> Iterator[None]:
-    configure_secrets()
-    forget_secrets()
-    yield
-    configure_secrets()
-    forget_secrets()
 
 
 async def run_one(o_factory: Any, dag: DAG) -> tuple[str, dict[str, Any], dict[str, Any], Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import mimetypes
-import smtplib
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -22,7 +21,6 @@ from aflow.authoring.baseoperator import BaseOperator
 from aflow.exceptions import DagDefinitionError
 from aflow.runtime.smtp import SmtpError, SmtpSettings, addresses
 from aflow.secrets.backends import lookup_connection
-from aflow.secrets.masking import mask
 
 log = logging.getLogger("aflow.task.email")
 
@@ -98,12 +96,6 @@ class EmailOperator(BaseOperator):
         recipients = addresses(self.to) + addresses(self.cc) + addresses(self.bcc)
         msg = await anyio.to_thread.run_sync(self.build_message, sender)
         log.info("sending %r to %s via %s", self.subject, ", ".join(recipients), settings.where)
-        try:
-            await anyio.to_thread.run_sync(settings.send, msg, recipients)
-        except (smtplib.SMTPException, OSError) as exc:
-            raise SmtpError(
-                f"sending email via {settings.where} failed: {type(exc).__name__}: "
-                f"{mask(str(exc)) or 'no detail'}"
-            ) from None
+        await settings.deliver(msg, recipients)
         log.info("email sent (%s)", msg["Message-ID"])
         return None

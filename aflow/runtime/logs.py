@@ -3,7 +3,9 @@
 Many tasks run concurrently in one process, so a task's output is routed through a
 context variable that holds its `TaskLog`: the logging handler and the stdout/stderr
 proxies write to the log of whichever task is running in the current context (asyncio
-tasks and anyio worker threads each carry their own copy of the context).
+tasks and anyio worker threads each carry their own copy of the context). The value can
+also be a `TaskLogRouter`, which finds the log from the running asyncio task (the
+triggerer's parked triggers).
 
 A log file is created on its first write, so a silent task costs no file I/O. Writes are
 small appends to a buffered file, flushed per line: microseconds, not a blocking wait.
@@ -22,7 +24,7 @@ from typing import Any, TextIO
 
 from aflow.secrets import masking
 
-_current: contextvars.ContextVar[TaskLog | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[TaskLog | TaskLogRouter | None] = contextvars.ContextVar(
     "aflow_task_log", default=None
 )
 
@@ -78,6 +80,10 @@ class TaskLog:
     def write_line(self, text: str) -> None:
         self.write(text if text.endswith("\n") else text + "\n")
 
+    def active(self) -> TaskLog | None:
+        """The log that what is written now goes to (see TaskLogRouter)."""
+        return self
+
     def exception(self, exc: BaseException, header: str = "Task failed with exception") -> None:
         lines = traceback.format_exception(exc)
         self.write_line(header + "\n" + "".join(lines).rstrip("\n"))
@@ -98,15 +104,28 @@ class TaskLog:
                 self._file = None
 
 
+class TaskLogRouter:
+    """A context value that stands for the log of whichever task is running now: set once
+    in a context that many tasks copy, instead of a context variable set in each task
+    (about 200 B a task: 20 MiB for 100,000 parked triggers)."""
+
+    __slots__ = ()
+
+    def active(self) -> TaskLog | None:
+        """The log of the task running now, or None (what it writes is not a task's)."""
+        raise NotImplementedError
+
+
 def current_task_log() -> TaskLog | None:
-    return _current.get()
+    log = _current.get()
+    return None if log is None else log.active()
 
 
-def set_task_log(log: TaskLog | None) -> contextvars.Token[TaskLog | None]:
+def set_task_log(log: TaskLog | TaskLogRouter | None) -> contextvars.Token[TaskLog | TaskLogRouter | None]:
     return _current.set(log)
 
 
-def reset_task_log(token: contextvars.Token[TaskLog | None]) -> None:
+def reset_task_log(token: contextvars.Token[TaskLog | TaskLogRouter | None]) -> None:
     _current.reset(token)
 
 
@@ -114,7 +133,7 @@ class _TaskLogHandler(logging.Handler):
     """Sends log records made inside a task's context to that task's log."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        log = _current.get()
+        log = current_task_log()
         if log is None:
             return
         try:
@@ -127,7 +146,7 @@ class OutsideTaskFilter(logging.Filter):
     """For console handlers: drop records made inside a task (they go to its log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return _current.get() is None
+        return current_task_log() is None
 
 
 class _StreamProxy(io.TextIOBase):
@@ -158,14 +177,14 @@ class _RoutingStream(_StreamProxy):
     """Stands in for sys.stdout/sys.stderr: inside a task, writes go to the task's log."""
 
     def write(self, text: str) -> int:  # type: ignore[override]
-        log = _current.get()
+        log = current_task_log()
         if log is None:
             return self.original.write(text)
         log.write(text)
         return len(text)
 
     def flush(self) -> None:
-        if _current.get() is None:
+        if current_task_log() is None:
             self.original.flush()
 
 

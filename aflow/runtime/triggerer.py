@@ -19,6 +19,7 @@ claimed under the same lease at each claim pass.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import json
 import logging
@@ -171,6 +172,7 @@ class Triggerer:
         self.clock = clock
         self.owner = owner
         self.log_dir = log_dir
+        self._context: contextvars.Context | None = None
         self.capacity = capacity
         self.lease_s = lease_s
         self.poll_s = poll_s
@@ -211,6 +213,7 @@ class Triggerer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         resources = Resources(resolve_connection=self._resolve_connection, webhook_inbox=self.inbox)
+        self._context = None  # made afresh from this run's context by the first _park
         now = self.clock.now()
         await self.store.register_process(
             ProcessRecord(self.process_id, "triggerer", socket.gethostname(), os.getpid(), now, now)
@@ -352,8 +355,13 @@ class Triggerer:
         if trigger is not None:
             trigger.trigger_id = record.id
             trigger.task_instance = record
-        task = asyncio.get_running_loop().create_task(
-            self._run_one(record, trigger, problem), name=f"trigger {record.id}"
+        if self._context is None:  # (what the claim loop's context holds, and the router)
+            self._context = contextvars.copy_context()
+            self._context.run(logs.set_task_log, _TriggerLogRouter(self.log_dir))
+        task = _TriggerTask(
+            self._run_one(record, trigger, problem), record,
+            loop=asyncio.get_running_loop(), name=f"trigger {record.id}",
+            context=self._context.copy(),
         )
         self._parked.add(task)
         task.add_done_callback(self._parked.discard)
@@ -362,8 +370,8 @@ class Triggerer:
         self, record: TriggerRecord, trigger: BaseTrigger | None, problem: str | None
     ) -> None:
         assert record.id is not None
-        task_log = _TriggerLog(self.log_dir, record)
-        token = logs.set_task_log(task_log)
+        task = asyncio.current_task()
+        assert isinstance(task, _TriggerTask), "parked by _park"
         deadline: _Deadline | None = None
         try:
             if trigger is None:
@@ -374,7 +382,26 @@ class Triggerer:
                     assert self._timers is not None
                     deadline = _Deadline(self._timers, timeout_s)
                 try:
-                    event = await self._wait_for_event(record, trigger)
+                    try:
+                        events = trigger.run()
+                        try:
+                            async for item in events:
+                                payload = json.loads(json.dumps(item.payload, allow_nan=False))
+                                event = {"kind": "event", "payload": payload}
+                                break
+                            else:
+                                event = {"kind": "error",
+                                         "error": f"{record.classpath}.run() ended without an event"}
+                        finally:
+                            await events.aclose()  # type: ignore[attr-defined]
+                    except Exception as exc:  # noqa: BLE001 - one trigger's failure is its task's alone
+                        event = {"kind": "error", "error": _traceback_text(exc)}
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            try:
+                                await trigger.cleanup()
+                            except Exception:  # noqa: BLE001
+                                log.exception("cleanup of trigger %s failed", record.id)
                 except anyio.get_cancelled_exc_class():
                     # The deadline's cancellation (even one that lands in the trigger's
                     # cleanup, racing its event) is the timeout; any other is shutdown.
@@ -385,32 +412,11 @@ class Triggerer:
         finally:
             if deadline is not None:
                 deadline.cancel()
-            logs.reset_task_log(token)
-            task_log.close()
+            task.end_log()
         try:
             await self._fire(record, event)
         finally:
             self.running.pop(record.id, None)
-
-    @staticmethod
-    async def _wait_for_event(record: TriggerRecord, trigger: BaseTrigger) -> dict[str, Any]:
-        try:
-            events = trigger.run()
-            try:
-                async for event in events:
-                    payload = json.loads(json.dumps(event.payload, allow_nan=False))
-                    return {"kind": "event", "payload": payload}
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
-            return {"kind": "error", "error": f"{record.classpath}.run() ended without an event"}
-        except Exception as exc:  # noqa: BLE001 - one trigger's failure is its task's alone
-            return {"kind": "error", "error": _traceback_text(exc)}
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await trigger.cleanup()
-                except Exception:  # noqa: BLE001
-                    log.exception("cleanup of trigger %s failed", record.id)
 
     async def _fire(self, record: TriggerRecord, event: dict[str, Any]) -> None:
         assert record.id is not None
@@ -430,6 +436,50 @@ class Triggerer:
         )
         for listener in self.on_fired:
             listener(fired)
+
+
+class _TriggerTask(asyncio.Task):  # type: ignore[type-arg]
+    """A parked trigger's asyncio task. It carries the trigger's record and, while the
+    trigger waits, the log of the deferred try (built when first written to: most
+    triggers never write), which is where _TriggerLogRouter sends what the trigger logs.
+    Slots on the task cost less than a context variable set in each."""
+
+    __slots__ = ("log", "record", "waiting")
+
+    def __init__(self, coro: Any, record: TriggerRecord, **kwargs: Any) -> None:
+        super().__init__(coro, **kwargs)
+        self.record = record
+        self.log: _TriggerLog | None = None
+        self.waiting = True
+
+    def end_log(self) -> None:
+        """The wait is over: what this task logs from now on is the triggerer's own."""
+        self.waiting = False
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+class _TriggerLogRouter(logs.TaskLogRouter):
+    """The task log of whichever parked trigger is running now (see _TriggerTask). A
+    trigger's code run in a worker thread has no asyncio task to be found by: what it
+    logs there goes to the triggerer's own log."""
+
+    __slots__ = ("_log_dir",)
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+
+    def active(self) -> logs.TaskLog | None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            return None
+        if type(task) is not _TriggerTask or not task.waiting:
+            return None
+        if task.log is None:
+            task.log = _TriggerLog(self._log_dir, task.record)
+        return task.log
 
 
 class _TriggerLog(logs.TaskLog):

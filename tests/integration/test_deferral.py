@@ -96,6 +96,33 @@ async def test_deferred_task_frees_its_slot_and_resumes_with_the_event(
     assert f"waiting for {flag}" in log  # what the trigger logs lands in the try's log
 
 
+async def test_each_parked_trigger_logs_into_its_own_try(
+    orchestrator_factory: Any, tmp_path: Path
+) -> None:
+    """The triggerer finds a log line's try from the asyncio task that made it (one
+    context value for all parked triggers): lines of triggers parked side by side never
+    cross."""
+    flags = {name: tmp_path / f"flag_{name}" for name in ("a", "b", "c")}
+
+    async def land() -> None:
+        for flag in flags.values():
+            flag.touch()
+
+    with DAG("defer_logs", start_date=START) as dag:
+        waits = [WaitForFlag(task_id=f"wait_{name}", path=str(flag)) for name, flag in flags.items()]
+        waits >> PythonOperator(task_id="after", python_callable=lambda: "after")
+        PythonOperator(task_id="land", python_callable=land)
+
+    o = await orchestrator_factory([dag])
+    final = await (await o.trigger("defer_logs")).wait(timeout=30)
+    assert final.state.value == "success"
+    for name, flag in flags.items():
+        text = read_log(log_path(o.log_dir, "defer_logs", final.run_id, f"wait_{name}", 1))[0]
+        assert f"waiting for {flag}" in text
+        others = [str(f) for n, f in flags.items() if n != name]
+        assert not any(f"waiting for {other}" in text for other in others), text
+
+
 async def test_trigger_error_fails_the_task_with_its_traceback(home: Path, tmp_path: Path) -> None:
     with DAG("defer_error", start_date=START) as dag:
         WaitForFlag(task_id="wait", path=str(tmp_path / "never"), fail=True)

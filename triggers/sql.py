@@ -46,7 +46,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiosqlite
 import anyio
@@ -99,11 +99,43 @@ class Dsn:
     kind: str  # "sqlite" | "postgresql"
     target: str  # a file path for SQLite, an asyncpg DSN for PostgreSQL
     shown: str  # for logs and errors: no password
+    connect_timeout: float = CONNECT_TIMEOUT_S  # seconds; PostgreSQL only
+
+
+def connect_timeout_seconds(value: Any) -> float:
+    """A `connect_timeout` as a connection's extra or a DSN's query gives it: a number of
+    seconds > 0, as a number or as text (a URI's values are text). ValueError otherwise,
+    saying what is accepted; the caller names the connection."""
+    seconds = math.nan
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"connect_timeout={value!r} is not a number of seconds > 0 (use e.g. 10 or 2.5)"
+        )
+    return seconds
+
+
+def _pop_connect_timeout(target: str) -> tuple[str, float]:
+    """libpq's `connect_timeout` query option taken out of a PostgreSQL DSN: asyncpg would
+    send an option it does not know to the server as a setting, which it refuses."""
+    parts = urlsplit(target)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    timeouts = [v for k, v in query if k == "connect_timeout"]
+    if not timeouts:
+        return target, CONNECT_TIMEOUT_S
+    seconds = connect_timeout_seconds(timeouts[-1])
+    rest = urlencode([(k, v) for k, v in query if k != "connect_timeout"])
+    return urlunsplit(parts._replace(query=rest)), seconds
 
 
 def parse_dsn(dsn: str) -> Dsn:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, `postgresql://...` (also
-    `postgres://` and `postgresql+asyncpg://`). Raises ValueError otherwise."""
+    `postgres://` and `postgresql+asyncpg://`; a `connect_timeout=<seconds>` option is
+    the connection timeout). Raises ValueError otherwise."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -118,8 +150,11 @@ def parse_dsn(dsn: str) -> Dsn:
         path = path[1:]
         return Dsn("sqlite", path, f"sqlite:///{path}")
     if base in ("postgres", "postgresql"):
-        target = "postgresql://" + rest
-        return Dsn("postgresql", target, _redact(target))
+        try:
+            target, timeout = _pop_connect_timeout("postgresql://" + rest)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, in {_redact(dsn)!r}") from None
+        return Dsn("postgresql", target, _redact(target), timeout)
     raise ValueError(
         f"unsupported DSN scheme {scheme!r} in {_redact(dsn)!r}: use sqlite:/// or postgresql://"
     )
@@ -283,7 +318,7 @@ class PostgresBackend:
             dsn.target,
             min_size=0,
             max_size=max_size,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=dsn.connect_timeout,
             server_settings={
                 "default_transaction_read_only": "on",
                 "application_name": APPLICATION_NAME,
@@ -297,7 +332,7 @@ class PostgresBackend:
         else:
             sql_to_run, args = sql, list(parameters or [])
         try:
-            async with self.pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
+            async with self.pool.acquire(timeout=self.dsn.connect_timeout) as conn:
                 row = await conn.fetchrow(sql_to_run, *args, timeout=QUERY_TIMEOUT_S)
         except Exception as exc:
             if _pg_transient(exc):
@@ -379,7 +414,7 @@ class PgListener:
             try:
                 conn = await asyncpg.connect(
                     self.dsn.target,
-                    timeout=CONNECT_TIMEOUT_S,
+                    timeout=self.dsn.connect_timeout,
                     server_settings={"application_name": LISTEN_APPLICATION_NAME},
                 )
                 lost = False
@@ -631,7 +666,7 @@ class SqlHub:
             res.push_async_callback(backend.aclose)
             return backend
 
-        return await self.resources.get(("triggers.sql.backend", dsn.target), make)
+        return await self.resources.get(("triggers.sql.backend", dsn.target, dsn.connect_timeout), make)
 
     async def listener(self, dsn: Dsn) -> PgListener:
         async def make(res: Resources) -> PgListener:
@@ -639,7 +674,7 @@ class SqlHub:
             _start_detached(res, listener.run)
             return listener
 
-        return await self.resources.get(("triggers.sql.listener", dsn.target), make)
+        return await self.resources.get(("triggers.sql.listener", dsn.target, dsn.connect_timeout), make)
 
     def join(
         self,

@@ -27,7 +27,9 @@ down) is "not yet": logged, and retried with backoff.
 Connections: `conn_id` is resolved when the trigger runs, through
 `current_resources().resolve_connection(conn_id)`, to a DSN URI; so a password stays out
 of the trigger's kwargs. Parameters: a list binds positional placeholders (`?` on SQLite,
-`$1` on PostgreSQL); a dict binds named ones (`:name` on both).
+`$1` on PostgreSQL); a dict binds named ones (`:name` on both; on PostgreSQL a `:word` in a
+literal, quoted identifier, dollar-quoted body or comment is not one: see
+triggers.sql_placeholders).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import json
 import logging
 import math
 import random
-import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +55,7 @@ import asyncpg
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
 from triggers.shared import Resources, current_resources
+from triggers.sql_placeholders import pg_named_to_positional
 
 __all__ = [
     "DatabaseUnavailable",
@@ -279,30 +281,6 @@ def _pg_transient(exc: BaseException) -> bool:
     return state[:2] in _PG_TRANSIENT_CLASSES or state in _PG_TRANSIENT_STATES
 
 
-_PG_TOKENS = re.compile(
-    r"'(?:[^']|'')*'"  # a string literal
-    r"|\"(?:[^\"]|\"\")*\""  # a quoted identifier
-    r"|::"  # a cast
-    r"|(?<![:\w]):([A-Za-z_]\w*)"  # a :name placeholder
-)
-
-
-def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, list[Any]]:
-    """Rewrite `:name` placeholders (those named in `parameters`) to `$n`."""
-    order: dict[str, int] = {}
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None or name not in parameters:
-            return match.group(0)
-        if name not in order:
-            order[name] = len(order) + 1
-        return f"${order[name]}"
-
-    rewritten = _PG_TOKENS.sub(replace, sql)
-    return rewritten, [parameters[name] for name in order]
-
-
 class PostgresBackend:
     """One asyncpg pool per DSN (connections made on demand, sessions read-only)."""
 
@@ -328,7 +306,10 @@ class PostgresBackend:
 
     async def first_cell(self, sql: str, parameters: Any) -> tuple[bool, Any]:
         if isinstance(parameters, dict):
-            sql_to_run, args = pg_named_to_positional(sql, parameters)
+            try:
+                sql_to_run, args = pg_named_to_positional(sql, parameters)
+            except ValueError as exc:
+                raise SqlQueryError(f"query for {self.dsn.shown}: {exc}\n  SQL: {sql}") from None
         else:
             sql_to_run, args = sql, list(parameters or [])
         try:

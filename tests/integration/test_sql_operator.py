@@ -284,3 +284,37 @@ async def test_postgres_connect_timeout_extra_is_used(
     state, x, tis, _ = await run_one(orchestrator_factory, dag)
     assert state == "success", tis["q"].error
     assert x["q"] == [[42]]
+
+
+@pytest.mark.postgres
+async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
+    orchestrator_factory: Any, pg_conn: Any
+) -> None:
+    """`:word` inside a dollar-quoted function body, a comment or a literal is text, not a
+    placeholder, even when `word` is a key of the parameters; a name with no value fails
+    the task before any statement runs."""
+    db, schema = pg_conn
+    params = {"who": "ann", "word": "W"}
+    with DAG("sql_pg_scan", start_date=START) as dag:
+        SQLExecuteQueryOperator(
+            task_id="scan", conn_id="pg", parameters=params,
+            sql=[
+                "CREATE FUNCTION greet(who text) RETURNS text LANGUAGE plpgsql AS $body$\n"
+                "DECLARE msg text := 'hi ';  -- :word in the body's comment\n"
+                "BEGIN /* :word */ RETURN msg || who; END\n"
+                "$body$",
+                "SELECT greet(:who) AS greeting, $q$ :word $q$ AS raw, ':word' AS literal,\n"
+                "  :word::text AS word, :who AS who  -- :word\n"
+                "/* :word /* nested :word */ :who */",
+            ])
+        SQLExecuteQueryOperator(
+            task_id="missing", conn_id="pg", autocommit=True, parameters={"n": 1},
+            sql=["CREATE TABLE touched (n int)", "SELECT :n, :absent"])
+    state, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert tis["scan"].state.value == "success", tis["scan"].error
+    assert x["scan"] == [["hi ann", " :word ", ":word", "W", "ann"]]
+    error = tis["missing"].error
+    assert tis["missing"].state.value == "failed"
+    assert "placeholder :absent" in error and "statement 2" in error and "'missing'" in error
+    exists = await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched')
+    assert exists is None  # statement 1 never ran, although autocommit was on

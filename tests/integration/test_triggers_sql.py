@@ -311,6 +311,17 @@ async def test_bad_connect_timeout_of_a_connection_is_named() -> None:
                 await first_event(SqlTrigger("SELECT 1", conn_id="warehouse"))
 
 
+async def test_postgres_placeholder_without_a_value_is_named() -> None:
+    """Found while rewriting `:name` to `$n`, before the database is asked (so even while
+    it is unreachable the sensor fails with the name, instead of retrying)."""
+    trigger = SqlTrigger("SELECT :ready AND :steady", dsn="postgresql://u@127.0.0.1:1/db",
+                         parameters={"ready": True}, poke_interval=0.02)
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            with pytest.raises(SqlQueryError, match=r"placeholder :steady \(line 1\)"):
+                await first_event(rebuilt(trigger))
+
+
 async def test_unreachable_postgres_is_retried_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

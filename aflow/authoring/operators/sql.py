@@ -6,7 +6,9 @@ an aflow Connection, with bound parameters, and hand the rows to XCom.
 - Parameters are always bound by the driver, never formatted into the text. A list binds
   positional placeholders (`?` on SQLite, `$1` on PostgreSQL) and is bound to every
   statement; a dict binds `:name` placeholders on both, each statement taking the names
-  it uses.
+  it uses. On PostgreSQL they are rewritten to `$n` outside literals, quoted identifiers,
+  dollar-quoted bodies and comments (triggers.sql_placeholders), for every statement
+  before connecting, so a name missing from the dict runs nothing.
 - The XCom is the last statement's rows (`return_last=False`: one entry per statement);
   a statement that returns no rows (DDL, an INSERT without RETURNING) gives None. Rows
   are lists (`output_format="list"`) or dicts by column name (`"dict"`), their values
@@ -40,7 +42,8 @@ from aflow.exceptions import AflowError, DagDefinitionError
 from aflow.secrets.backends import lookup_connection
 from aflow.secrets.connection import Connection
 from aflow.secrets.masking import mask
-from triggers.sql import connect_timeout_seconds, jsonable, pg_named_to_positional
+from triggers.sql import connect_timeout_seconds, jsonable
+from triggers.sql_placeholders import pg_named_to_positional
 
 log = logging.getLogger("aflow.task.sql")
 
@@ -281,13 +284,21 @@ class SQLExecuteQueryOperator(BaseOperator):
                 f"{conn.login!r}: {type(exc).__name__}: {mask(str(exc))}"
             ) from None
 
-    def _pg_args(self, stmt: str) -> tuple[str, list[Any]]:
-        if isinstance(self.parameters, dict):
+    def _pg_args(self, i: int, stmt: str) -> tuple[str, list[Any]]:
+        """The statement as asyncpg takes it (`:name` rewritten to `$n`) and its values;
+        done for every statement before connecting, so a missing value runs nothing."""
+        if not isinstance(self.parameters, dict):
+            return stmt, list(self.parameters or [])
+        try:
             return pg_named_to_positional(stmt, self.parameters)
-        return stmt, list(self.parameters or [])
+        except ValueError as exc:
+            raise SqlOperatorError(
+                f"task {self.task_id!r}: statement {i + 1}: {exc}\n  SQL: {stmt}"
+            ) from None
 
-    async def _pg_statement(self, db: asyncpg.Connection, i: int, stmt: str) -> StatementResult:
-        text, args = self._pg_args(stmt)
+    async def _pg_statement(
+        self, db: asyncpg.Connection, i: int, text: str, args: list[Any]
+    ) -> StatementResult:
         prepared = await db.prepare(text)
         columns = [a.name for a in prepared.get_attributes()]
         if not columns:
@@ -302,6 +313,7 @@ class SQLExecuteQueryOperator(BaseOperator):
         return StatementResult(columns, rows, truncated)
 
     async def _run_postgres(self, conn: Connection, stmts: list[str]) -> list[StatementResult]:
+        bound = [self._pg_args(i, stmt) for i, stmt in enumerate(stmts)]
         db = await self._pg_connect(conn)
         results: list[StatementResult] = []
         tx = None if self.autocommit else db.transaction()
@@ -311,7 +323,7 @@ class SQLExecuteQueryOperator(BaseOperator):
             for i, stmt in enumerate(stmts):
                 log.info("running statement %d on %s: %s", i + 1, _where(conn), stmt)
                 try:
-                    results.append(await self._pg_statement(db, i, stmt))
+                    results.append(await self._pg_statement(db, i, *bound[i]))
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, TypeError,
                         ValueError) as exc:
                     raise SqlOperatorError(

@@ -27,7 +27,9 @@ down) is "not yet": logged, and retried with backoff.
 Connections: `conn_id` is resolved when the trigger runs, through
 `current_resources().resolve_connection(conn_id)`, to a DSN URI; so a password stays out
 of the trigger's kwargs. Parameters: a list binds positional placeholders (`?` on SQLite,
-`$1` on PostgreSQL); a dict binds named ones (`:name` on both).
+`$1` on PostgreSQL); a dict binds named ones (`:name` on both; on PostgreSQL a `:word` in a
+literal, quoted identifier, dollar-quoted body or comment is not one: see
+triggers.sql_placeholders).
 """
 
 from __future__ import annotations
@@ -40,13 +42,12 @@ import json
 import logging
 import math
 import random
-import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiosqlite
 import anyio
@@ -54,6 +55,7 @@ import asyncpg
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
 from triggers.shared import Resources, current_resources
+from triggers.sql_placeholders import pg_named_to_positional
 
 __all__ = [
     "DatabaseUnavailable",
@@ -99,11 +101,43 @@ class Dsn:
     kind: str  # "sqlite" | "postgresql"
     target: str  # a file path for SQLite, an asyncpg DSN for PostgreSQL
     shown: str  # for logs and errors: no password
+    connect_timeout: float = CONNECT_TIMEOUT_S  # seconds; PostgreSQL only
+
+
+def connect_timeout_seconds(value: Any) -> float:
+    """A `connect_timeout` as a connection's extra or a DSN's query gives it: a number of
+    seconds > 0, as a number or as text (a URI's values are text). ValueError otherwise,
+    saying what is accepted; the caller names the connection."""
+    seconds = math.nan
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"connect_timeout={value!r} is not a number of seconds > 0 (use e.g. 10 or 2.5)"
+        )
+    return seconds
+
+
+def _pop_connect_timeout(target: str) -> tuple[str, float]:
+    """libpq's `connect_timeout` query option taken out of a PostgreSQL DSN: asyncpg would
+    send an option it does not know to the server as a setting, which it refuses."""
+    parts = urlsplit(target)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    timeouts = [v for k, v in query if k == "connect_timeout"]
+    if not timeouts:
+        return target, CONNECT_TIMEOUT_S
+    seconds = connect_timeout_seconds(timeouts[-1])
+    rest = urlencode([(k, v) for k, v in query if k != "connect_timeout"])
+    return urlunsplit(parts._replace(query=rest)), seconds
 
 
 def parse_dsn(dsn: str) -> Dsn:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, `postgresql://...` (also
-    `postgres://` and `postgresql+asyncpg://`). Raises ValueError otherwise."""
+    `postgres://` and `postgresql+asyncpg://`; a `connect_timeout=<seconds>` option is
+    the connection timeout). Raises ValueError otherwise."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -118,8 +152,11 @@ def parse_dsn(dsn: str) -> Dsn:
         path = path[1:]
         return Dsn("sqlite", path, f"sqlite:///{path}")
     if base in ("postgres", "postgresql"):
-        target = "postgresql://" + rest
-        return Dsn("postgresql", target, _redact(target))
+        try:
+            target, timeout = _pop_connect_timeout("postgresql://" + rest)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, in {_redact(dsn)!r}") from None
+        return Dsn("postgresql", target, _redact(target), timeout)
     raise ValueError(
         f"unsupported DSN scheme {scheme!r} in {_redact(dsn)!r}: use sqlite:/// or postgresql://"
     )
@@ -244,30 +281,6 @@ def _pg_transient(exc: BaseException) -> bool:
     return state[:2] in _PG_TRANSIENT_CLASSES or state in _PG_TRANSIENT_STATES
 
 
-_PG_TOKENS = re.compile(
-    r"'(?:[^']|'')*'"  # a string literal
-    r"|\"(?:[^\"]|\"\")*\""  # a quoted identifier
-    r"|::"  # a cast
-    r"|(?<![:\w]):([A-Za-z_]\w*)"  # a :name placeholder
-)
-
-
-def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, list[Any]]:
-    """Rewrite `:name` placeholders (those named in `parameters`) to `$n`."""
-    order: dict[str, int] = {}
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None or name not in parameters:
-            return match.group(0)
-        if name not in order:
-            order[name] = len(order) + 1
-        return f"${order[name]}"
-
-    rewritten = _PG_TOKENS.sub(replace, sql)
-    return rewritten, [parameters[name] for name in order]
-
-
 class PostgresBackend:
     """One asyncpg pool per DSN (connections made on demand, sessions read-only)."""
 
@@ -283,7 +296,7 @@ class PostgresBackend:
             dsn.target,
             min_size=0,
             max_size=max_size,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=dsn.connect_timeout,
             server_settings={
                 "default_transaction_read_only": "on",
                 "application_name": APPLICATION_NAME,
@@ -293,11 +306,14 @@ class PostgresBackend:
 
     async def first_cell(self, sql: str, parameters: Any) -> tuple[bool, Any]:
         if isinstance(parameters, dict):
-            sql_to_run, args = pg_named_to_positional(sql, parameters)
+            try:
+                sql_to_run, args = pg_named_to_positional(sql, parameters)
+            except ValueError as exc:
+                raise SqlQueryError(f"query for {self.dsn.shown}: {exc}\n  SQL: {sql}") from None
         else:
             sql_to_run, args = sql, list(parameters or [])
         try:
-            async with self.pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
+            async with self.pool.acquire(timeout=self.dsn.connect_timeout) as conn:
                 row = await conn.fetchrow(sql_to_run, *args, timeout=QUERY_TIMEOUT_S)
         except Exception as exc:
             if _pg_transient(exc):
@@ -379,7 +395,7 @@ class PgListener:
             try:
                 conn = await asyncpg.connect(
                     self.dsn.target,
-                    timeout=CONNECT_TIMEOUT_S,
+                    timeout=self.dsn.connect_timeout,
                     server_settings={"application_name": LISTEN_APPLICATION_NAME},
                 )
                 lost = False
@@ -631,7 +647,7 @@ class SqlHub:
             res.push_async_callback(backend.aclose)
             return backend
 
-        return await self.resources.get(("triggers.sql.backend", dsn.target), make)
+        return await self.resources.get(("triggers.sql.backend", dsn.target, dsn.connect_timeout), make)
 
     async def listener(self, dsn: Dsn) -> PgListener:
         async def make(res: Resources) -> PgListener:
@@ -639,7 +655,7 @@ class SqlHub:
             _start_detached(res, listener.run)
             return listener
 
-        return await self.resources.get(("triggers.sql.listener", dsn.target), make)
+        return await self.resources.get(("triggers.sql.listener", dsn.target, dsn.connect_timeout), make)
 
     def join(
         self,

@@ -5,6 +5,9 @@ but never leak its password (read back from the task's log file)."""
 
 from __future__ import annotations
 
+import json
+import select
+import socket
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -129,6 +132,48 @@ def test_bad_arguments_are_named() -> None:
             SQLExecuteQueryOperator(task_id="r", conn_id="c", sql="SELECT 1", parameters="a")
 
 
+async def test_bad_connection_extras_fail_before_connecting(
+    orchestrator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL connection whose extra cannot be used fails its task with an error
+    that names the connection, the extra and its value, and what is accepted; nothing
+    reaches the listening port the connection points at."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        base = f"postgresql://etl:{PASSWORD}@127.0.0.1:{port}/db"
+        bad = {
+            "timeout_text": (f"{base}?connect_timeout=abc", "connect_timeout='abc'", "seconds > 0"),
+            "timeout_negative": (f"{base}?connect_timeout=-1", "connect_timeout='-1'", "seconds > 0"),
+            "timeout_zero": (f"{base}?connect_timeout=0", "connect_timeout='0'", "seconds > 0"),
+            "timeout_nan": (f"{base}?connect_timeout=nan", "connect_timeout='nan'", "seconds > 0"),
+            "timeout_json": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                         "port": port, "extra": {"connect_timeout": 0}}),
+                             "connect_timeout=0", "seconds > 0"),
+            "ssl_mode": (f"{base}?sslmode=always", "sslmode='always'", "verify-full"),
+            "search_path": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                        "port": port, "extra": {"search_path": ["a", "b"]}}),
+                            "search_path=['a', 'b']", "text"),
+        }
+        for conn_id, (uri, _, _) in bad.items():
+            monkeypatch.setenv(f"AFLOW_CONN_{conn_id.upper()}", uri)
+        with DAG("sql_bad_extras", start_date=START) as dag:
+            for conn_id in bad:
+                SQLExecuteQueryOperator(task_id=conn_id, conn_id=conn_id, sql="SELECT 1")
+        state, _, tis, o = await run_one(orchestrator_factory, dag)
+        readable, _, _ = select.select([server], [], [], 0)
+    assert readable == []  # no connection was tried
+    assert state == "failed"
+    for conn_id, (_, shown, accepted) in bad.items():
+        ti = tis[conn_id]
+        assert ti.state.value == "failed", conn_id
+        assert ti.error.startswith("SqlOperatorError"), ti.error
+        assert f"connection {conn_id!r}" in ti.error and shown in ti.error, ti.error
+        assert accepted in ti.error, ti.error
+        assert PASSWORD not in ti.error
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------------
 @pytest.fixture
 async def pg_conn(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -224,3 +269,52 @@ async def test_postgres_connection_error_names_conn_and_host_not_password(
     assert "'down'" in error and f"127.0.0.1:{port}" in error
     assert PASSWORD not in error
     assert PASSWORD not in task_log(o, tis["q"])
+
+
+@pytest.mark.postgres
+async def test_postgres_connect_timeout_extra_is_used(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A good connect_timeout (text, as a URI gives it) connects as before."""
+    import os
+
+    monkeypatch.setenv("AFLOW_CONN_PG_TIMEOUT", os.environ["AFLOW_CONN_PG"] + "&connect_timeout=2.5")
+    with DAG("sql_pg_timeout", start_date=START) as dag:
+        SQLExecuteQueryOperator(task_id="q", conn_id="pg_timeout", sql="SELECT 41 + 1")
+    state, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert state == "success", tis["q"].error
+    assert x["q"] == [[42]]
+
+
+@pytest.mark.postgres
+async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
+    orchestrator_factory: Any, pg_conn: Any
+) -> None:
+    """`:word` inside a dollar-quoted function body, a comment or a literal is text, not a
+    placeholder, even when `word` is a key of the parameters; a name with no value fails
+    the task before any statement runs."""
+    db, schema = pg_conn
+    params = {"who": "ann", "word": "W"}
+    with DAG("sql_pg_scan", start_date=START) as dag:
+        SQLExecuteQueryOperator(
+            task_id="scan", conn_id="pg", parameters=params,
+            sql=[
+                "CREATE FUNCTION greet(who text) RETURNS text LANGUAGE plpgsql AS $body$\n"
+                "DECLARE msg text := 'hi ';  -- :word in the body's comment\n"
+                "BEGIN /* :word */ RETURN msg || who; END\n"
+                "$body$",
+                "SELECT greet(:who) AS greeting, $q$ :word $q$ AS raw, ':word' AS literal,\n"
+                "  :word::text AS word, :who AS who  -- :word\n"
+                "/* :word /* nested :word */ :who */",
+            ])
+        SQLExecuteQueryOperator(
+            task_id="missing", conn_id="pg", autocommit=True, parameters={"n": 1},
+            sql=["CREATE TABLE touched (n int)", "SELECT :n, :absent"])
+    state, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert tis["scan"].state.value == "success", tis["scan"].error
+    assert x["scan"] == [["hi ann", " :word ", ":word", "W", "ann"]]
+    error = tis["missing"].error
+    assert tis["missing"].state.value == "failed"
+    assert "placeholder :absent" in error and "statement 2" in error and "'missing'" in error
+    exists = await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched')
+    assert exists is None  # statement 1 never ran, although autocommit was on

@@ -287,6 +287,41 @@ async def test_conn_id_is_resolved_at_run_time(tmp_path: Path) -> None:
     assert asked == ["local_db"]
 
 
+def test_dsn_connect_timeout_is_checked_and_taken_out() -> None:
+    """libpq's connect_timeout option is the pool's connect timeout, not a server setting
+    (the server refuses unknown settings); a bad one is named, with what is accepted."""
+    dsn = parse_dsn("postgresql://u:pw@h:5/db?sslmode=disable&connect_timeout=2.5&x=1")
+    assert dsn.connect_timeout == 2.5
+    assert dsn.target == "postgresql://u:pw@h:5/db?sslmode=disable&x=1"
+    assert parse_dsn("postgresql://h/db").connect_timeout == 10.0
+    for value in ("abc", "-1", "0", "nan", "inf", ""):
+        with pytest.raises(ValueError, match=r"connect_timeout='.*' is not a number of seconds > 0"
+                           ) as caught:
+            parse_dsn(f"postgresql://u:pw@h/db?connect_timeout={value}")
+        assert "pw" not in str(caught.value) and "postgresql://u:***@h/db" in str(caught.value)
+
+
+async def test_bad_connect_timeout_of_a_connection_is_named() -> None:
+    def resolve(conn_id: str) -> str:
+        return "postgresql://u@127.0.0.1:1/db?connect_timeout=abc"
+
+    async with Resources(resolve_connection=resolve) as resources:
+        with use_resources(resources), anyio.fail_after(DEADLINE_S):
+            with pytest.raises(ValueError, match="connection 'warehouse': connect_timeout='abc'"):
+                await first_event(SqlTrigger("SELECT 1", conn_id="warehouse"))
+
+
+async def test_postgres_placeholder_without_a_value_is_named() -> None:
+    """Found while rewriting `:name` to `$n`, before the database is asked (so even while
+    it is unreachable the sensor fails with the name, instead of retrying)."""
+    trigger = SqlTrigger("SELECT :ready AND :steady", dsn="postgresql://u@127.0.0.1:1/db",
+                         parameters={"ready": True}, poke_interval=0.02)
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            with pytest.raises(SqlQueryError, match=r"placeholder :steady \(line 1\)"):
+                await first_event(rebuilt(trigger))
+
+
 async def test_unreachable_postgres_is_retried_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -401,6 +436,25 @@ async def test_postgres_named_parameters_and_errors(pg: PgWorld) -> None:
                     )
                 )
     assert await pg.conn.fetchval(f"SELECT count(*) FROM {pg.schema}.events") == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_connection_with_connect_timeout(pg: PgWorld) -> None:
+    """A connection URI with connect_timeout (as SQLExecuteQueryOperator documents it)
+    works for the trigger too, polling and listening."""
+    await pg.conn.execute(f"INSERT INTO {pg.schema}.events (done) VALUES (true)")
+    sep = "&" if "?" in pg.dsn else "?"
+
+    def resolve(conn_id: str) -> str:
+        return f"{pg.dsn}{sep}connect_timeout=5&application_name={pg.schema}"
+
+    async with Resources(resolve_connection=resolve) as resources:
+        with use_resources(resources), anyio.fail_after(DEADLINE_S):
+            for channel in (None, f"{pg.schema}_chan"):
+                event = await first_event(SqlTrigger(
+                    f"SELECT count(*)::int FROM {pg.schema}.events WHERE done",
+                    conn_id="pg", listen_channel=channel, poke_interval=0.02))
+                assert event == TriggerEvent({"value": 1})
 
 
 @pytest.mark.postgres

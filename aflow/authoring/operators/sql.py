@@ -6,7 +6,9 @@ an aflow Connection, with bound parameters, and hand the rows to XCom.
 - Parameters are always bound by the driver, never formatted into the text. A list binds
   positional placeholders (`?` on SQLite, `$1` on PostgreSQL) and is bound to every
   statement; a dict binds `:name` placeholders on both, each statement taking the names
-  it uses.
+  it uses. On PostgreSQL they are rewritten to `$n` outside literals, quoted identifiers,
+  dollar-quoted bodies and comments (triggers.sql_placeholders), for every statement
+  before connecting, so a name missing from the dict runs nothing.
 - The XCom is the last statement's rows (`return_last=False`: one entry per statement);
   a statement that returns no rows (DDL, an INSERT without RETURNING) gives None. Rows
   are lists (`output_format="list"`) or dicts by column name (`"dict"`), their values
@@ -17,9 +19,10 @@ an aflow Connection, with bound parameters, and hand the rows to XCom.
 
 Connection types: `sqlite` (the file is the connection's schema or host:
 `sqlite:////abs/file.db`, `sqlite:///relative.db`) and `postgres`/`postgresql` (host,
-port, login, password, schema = database; extra `sslmode`, `search_path`,
-`application_name`, `connect_timeout`). Errors name the connection and host, never the
-password.
+port, login, password, schema = database; extra `sslmode` (disable, allow, prefer,
+require, verify-ca or verify-full), `search_path`, `application_name` (text) and
+`connect_timeout` (seconds > 0, default 10); a bad extra fails the task, naming it, before
+any connection is tried). Errors name the connection and host, never the password.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from aflow.exceptions import AflowError, DagDefinitionError
 from aflow.secrets.backends import lookup_connection
 from aflow.secrets.connection import Connection
 from aflow.secrets.masking import mask
-from triggers.sql import jsonable, pg_named_to_positional
+from triggers.sql import connect_timeout_seconds, jsonable
+from triggers.sql_placeholders import pg_named_to_positional
 
 log = logging.getLogger("aflow.task.sql")
 
@@ -49,10 +53,20 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_TYPES = ("sqlite",)
 POSTGRES_TYPES = ("postgres", "postgresql")
 PG_EXTRA_SETTINGS = ("search_path", "application_name")
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class SqlOperatorError(AflowError):
     """A SQL task failed: no connection, a rejected statement, too many rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class PgOptions:
+    """What a PostgreSQL connection's extras ask for, checked."""
+
+    timeout: float  # seconds for the connection to be made
+    ssl: str | None  # an sslmode, or None: asyncpg's default
+    settings: dict[str, str]  # server settings for the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +234,39 @@ class SQLExecuteQueryOperator(BaseOperator):
         return results
 
     # -- PostgreSQL ------------------------------------------------------------------------
-    async def _pg_connect(self, conn: Connection) -> asyncpg.Connection:
+    def _pg_options(self, conn: Connection) -> PgOptions:
+        """The extras this operator reads, checked before any connection is tried: a bad
+        value fails the task naming the connection, the extra and what is accepted."""
         extra = conn.extra or {}
-        settings = {k: str(extra[k]) for k in PG_EXTRA_SETTINGS if extra.get(k)}
+
+        def bad(key: str, accepted: str) -> SqlOperatorError:
+            return SqlOperatorError(
+                f"connection {self.conn_id!r}: extra {key}={extra[key]!r} is not valid: "
+                f"{accepted}"
+            )
+
+        timeout = CONNECT_TIMEOUT_S
+        if extra.get("connect_timeout") is not None:
+            try:
+                timeout = connect_timeout_seconds(extra["connect_timeout"])
+            except ValueError:
+                raise bad("connect_timeout", "use a number of seconds > 0 (e.g. 10 or 2.5)"
+                          ) from None
+        ssl = extra.get("sslmode")
+        if ssl is not None and ssl not in PG_SSLMODES:
+            raise bad("sslmode", f"use one of {', '.join(PG_SSLMODES)}")
+        settings: dict[str, str] = {}
+        for key in PG_EXTRA_SETTINGS:
+            value = extra.get(key)
+            if value is not None and not isinstance(value, str):
+                raise bad(key, "use text")
+            if value:
+                settings[key] = value
         settings.setdefault("application_name", "aflow-sql-operator")
-        timeout = float(extra.get("connect_timeout") or CONNECT_TIMEOUT_S)
+        return PgOptions(timeout, ssl, settings)
+
+    async def _pg_connect(self, conn: Connection) -> asyncpg.Connection:
+        options = self._pg_options(conn)
         try:
             return await asyncpg.connect(
                 host=conn.host or "localhost",
@@ -232,9 +274,9 @@ class SQLExecuteQueryOperator(BaseOperator):
                 user=conn.login,
                 password=conn.password,
                 database=conn.schema,
-                ssl=extra.get("sslmode") or None,
-                timeout=timeout,
-                server_settings=settings,
+                ssl=options.ssl,
+                timeout=options.timeout,
+                server_settings=options.settings,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise SqlOperatorError(
@@ -242,13 +284,21 @@ class SQLExecuteQueryOperator(BaseOperator):
                 f"{conn.login!r}: {type(exc).__name__}: {mask(str(exc))}"
             ) from None
 
-    def _pg_args(self, stmt: str) -> tuple[str, list[Any]]:
-        if isinstance(self.parameters, dict):
+    def _pg_args(self, i: int, stmt: str) -> tuple[str, list[Any]]:
+        """The statement as asyncpg takes it (`:name` rewritten to `$n`) and its values;
+        done for every statement before connecting, so a missing value runs nothing."""
+        if not isinstance(self.parameters, dict):
+            return stmt, list(self.parameters or [])
+        try:
             return pg_named_to_positional(stmt, self.parameters)
-        return stmt, list(self.parameters or [])
+        except ValueError as exc:
+            raise SqlOperatorError(
+                f"task {self.task_id!r}: statement {i + 1}: {exc}\n  SQL: {stmt}"
+            ) from None
 
-    async def _pg_statement(self, db: asyncpg.Connection, i: int, stmt: str) -> StatementResult:
-        text, args = self._pg_args(stmt)
+    async def _pg_statement(
+        self, db: asyncpg.Connection, i: int, text: str, args: list[Any]
+    ) -> StatementResult:
         prepared = await db.prepare(text)
         columns = [a.name for a in prepared.get_attributes()]
         if not columns:
@@ -263,6 +313,7 @@ class SQLExecuteQueryOperator(BaseOperator):
         return StatementResult(columns, rows, truncated)
 
     async def _run_postgres(self, conn: Connection, stmts: list[str]) -> list[StatementResult]:
+        bound = [self._pg_args(i, stmt) for i, stmt in enumerate(stmts)]
         db = await self._pg_connect(conn)
         results: list[StatementResult] = []
         tx = None if self.autocommit else db.transaction()
@@ -272,7 +323,7 @@ class SQLExecuteQueryOperator(BaseOperator):
             for i, stmt in enumerate(stmts):
                 log.info("running statement %d on %s: %s", i + 1, _where(conn), stmt)
                 try:
-                    results.append(await self._pg_statement(db, i, stmt))
+                    results.append(await self._pg_statement(db, i, *bound[i]))
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, TypeError,
                         ValueError) as exc:
                     raise SqlOperatorError(

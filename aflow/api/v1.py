@@ -482,11 +482,12 @@ async def mark_task_instance(request: web.Request, dag_id: str, dag_run_id: str,
 
 
 @api.route("GET", "/dags/{dag_id}/runs/{dag_run_id}/taskInstances/{task_id}/tries",
-           summary="A task instance's tries, each with the size of its log",
-           tag="task instances", response=m.TryCollection)
+           summary="A task instance's tries (those of runs before a clear too), each with "
+           "the size of its log", tag="task instances", query=m.InstanceQuery,
+           response=m.TryCollection)
 async def list_tries(request: web.Request, dag_id: str, dag_run_id: str,
-                     task_id: str) -> m.TryCollection:
-    ti = await task_instance(request, dag_id, dag_run_id, task_id)
+                     task_id: str, query: m.InstanceQuery) -> m.TryCollection:
+    ti = await task_instance(request, dag_id, dag_run_id, task_id, query.map_index)
     base = orchestrator(request).log_dir
 
     def sizes() -> list[m.TryEntry]:

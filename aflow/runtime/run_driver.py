@@ -137,11 +137,18 @@ class RunState:
         # are in `mapped`, in map-index order.
         self.tis: dict[str, TIState] = {}
         self.mapped: dict[str, list[TIState]] = {}
+        # The last try numbers of the `removed` instances of a mapped task (a clear's, or
+        # beyond a shorter input), by map index: when the task expands again, an index
+        # found here goes on from its try (as an unmapped TI does after a clear), so each
+        # try keeps a log of its own. Empty until a mapped task is cleared.
+        self.tries_before: dict[str, dict[int, int]] = {}
         for t in tis:
             if t.map_index < 0:
                 self.tis[t.task_id] = TIState.from_record(t)
             elif t.state is not TaskState.REMOVED:
                 self.mapped.setdefault(t.task_id, []).append(TIState.from_record(t))
+            elif t.try_number:
+                self.tries_before.setdefault(t.task_id, {})[t.map_index] = t.try_number
         # Made when a task's first upstream ends: a run of 2,000 sensors waiting for days
         # holds none (100 such runs: ~20 MiB saved).
         self.counts: dict[str, UpstreamCounts] = {}
@@ -812,6 +819,15 @@ class RunDriver:
                     operator=task.operator_name, priority_weight=weight, pool=task.pool)
             for i in range(n)
         ]
+        before = rs.tries_before.pop(ti.task_id, None)
+        if before is not None:  # expanded before, then cleared: each index goes on counting
+            for i, tries in before.items():
+                if i < n:
+                    group[i].try_number = tries
+                    group[i].max_tries = tries + task.retries
+            beyond = {i: tries for i, tries in before.items() if i >= n}
+            if beyond:  # (their rows stay `removed`, with these tries, in case it grows back)
+                rs.tries_before[ti.task_id] = beyond
         # (the -1 TI's row, if a clear left one, says `removed` from now on)
         gone = dataclasses.replace(self.record_of(ti), state=TaskState.REMOVED)
         await self._durably(self.store.save_tis, [*group, gone])
@@ -844,10 +860,13 @@ class RunDriver:
         group = rs.mapped.pop(task_id, None)
         if group is None:
             return []
+        before = rs.tries_before.setdefault(task_id, {})
         for instance in group:
             self._forget_end(rs, instance)
             instance.state = TaskState.REMOVED
             rs.xcoms.set_task(task_id, instance.map_index, {})
+            if instance.try_number:
+                before[instance.map_index] = instance.try_number
         rs.xcoms.set_mapped(task_id, None)
         rs.inputs.pop(task_id, None)
         rs.change_totals(task_id, 1 - len(group))
@@ -883,7 +902,11 @@ class RunDriver:
             try:
                 task = self._instance(rs, ti)
             except Exception as exc:  # noqa: BLE001 - a bad mapped value fails its instance
-                ti.try_number = max(ti.try_number, 1)  # (so that its log says why)
+                if (ti.next_method is None or ti.next_event is None) and not ti.same_try:
+                    # the try it was to start fails: its own log says why (not the last
+                    # one's, nor, after a clear, a log of the run before)
+                    ti.try_number += 1
+                    ti.start_date = self.clock.now()
                 await self._fail(rs, ti, f"cannot build map index {ti.map_index} of task "
                                          f"{ti.task_id!r}: {type(exc).__name__}: {exc}")
                 return False

@@ -509,7 +509,7 @@ async def test_a_cleared_mapped_task_keeps_its_pool_and_weight(home: Path, tmp_p
         rows = instances(await o.store.get_tis("pooled", first.run_id), "each")
     assert again.state.value == "success"
     assert {(r.pool, r.priority_weight, r.operator, r.try_number) for r in rows} == {
-        ("small", 7, "_PythonDecoratedOperator", 1)}
+        ("small", 7, "_PythonDecoratedOperator", 2)}  # the second try of each instance
 
 
 async def test_default_args_of_partial_and_of_a_task_group_reach_the_instances(home: Path) -> None:

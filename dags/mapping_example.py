@@ -8,9 +8,10 @@ What it shows
   per country (``map_index`` 0, 1, ...), each with its own log, XCom and retries;
 * ``report`` receives the list of every instance's value (in map-index order) and
   reduces it: the classic map/reduce;
-* ``expand_kwargs``: ``label`` runs once per dict of arguments (here built from
-  ``report``'s result), and a classic ``BashOperator`` is mapped over a literal list of
-  commands with ``BashOperator.partial(...).expand(bash_command=[...])``.
+* ``expand_kwargs``: ``label`` runs once per dict of arguments, built from each of
+  ``report``'s rows by ``.map(label_args)`` (a plain function, applied to each element
+  as its instance is built), and a classic ``BashOperator`` is mapped over a literal
+  list of commands with ``BashOperator.partial(...).expand(bash_command=[...])``.
 
 It needs no network and no database. ``schedule=None``: trigger it by hand.
 """
@@ -25,6 +26,11 @@ from typing import Any
 from aflow import BashOperator, dag, task
 
 SAMPLE = Path(__file__).parent / "data" / "clickstream_sample.csv"
+
+
+def label_args(row: dict[str, Any]) -> dict[str, Any]:
+    """A ranked row of the report -> the arguments of one ``label`` instance."""
+    return {"country": row["country"], "place": row["place"]}
 
 
 @dag(
@@ -55,14 +61,14 @@ def mapping_example() -> None:
         ranked = sorted(per_country, key=lambda r: r["revenue"], reverse=True)
         for place, row in enumerate(ranked, 1):
             print(f"{place}. {row['country']}: {row['revenue']:.2f} from {row['orders']} orders")
-        return [{"country": r["country"], "place": i} for i, r in enumerate(ranked, 1)]
+        return [{**r, "place": i} for i, r in enumerate(ranked, 1)]
 
     @task
     def label(country: str, place: int) -> str:
         return f"{country} is number {place}"
 
     per_country = revenue.partial(path=str(SAMPLE)).expand(country=countries(str(SAMPLE)))
-    label.expand_kwargs(report(per_country))
+    label.expand_kwargs(report(per_country).map(label_args))
     BashOperator.partial(task_id="disk_check").expand(
         bash_command=["df -h . | tail -1", "echo rows: $(wc -l < '" + str(SAMPLE) + "')"]
     )

@@ -87,6 +87,8 @@ class BaseOperator(Linkable):
     template_fields: Sequence[str] = ()
     template_ext: Sequence[str] = ()
     ui_color: str = "#ffffff"
+    # constructor arguments that may hold .map()/.zip() views (a mapped task's expand input)
+    _aflow_takes_derived: frozenset[str] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -382,12 +384,14 @@ def _tasks_of(other: Any, side: Literal["up", "down"] = "down") -> list[BaseOper
     """The tasks `other` stands for on the `side` of a dependency: a TaskGroup stands for
     its leaves upstream and for its roots downstream."""
     from aflow.authoring.taskgroup import TaskGroup
-    from aflow.authoring.xcom_arg import XComArg
+    from aflow.authoring.xcom_arg import DerivedXComArg, XComArg
 
     if isinstance(other, BaseOperator):
         return [other]
     if isinstance(other, XComArg):
         return [other.operator]
+    if isinstance(other, DerivedXComArg):  # .map()/.zip(): the tasks whose outputs it reads
+        return [arg.operator for arg in other.sources()]
     if isinstance(other, TaskGroup):
         return other._ends("leaves" if side == "up" else "roots")
     if isinstance(other, Iterable) and not isinstance(other, str | bytes):
@@ -426,6 +430,21 @@ def _as_list(cb: Callback | list[Callback] | None) -> list[Callback]:
     return list(cb) if isinstance(cb, list | tuple) else [cb]
 
 
+def _refuse_derived_arguments(
+    op: BaseOperator, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """A .map()/.zip() view given to an operator's constructor (not to expand()) is a
+    DagDefinitionError, raised before the task joins its DAG."""
+    from aflow.authoring.xcom_arg import refuse_derived
+
+    where = f"task {kwargs.get('task_id')!r}: "
+    for i, value in enumerate(args):
+        refuse_derived(f"{where}argument {i + 1}", value)
+    for name, value in kwargs.items():
+        if name not in op._aflow_takes_derived:
+            refuse_derived(f"{where}argument {name!r}", value)
+
+
 def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
     """Wrap an operator's __init__ so that the DAG's default_args fill missing arguments.
 
@@ -438,6 +457,8 @@ def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
     def wrapper(self: BaseOperator, *args: Any, **kwargs: Any) -> None:
         outermost = "_aflow_defaults" not in self.__dict__
         if outermost:
+            if not self.__dict__.get("_aflow_unmapped"):  # (an instance: its values are resolved)
+                _refuse_derived_arguments(self, args, kwargs)
             dag = kwargs.get("dag") or current_dag()
             defaults = dict(dag.default_args) if dag is not None else {}
             from aflow.authoring.taskgroup import current_task_group

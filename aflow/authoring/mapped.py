@@ -8,6 +8,10 @@ mapped class just before its try. With several expanded arguments the instances 
 their cross product, the last argument varying fastest (as Airflow). A downstream task
 that reads a mapped task's XCom gets the list of its instances' values, in map-index
 order (instances that pushed nothing are left out, as in Airflow).
+
+An input may also be a view made by `out.map(fn)` or `a.zip(b, ...)` (see xcom_arg): its
+outputs are resolved when the task expands, and its elements are computed only when an
+instance is built, so an error in `fn` fails that instance alone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from aflow.authoring.baseoperator import BaseOperator, shallow_copy
 from aflow.authoring.templating import has_templates, value_has_template
-from aflow.authoring.xcom_arg import XComArg, iter_xcom_args
+from aflow.authoring.xcom_arg import (
+    NOTSET,
+    DerivedXComArg,
+    MapXComArg,
+    XComArg,
+    ZipXComArg,
+    iter_xcom_args,
+    refuse_derived,
+)
 from aflow.exceptions import DagDefinitionError
 
 if TYPE_CHECKING:
@@ -67,15 +79,19 @@ class ResolvedInput:
     """A mapped task's expand input with every reference resolved, for one run."""
 
     names: tuple[str, ...]  # expand(): the mapped argument names; () for expand_kwargs
-    values: tuple[Sequence[Any], ...]  # expand(): one sequence per name; expand_kwargs: (list,)
+    # expand(): one sequence per name; expand_kwargs: (list,). A sequence may be a lazy
+    # view (.map()/.zip()), whose elements are computed here, as each instance is built.
+    values: tuple[Sequence[Any], ...]
     length: int
 
     def at(self, index: int) -> dict[str, Any]:
-        """The mapped arguments of instance `index`."""
+        """The mapped arguments of instance `index` (what a .map() function raises, too)."""
         if not 0 <= index < self.length:
             raise ExpandError(f"map index {index} is out of range: the input has {self.length} elements")
         if not self.names:
-            return dict(self.values[0][index])
+            item = self.values[0][index]
+            _check_kwargs_element(index, item)  # (a lazy view's elements were not seen before)
+            return dict(item)
         if len(self.names) == 1:
             return {self.names[0]: self.values[0][index]}
         out: dict[str, Any] = {}
@@ -83,6 +99,62 @@ class ResolvedInput:
             index, here = divmod(index, len(seq))
             out[name] = seq[here]
         return out
+
+
+class _MappedElements(Sequence[Any]):
+    """A resolved `.map()`: element i is the source's element i through the functions,
+    computed each time it is read (as an instance is built; a try builds it again)."""
+
+    __slots__ = ("functions", "source")
+
+    def __init__(self, source: Sequence[Any], functions: tuple[Any, ...]) -> None:
+        self.source = source
+        self.functions = functions
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("a mapped input is read one element at a time")
+        value = self.source[index]
+        for fn in self.functions:
+            value = fn(value)
+        return value
+
+
+class _ZippedElements(Sequence[Any]):
+    """A resolved `.zip()`: element i is the tuple of the inputs' elements i, as long as
+    the shortest input, or the longest with the missing elements filled."""
+
+    __slots__ = ("fillvalue", "inputs", "length")
+
+    def __init__(self, inputs: list[Sequence[Any]], fillvalue: Any) -> None:
+        self.inputs = inputs
+        self.fillvalue = fillvalue
+        lengths = [len(seq) for seq in inputs]
+        self.length = max(lengths) if fillvalue is not NOTSET else min(lengths)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: Any) -> tuple[Any, ...]:
+        if not isinstance(index, int):
+            raise TypeError("a zipped input is read one element at a time")
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return tuple(seq[index] if index < len(seq) else self.fillvalue for seq in self.inputs)
+
+
+_LAZY = (_MappedElements, _ZippedElements)
+
+
+def _check_kwargs_element(index: int, item: Any) -> None:
+    if not isinstance(item, Mapping) or not all(isinstance(k, str) for k in item):
+        raise ExpandError(
+            f"expand_kwargs element {index} is {type(item).__name__}, not a dict of "
+            "argument names to values"
+        )
 
 
 def _as_sequence(task_id: str, name: str, value: Any) -> Sequence[Any]:
@@ -98,6 +170,8 @@ def _as_sequence(task_id: str, name: str, value: Any) -> Sequence[Any]:
 
 class MappedOperator(BaseOperator):
     """A task expanded over its input at run time into one instance per element."""
+
+    _aflow_takes_derived = frozenset({"expand_input", "expand_kwargs_input"})
 
     def __init__(
         self,
@@ -142,18 +216,18 @@ class MappedOperator(BaseOperator):
         """The expand input with its XComArgs read from the run's XComs; ExpandError
         names the task and the argument when a value cannot be mapped over."""
         if self.expand_input is None:
-            value = _resolve(self.expand_kwargs_input, xcoms)
-            seq = _as_sequence(self.task_id, "its expand_kwargs input", value)
-            for i, item in enumerate(seq):
-                if not isinstance(item, Mapping) or not all(isinstance(k, str) for k in item):
-                    raise ExpandError(
-                        f"task {self.task_id!r}: expand_kwargs element {i} is "
-                        f"{type(item).__name__}, not a dict of argument names to values"
-                    )
+            seq = _expandable(
+                self.task_id, "its expand_kwargs input", self.expand_kwargs_input, xcoms)
+            if not isinstance(seq, _LAZY):  # (a lazy view's are checked as each is built)
+                for i, item in enumerate(seq):
+                    try:
+                        _check_kwargs_element(i, item)
+                    except ExpandError as exc:
+                        raise ExpandError(f"task {self.task_id!r}: {exc}") from None
             return ResolvedInput((), (seq,), len(seq))
         names = tuple(self.expand_input)
         values = tuple(
-            _as_sequence(self.task_id, f"argument {name!r}", _resolve(self.expand_input[name], xcoms))
+            _expandable(self.task_id, f"argument {name!r}", self.expand_input[name], xcoms)
             for name in names
         )
         length = 1
@@ -196,6 +270,20 @@ class MappedOperator(BaseOperator):
         return op
 
 
+def _expandable(task_id: str, what: str, value: Any, xcoms: XComView) -> Sequence[Any]:
+    """An expand input as a sequence: a literal or an upstream output (a dict as its
+    [key, value] pairs), or a lazy view of them for .map()/.zip()."""
+    if isinstance(value, MapXComArg):
+        return _MappedElements(_expandable(task_id, what, value.source, xcoms), value.functions)
+    if isinstance(value, ZipXComArg):
+        return _ZippedElements(
+            [_expandable(task_id, f"{what} (zip input {i})", v, xcoms)
+             for i, v in enumerate(value.inputs, 1)],
+            value.fillvalue,
+        )
+    return _as_sequence(task_id, what, _resolve(value, xcoms))
+
+
 def _resolve(value: Any, xcoms: XComView) -> Any:
     if isinstance(value, XComArg):
         return xcoms.get(value.operator.task_id, value.key)
@@ -208,24 +296,26 @@ def _resolve(value: Any, xcoms: XComView) -> Any:
 
 def _check_expand_values(task_id: str, values: Mapping[str, Any]) -> None:
     for name, value in values.items():
-        if isinstance(value, XComArg):
+        if isinstance(value, XComArg | DerivedXComArg):
             continue
         if not isinstance(value, list | tuple | Mapping):
             raise DagDefinitionError(
                 f"task {task_id!r}: expand({name}=...) needs a list, a dict or an upstream "
                 f"task's output (XComArg), got {type(value).__name__}"
             )
+        refuse_derived(f"task {task_id!r}: an element of expand({name}=...)", value)
 
 
 def check_expand_kwargs(task_id: str, value: Any, check_names: Any) -> None:
     """`expand_kwargs(value)` takes a list of dicts (each one's names checked with
     `check_names`) or an upstream task's output; else a DagDefinitionError."""
-    if not isinstance(value, XComArg | list | tuple):
+    if not isinstance(value, XComArg | DerivedXComArg | list | tuple):
         raise DagDefinitionError(
             f"task {task_id!r}: expand_kwargs() needs a list of dicts or an upstream task's "
             f"output, got {type(value).__name__}"
         )
     if isinstance(value, list | tuple):
+        refuse_derived(f"task {task_id!r}: an element of expand_kwargs()", value)
         for i, item in enumerate(value):
             if not isinstance(item, Mapping):
                 raise DagDefinitionError(
@@ -262,6 +352,8 @@ class OperatorPartial:
         if "task_id" not in kwargs:
             raise DagDefinitionError(f"{operator_class.__name__}.partial() needs a task_id")
         refuse_unmappable(operator_class, kwargs["task_id"])
+        for name, value in kwargs.items():
+            refuse_derived(f"task {kwargs['task_id']!r}: partial({name}=...)", value)
         self.operator_class = operator_class
         self.kwargs = kwargs
         self._used = False

@@ -22,7 +22,7 @@ from aflow.authoring.operators.branch import BranchPythonOperator, ShortCircuitO
 from aflow.authoring.operators.python import PythonOperator, context_kwargs
 from aflow.authoring.sensors.base import BaseSensorOperator
 from aflow.authoring.templating import jinja_env, render_value
-from aflow.authoring.xcom_arg import XComArg
+from aflow.authoring.xcom_arg import XComArg, refuse_derived
 from aflow.exceptions import DagDefinitionError, XComValueError
 
 
@@ -164,6 +164,10 @@ class DecoratedTask:
             inspect.signature(self.function).bind(*args, **kwargs)
         except TypeError as exc:
             raise DagDefinitionError(f"task {task_id!r}: bad arguments: {exc}") from None
+        for i, value in enumerate(args):
+            refuse_derived(f"task {task_id!r}: argument {i + 1}", value)
+        for name, value in kwargs.items():
+            refuse_derived(f"task {task_id!r}: argument {name!r}", value)
         operator = self.operator_class(
             task_id=task_id,
             python_callable=self.function,
@@ -180,6 +184,8 @@ class DecoratedPartial:
 
     def __init__(self, decorated: DecoratedTask, kwargs: dict[str, Any]) -> None:
         refuse_unmappable(decorated.operator_class, decorated.function.__name__)
+        for name, value in kwargs.items():
+            refuse_derived(f"task {decorated.function.__name__!r}: partial({name}=...)", value)
         self.decorated = decorated
         self.kwargs = kwargs
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -777,15 +778,19 @@ class RunDriver:
             await self._fail(rs, ti, f"aflow internal error: {type(exc).__name__}: {exc}")
             return False
 
-    async def _fail(self, rs: RunState, ti: TIState, error: str) -> None:
-        """End a TI as failed with `error` (logged, on its row), without a try's outcome;
-        the trigger row of a deferral it went on from goes with it."""
+    async def _fail(
+        self, rs: RunState, ti: TIState, error: str, exc: BaseException | None = None
+    ) -> None:
+        """End a TI as failed with `error` (logged, with `exc`'s traceback if given, and on
+        its row), without a try's outcome; the trigger row of a deferral it went on from
+        goes with it."""
         now = self.clock.now()
         ti.state = TaskState.FAILED
         ti.start_date = ti.start_date or now
         ti.end_date = now
         ti.error = error
-        self._write_to_log(rs, ti, f"ERROR - {error}")
+        trace = "" if exc is None else "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        self._write_to_log(rs, ti, f"ERROR - {error}{trace}")
         await self._durably(
             functools.partial(self.store.finish_ti, end_trigger=ti.next_method is not None),
             ti, [],
@@ -904,11 +909,12 @@ class RunDriver:
             except Exception as exc:  # noqa: BLE001 - a bad mapped value fails its instance
                 if (ti.next_method is None or ti.next_event is None) and not ti.same_try:
                     # the try it was to start fails: its own log says why (not the last
-                    # one's, nor, after a clear, a log of the run before)
+                    # one's, nor, after a clear, a log of the run before); so does an
+                    # error in a .map() function, called as the instance is built
                     ti.try_number += 1
                     ti.start_date = self.clock.now()
                 await self._fail(rs, ti, f"cannot build map index {ti.map_index} of task "
-                                         f"{ti.task_id!r}: {type(exc).__name__}: {exc}")
+                                         f"{ti.task_id!r}: {type(exc).__name__}: {exc}", exc)
                 return False
         now = self.clock.now()
         resume: Resume | None = None

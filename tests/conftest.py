@@ -3,6 +3,7 @@ DAGs through a real Orchestrator on a real SQLite file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -108,6 +109,23 @@ async def orchestrator_factory(home: Path) -> AsyncIterator[Any]:
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.asynccontextmanager
+async def driver_and_bystander(
+    dag: DAG, store_url: str, home: Path
+) -> AsyncIterator[tuple[Orchestrator, Orchestrator]]:
+    """Two Orchestrators on one PostgreSQL store: the driver drives the runs and hears of
+    other processes' changes only by NOTIFY (its claim sweep and poll would take an hour);
+    the bystander claims nothing, so clears and marks made through it come from another
+    process."""
+    async with (
+        Orchestrator(dag, store=store_url, home=home, schedule=False, sweep_s=3600,
+                     poll_s=3600) as driver,
+        Orchestrator(dag, store=store_url, home=home, schedule=False, claim=False,
+                     triggerer=False) as bystander,
+    ):
+        yield driver, bystander
 
 
 def _postgres_problem(dsn: str) -> str | None:

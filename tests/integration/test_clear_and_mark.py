@@ -20,7 +20,7 @@ from aflow.exceptions import AflowError, DagNotFound, RunNotFound, TaskNotFound
 from aflow.states import DagRunState, RunType
 from aflow.store.records import DagRunRecord
 from aflow.store.sqlite import SqliteStore
-from tests.conftest import REPO
+from tests.conftest import REPO, driver_and_bystander
 
 pytestmark = pytest.mark.anyio
 
@@ -625,12 +625,7 @@ async def test_clear_in_a_run_another_process_is_driving_on_postgresql(
     failing = {"flaky"}
     gate = anyio.Event()
     dag = gated(calls, failing, gate)
-    async with (
-        Orchestrator(dag, store=pg_schema_url, home=home, schedule=False, sweep_s=3600,
-                     poll_s=3600) as driver,
-        Orchestrator(dag, store=pg_schema_url, home=home, schedule=False, claim=False,
-                     triggerer=False) as other,
-    ):
+    async with driver_and_bystander(dag, pg_schema_url, home) as (driver, other):
         run = await driver.trigger("gated")
 
         async def flaky_ended() -> bool:

@@ -22,6 +22,7 @@ from aflow.api import serve_api
 from aflow.runtime.logs import log_path
 from aflow.states import DagRunState
 from tests.auth_helpers import bearer
+from tests.conftest import driver_and_bystander
 
 pytestmark = pytest.mark.anyio
 
@@ -274,12 +275,7 @@ async def test_cleared_instances_continue_their_tries_on_postgresql(
     calls.mkdir()
     gate = anyio.Event()
     dag = flip(calls, gate)
-    async with (
-        Orchestrator(dag, store=pg_schema_url, home=home, schedule=False, sweep_s=3600,
-                     poll_s=3600) as driver,
-        Orchestrator(dag, store=pg_schema_url, home=home, schedule=False, claim=False,
-                     triggerer=False) as other,
-    ):
+    async with driver_and_bystander(dag, pg_schema_url, home) as (driver, other):
         run = await driver.trigger("flip")
         await all_ran(other, run.run_id, calls, {0: 1, 1: 2, 2: 2})
         with anyio.fail_after(WAIT_S):

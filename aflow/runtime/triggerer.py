@@ -372,6 +372,7 @@ class Triggerer:
         assert record.id is not None
         task = asyncio.current_task()
         assert isinstance(task, _TriggerTask), "parked by _park"
+        _TRIGGER_TASK.set(task)  # (no reset: this context ends with the task)
         deadline: _Deadline | None = None
         try:
             if trigger is None:
@@ -442,7 +443,8 @@ class _TriggerTask(asyncio.Task):  # type: ignore[type-arg]
     """A parked trigger's asyncio task. It carries the trigger's record and, while the
     trigger waits, the log of the deferred try (built when first written to: most
     triggers never write), which is where _TriggerLogRouter sends what the trigger logs.
-    Slots on the task cost less than a context variable set in each."""
+    The one context variable it sets holds the task itself: a log object and a token
+    per parked trigger would cost more."""
 
     __slots__ = ("log", "record", "waiting")
 
@@ -460,26 +462,34 @@ class _TriggerTask(asyncio.Task):  # type: ignore[type-arg]
             self.log = None
 
 
-class _TriggerLogRouter(logs.TaskLogRouter):
-    """The task log of whichever parked trigger is running now (see _TriggerTask). A
-    trigger's code run in a worker thread has no asyncio task to be found by: what it
-    logs there goes to the triggerer's own log."""
+_TRIGGER_TASK: contextvars.ContextVar[_TriggerTask | None] = contextvars.ContextVar(
+    "aflow_trigger_task", default=None
+)
+"""The parked trigger whose code runs in this context: set by the trigger's task, and
+inherited by the tasks and worker threads its code starts."""
 
-    __slots__ = ("_log_dir",)
+
+class _TriggerLogRouter(logs.TaskLogRouter):
+    """The task log of the parked trigger whose code is running now (see _TriggerTask and
+    _TRIGGER_TASK), in its own task, a task it started or a worker thread."""
+
+    __slots__ = ("_lock", "_log_dir")
 
     def __init__(self, log_dir: Path) -> None:
         self._log_dir = log_dir
+        self._lock = threading.Lock()  # (a worker thread may write first)
 
     def active(self) -> logs.TaskLog | None:
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no event loop in this thread
+        task = _TRIGGER_TASK.get()
+        if task is None or not task.waiting:
             return None
-        if type(task) is not _TriggerTask or not task.waiting:
-            return None
-        if task.log is None:
-            task.log = _TriggerLog(self._log_dir, task.record)
-        return task.log
+        log = task.log
+        if log is None:
+            with self._lock:
+                if task.log is None:
+                    task.log = _TriggerLog(self._log_dir, task.record)
+                log = task.log
+        return log
 
 
 class _TriggerLog(logs.TaskLog):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from aflow import DAG, BaseOperator, PythonOperator
@@ -34,8 +35,14 @@ class FileFlagTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{__name__}.FileFlagTrigger", {"path": self.path, "fail": self.fail})
 
+    async def _log_from_a_child_task(self) -> None:
+        self.log.info("a child task of %s", self.path)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self.log.info("waiting for %s", self.path)
+        async with anyio.create_task_group() as tg:  # a task and a thread of its own log too
+            tg.start_soon(self._log_from_a_child_task)
+        await anyio.to_thread.run_sync(self.log.info, "a worker thread of %s", self.path)
         if self.fail:
             raise RuntimeError("the flag is broken")
         while not await anyio.Path(self.path).exists():  # noqa: ASYNC110 - polls a file
@@ -99,9 +106,8 @@ async def test_deferred_task_frees_its_slot_and_resumes_with_the_event(
 async def test_each_parked_trigger_logs_into_its_own_try(
     orchestrator_factory: Any, tmp_path: Path
 ) -> None:
-    """The triggerer finds a log line's try from the asyncio task that made it (one
-    context value for all parked triggers): lines of triggers parked side by side never
-    cross."""
+    """A trigger's lines land in its own try's log, from its task, a task it started and
+    a worker thread; lines of triggers parked side by side never cross."""
     flags = {name: tmp_path / f"flag_{name}" for name in ("a", "b", "c")}
 
     async def land() -> None:
@@ -119,8 +125,10 @@ async def test_each_parked_trigger_logs_into_its_own_try(
     for name, flag in flags.items():
         text = read_log(log_path(o.log_dir, "defer_logs", final.run_id, f"wait_{name}", 1))[0]
         assert f"waiting for {flag}" in text
+        assert f"a child task of {flag}" in text
+        assert f"a worker thread of {flag}" in text
         others = [str(f) for n, f in flags.items() if n != name]
-        assert not any(f"waiting for {other}" in text for other in others), text
+        assert not any(other in text for other in others), text
 
 
 async def test_trigger_error_fails_the_task_with_its_traceback(home: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from aflow.authoring.baseoperator import is_loop_safe
 from aflow.authoring.dag import DAG
 from aflow.authoring.mapped import ExpandError, ResolvedInput
 from aflow.clock import Clock
-from aflow.exceptions import StoreError, TaskDeferred
+from aflow.exceptions import SkipTask, StoreError, TaskDeferred
 from aflow.runtime import services, skips
 from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
@@ -784,13 +784,24 @@ class RunDriver:
         """End a TI as failed with `error` (logged, with `exc`'s traceback if given, and on
         its row), without a try's outcome; the trigger row of a deferral it went on from
         goes with it."""
+        await self._end_without_try(rs, ti, TaskState.FAILED, error, exc)
+
+    async def _end_without_try(
+        self, rs: RunState, ti: TIState, state: TaskState, why: str,
+        exc: BaseException | None = None,
+    ) -> None:
+        """End a TI as `state` (failed, or skipped) with `why` logged and, if it failed,
+        on its row; see _fail."""
         now = self.clock.now()
-        ti.state = TaskState.FAILED
+        ti.state = state
         ti.start_date = ti.start_date or now
         ti.end_date = now
-        ti.error = error
-        trace = "" if exc is None else "\n" + "".join(traceback.format_exception(exc)).rstrip()
-        self._write_to_log(rs, ti, f"ERROR - {error}{trace}")
+        failed = state is TaskState.FAILED
+        ti.error = why if failed else None
+        trace = ""
+        if exc is not None and failed:
+            trace = "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        self._write_to_log(rs, ti, f"{'ERROR' if failed else 'INFO'} - {why}{trace}")
         await self._durably(
             functools.partial(self.store.finish_ti, end_trigger=ti.next_method is not None),
             ti, [],
@@ -913,6 +924,12 @@ class RunDriver:
                     # error in a .map() function, called as the instance is built
                     ti.try_number += 1
                     ti.start_date = self.clock.now()
+                if isinstance(exc, SkipTask):  # (raised by a .map() function: as in Airflow)
+                    why = f"map index {ti.map_index} of task {ti.task_id!r} skipped as it was built"
+                    await self._end_without_try(
+                        rs, ti, TaskState.SKIPPED, f"{why}: {exc}" if str(exc) else why
+                    )
+                    return False
                 await self._fail(rs, ti, f"cannot build map index {ti.map_index} of task "
                                          f"{ti.task_id!r}: {type(exc).__name__}: {exc}", exc)
                 return False
@@ -935,7 +952,16 @@ class RunDriver:
         ti.next_retry_at = None
         ti.error = None
         if resume is None or not _resumes_at_once(task, resume):
-            await self._durably(self.store.save_tis, [ti])
+            try:
+                await self._durably(self.store.save_tis, [ti])
+            except anyio.get_cancelled_exc_class():
+                # Shutdown while the `running` row commits (a queued write commits even
+                # if its caller is cancelled): record the interruption after it, or a
+                # restart would count the try as lost and use up a retry.
+                if not rs.ended_by_hand:
+                    with anyio.CancelScope(shield=True):
+                        await self._interrupted(rs, ti)
+                raise
             if rs.lost:
                 # the run was marked by hand (committed after this row) or taken over
                 # while the row committed: the try does not start

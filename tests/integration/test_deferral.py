@@ -17,6 +17,7 @@ from aflow import DAG, BaseOperator, PythonOperator
 from aflow.orchestrator import Orchestrator
 from aflow.runtime.logs import log_path, read_log
 from aflow.states import TaskState
+from aflow.store.sqlite import SqliteStore
 from tests.conftest import run_dag
 from triggers.base import BaseTrigger, TriggerEvent
 
@@ -174,6 +175,49 @@ async def test_deferred_wait_survives_a_restart(home: Path, tmp_path: Path) -> N
         tis = {t.task_id: t for t in await (await o.get_run("defer_restart", handle.run_id)).task_instances()}
     assert final.state.value == "success"
     assert tis["wait"].try_number == 1
+
+
+class _RunningRowAckLost(SqliteStore):
+    """A real SQLite store whose first `running` row of task `t` commits, and whose caller
+    then never hears back before the shutdown: the moment between a try's `running` row
+    and the try itself."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.committed = anyio.Event()
+
+    async def save_tis(self, tis: Any) -> None:
+        await super().save_tis(tis)
+        if not self.committed.is_set() and any(
+            t.task_id == "t" and t.state is TaskState.RUNNING for t in tis
+        ):
+            self.committed.set()
+            await anyio.sleep_forever()
+
+
+async def test_a_shutdown_as_the_running_row_commits_uses_no_retry(home: Path) -> None:
+    ran: list[int] = []
+
+    def work(ti: Any) -> None:
+        ran.append(ti.try_number)
+
+    with DAG("cut_at_start", start_date=START) as dag:
+        PythonOperator(task_id="t", python_callable=work, retries=0)
+
+    store = _RunningRowAckLost(f"sqlite:///{home / 'aflow.db'}")
+    async with Orchestrator([dag], home=home, store=store, schedule=False,
+                            shutdown_grace_s=0.1) as o:
+        handle = await o.trigger("cut_at_start")
+        with anyio.fail_after(30):
+            await store.committed.wait()
+    assert ran == []  # the try never started
+    async with Orchestrator([dag], home=home, schedule=False) as o:
+        run = await o.get_run("cut_at_start", handle.run_id)
+        final = await run.wait(timeout=30)
+        (ti,) = await run.task_instances()
+    assert final.state.value == "success"
+    assert ran == [2]  # the interrupted try 1 gave its place back, as a cut-short try does
+    assert (ti.try_number, ti.max_tries) == (2, 1)
 
 
 async def _triggers(home: Path) -> list[Any]:

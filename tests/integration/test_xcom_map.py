@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from aflow import DAG, BashOperator, Orchestrator, PythonOperator, task
+from aflow.exceptions import SkipTask
 from tests.integration.test_mapping import START, instances, run_once
 
 pytestmark = pytest.mark.anyio
@@ -115,6 +116,42 @@ async def test_an_error_in_the_map_function_fails_only_its_instance(home: Path) 
     assert "Traceback (most recent call last)" in text
     assert 'in parse\n    raise ValueError(f"{text!r} is not a number")' in text
     assert not list((home / "logs" / "dag_id=map_fails").rglob("task_id=square/map_index=1/*.log"))
+
+
+async def test_skip_task_raised_in_the_map_function_skips_only_its_instance(home: Path) -> None:
+    """As AirflowSkipException in Airflow's map callable: that instance is skipped, the run
+    goes on, and a reduce over the list sees the others."""
+
+    def keep_even(n: int) -> int:
+        if n % 2:
+            raise SkipTask(f"{n} is odd")
+        return n
+
+    with DAG("map_skips", start_date=START) as dag:
+
+        @task
+        def numbers() -> list[int]:
+            return [2, 3, 4]
+
+        @task
+        def half(n: int) -> int:
+            return n // 2
+
+        @task(trigger_rule="none_failed")
+        def total(values: list[Any]) -> int:
+            return sum(v for v in values if v is not None)
+
+        total(half.expand(n=numbers().map(keep_even)))
+
+    final, rows, xcoms = await run_once(dag, home, "map_skips")
+    assert final.state.value == "success"
+    assert {t.map_index: t.state.value for t in instances(rows, "half")} == {
+        0: "success", 1: "skipped", 2: "success"}
+    skipped = next(t for t in instances(rows, "half") if t.map_index == 1)
+    assert skipped.error is None
+    assert xcoms[("total", -1)] == 3
+    log = next((home / "logs" / "dag_id=map_skips").rglob("task_id=half/map_index=1/attempt=1.log"))
+    assert "INFO - map index 1 of task 'half' skipped as it was built: 3 is odd" in log.read_text()
 
 
 async def test_an_upstream_value_that_cannot_be_mapped_fails_the_task_naming_it(home: Path) -> None:

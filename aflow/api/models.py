@@ -57,6 +57,12 @@ class TaskNode(BaseModel):
     operator: str
     trigger_rule: str
     retries: int
+    max_active_tis_per_dag: int | None = Field(
+        None, description="tries of this task running at once across the DAG's runs, in "
+        "each scheduler process (null: no limit)")
+    max_active_tis_per_dagrun: int | None = Field(
+        None, description="tries of this task (a mapped task's instances) running at once "
+        "within one run, in each scheduler process (null: no limit)")
     upstream: list[str]
     downstream: list[str]
     ui_color: str | None = None

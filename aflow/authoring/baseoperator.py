@@ -111,6 +111,8 @@ class BaseOperator(Linkable):
         pool_slots: int = 1,
         priority_weight: int = 1,
         weight_rule: str | WeightRule = WeightRule.DOWNSTREAM,
+        max_active_tis_per_dag: int | None = None,
+        max_active_tis_per_dagrun: int | None = None,
         on_success_callback: Callback | list[Callback] | None = None,
         on_failure_callback: Callback | list[Callback] | None = None,
         on_retry_callback: Callback | list[Callback] | None = None,
@@ -180,6 +182,12 @@ class BaseOperator(Linkable):
                 f"task {task_id!r}: unknown weight_rule {weight_rule!r}; "
                 f"use one of {', '.join(r.value for r in WeightRule)}"
             ) from None
+        # at most this many tries of the task running at once (in this scheduler process):
+        # across every run of its DAG, and within one run (a mapped task's instances)
+        self.max_active_tis_per_dag = _limit(task_id, "max_active_tis_per_dag",
+                                             max_active_tis_per_dag)
+        self.max_active_tis_per_dagrun = _limit(task_id, "max_active_tis_per_dagrun",
+                                                max_active_tis_per_dagrun)
         self.on_success_callback = _as_list(on_success_callback)
         self.on_failure_callback = _as_list(on_failure_callback)
         self.on_retry_callback = _as_list(on_retry_callback)
@@ -418,6 +426,14 @@ def chain(*items: Any) -> None:
         else:
             for ta in _tasks_of(left, "up"):
                 ta.set_downstream(right)
+
+
+def _limit(task_id: str, name: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise DagDefinitionError(
+        f"task {task_id!r}: {name} must be a positive integer or None (no limit), got {value!r}"
+    )
 
 
 def _as_timedelta(value: timedelta | float) -> timedelta:

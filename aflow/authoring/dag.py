@@ -289,6 +289,10 @@ class DAG:
                     **({"mapped": True} if t.is_mapped else {}),
                     "trigger_rule": str(t.trigger_rule),
                     "retries": t.retries,
+                    **({"max_active_tis_per_dag": t.max_active_tis_per_dag}
+                       if t.max_active_tis_per_dag is not None else {}),
+                    **({"max_active_tis_per_dagrun": t.max_active_tis_per_dagrun}
+                       if t.max_active_tis_per_dagrun is not None else {}),
                     "upstream": sorted(t.upstream_task_ids),
                     "downstream": sorted(t.downstream_task_ids),
                     "ui_color": t.ui_color,

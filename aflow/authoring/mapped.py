@@ -39,10 +39,12 @@ if TYPE_CHECKING:
 
 # BaseOperator arguments a mapped task takes once for all of its instances: its identity,
 # its place in the DAG and what the engine reads off the task itself (pool and slots,
-# weight, trigger rule, retries, deadline). They may not be mapped.
+# weight, trigger rule, retries, deadline, how many of its instances may run at once).
+# They may not be mapped.
 _NOT_MAPPABLE = frozenset({
     "task_id", "dag", "default_args", "task_group", "pool", "pool_slots", "priority_weight",
     "weight_rule", "trigger_rule", "retries", "deadline", "depends_on_past",
+    "max_active_tis_per_dag", "max_active_tis_per_dagrun",
 })
 
 

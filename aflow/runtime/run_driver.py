@@ -37,7 +37,7 @@ from aflow.runtime.by_hand import run_mark_state
 from aflow.runtime.logs import TaskLog, log_path
 from aflow.runtime.run_factory import new_ti
 from aflow.runtime.services import RunCreator
-from aflow.runtime.slots import Slots
+from aflow.runtime.slots import Slots, task_limits
 from aflow.runtime.task_runner import (
     Resume,
     TryJob,
@@ -739,17 +739,21 @@ class RunDriver:
         if rs.lost:
             return
         dag = rs.dag
-        if ti.map_index < 0 and dag.task_dict[ti.task_id].is_mapped:
+        task = dag.task_dict[ti.task_id]
+        if ti.map_index < 0 and task.is_mapped:
             self._tg.start_soon(self._expand, rs, ti)  # no slot: no user code runs
             return
+        per_dag, per_dagrun = task.max_active_tis_per_dag, task.max_active_tis_per_dagrun
         self.slots.submit(
             rs.run.dag_id,
             dag.priority_weights()[ti.task_id],
             dag.max_active_tasks,
             lambda: self._run_ti_or_fail(rs, ti),
             pool=ti.pool,
-            pool_slots=dag.task_dict[ti.task_id].pool_slots,
+            pool_slots=task.pool_slots,
             holder=ti,
+            limits=None if per_dag is None and per_dagrun is None else task_limits(
+                rs.run.dag_id, rs.run.run_id, ti.task_id, per_dag, per_dagrun),
         )
 
     def _on_unrunnable(self, entry: Any, reason: str) -> None:

@@ -1,18 +1,23 @@
 """Execution slots: at most `parallelism` tries run at once in this process, at most
-`max_active_tasks` per DAG, and the tries of a pool together take at most its slots
-(`pool_slots` each); waiting tries start in priority_weight order (then FIFO). A
-deferred or retry-waiting TI holds no execution slot; a deferred TI keeps its pool slots
+`max_active_tasks` per DAG, at most a task's `max_active_tis_per_dag` of its tries
+across the DAG's runs and its `max_active_tis_per_dagrun` within one run, and the tries
+of a pool together take at most its slots (`pool_slots` each); waiting tries start in
+priority_weight order (then FIFO). A deferred or retry-waiting TI holds no execution
+slot (and so counts towards none of these limits); a deferred TI keeps its pool slots
 only when its pool has `include_deferred` (the run driver decides, see `PoolHold`).
 
 The slots are `parallelism` long-lived worker coroutines in the owner's task group, so
 starting a try costs a queue hand-off, not a new task.
 
-Waiting tries are in one heap (the candidates). A candidate that meets a full DAG or a
-full pool is parked in that DAG's or pool's own heap, and comes back to the candidates
-only when there is room for it again: never all of them at once, so 10,000 tries
-waiting for a pool of 4 cost a few heap operations per try, not a scan each. A try
+Waiting tries are in one heap (the candidates). A candidate that meets a full DAG, a
+full task limit (its key: `(dag_id, task_id)` or `(dag_id, run_id, task_id)`, see
+`task_limits`) or a full pool is parked in that DAG's, key's or pool's own heap, and
+comes back to the candidates only when there is room for it again: never all of them
+at once, so 10,000 tries waiting for a pool of 4, or the 10,000 instances of a mapped
+task limited to 3 per run, cost a few heap operations per try, not a scan each. A try
 whose pool does not exist or is smaller than its `pool_slots` is parked apart
-(`on_unrunnable` says why) until the pools change.
+(`on_unrunnable` says why) until the pools change. A try without task limits costs one
+`None` check for them.
 """
 
 from __future__ import annotations
@@ -48,17 +53,37 @@ class PoolHold:
         self.slots = slots
 
 
+# A task's limits on its own tries: ((key, limit), ...), one pair per limit it sets. The
+# keys of the two kinds differ in length, so they share one count per key.
+TaskKey = tuple[str, ...]
+TaskLimits = tuple[tuple[TaskKey, int], ...]
+
+
+def task_limits(
+    dag_id: str, run_id: str, task_id: str, per_dag: int | None, per_dagrun: int | None
+) -> TaskLimits | None:
+    """The limits of one try of a task with `max_active_tis_per_dag=per_dag` and
+    `max_active_tis_per_dagrun=per_dagrun` (None: no limit), or None when it has none."""
+    if per_dag is None:
+        return None if per_dagrun is None else (((dag_id, run_id, task_id), per_dagrun),)
+    if per_dagrun is None:
+        return (((dag_id, task_id), per_dag),)
+    return (((dag_id, task_id), per_dag), ((dag_id, run_id, task_id), per_dagrun))
+
+
 class Entry:
     """A waiting try."""
 
-    __slots__ = ("counted", "dag_id", "dag_limit", "hold", "holder", "pool", "pool_slots",
-                 "queued_at", "start")
+    __slots__ = ("counted", "dag_id", "dag_limit", "hold", "holder", "limits", "pool",
+                 "pool_slots", "queued_at", "start")
 
     def __init__(
-        self, dag_id: str, dag_limit: int, pool: str, pool_slots: int, holder: Any, start: Start
+        self, dag_id: str, dag_limit: int, pool: str, pool_slots: int, holder: Any, start: Start,
+        limits: TaskLimits | None = None,
     ) -> None:
         self.dag_id = dag_id
         self.dag_limit = dag_limit
+        self.limits = limits
         self.pool = pool
         self.pool_slots = pool_slots
         self.holder = holder  # has a `pool_hold: PoolHold | None` attribute
@@ -93,9 +118,14 @@ class Slots:
         self._heap: list[_Item] = []
         self._dag_wait: dict[str, list[_Item]] = {}  # parked: the DAG is at max_active_tasks
         self._pool_wait: dict[str, list[_Item]] = {}  # parked: the pool has too few free slots
+        self._key_wait: dict[TaskKey, list[_Item]] = {}  # parked: a task limit of it is full
         self._unrunnable: list[_Item] = []  # parked: no such pool, or it is too small
         self._per_dag: dict[str, int] = defaultdict(int)  # running tries per DAG
         self._heap_per_dag: dict[str, int] = defaultdict(int)  # candidates per DAG
+        # running tries per task-limit key (a key at 0 is removed: there is one per run of
+        # a limited task)
+        self._per_key: dict[TaskKey, int] = {}
+        self._held_at_key: dict[TaskKey, int] = {}  # parked at a key, holding pool slots
         self.pool_used: dict[str, int] = defaultdict(int)  # slots held per pool
         self._heap_pool_slots: dict[str, int] = defaultdict(int)  # slots candidates need
         self.pools: dict[str, PoolRecord] = {}
@@ -118,6 +148,7 @@ class Slots:
             len(self._heap)
             + sum(len(v) for v in self._dag_wait.values())
             + sum(len(v) for v in self._pool_wait.values())
+            + sum(len(v) for v in self._key_wait.values())
             + len(self._unrunnable)
         )
 
@@ -175,10 +206,12 @@ class Slots:
         pool: str = DEFAULT_POOL,
         pool_slots: int = 1,
         holder: Any = None,
+        limits: TaskLimits | None = None,
     ) -> None:
         """Queue a try; `start()` runs in a slot, which is free again when it returns.
-        A `holder` that already holds its pool slots (`pool_hold`) skips the pool."""
-        entry = Entry(dag_id, dag_limit, pool, pool_slots, holder or _Holder(), start)
+        A `holder` that already holds its pool slots (`pool_hold`) skips the pool.
+        `limits` are its task's (see `task_limits`)."""
+        entry = Entry(dag_id, dag_limit, pool, pool_slots, holder or _Holder(), start, limits)
         self._push((-priority_weight, next(self._seq), entry))
         self._dispatch()
 
@@ -217,9 +250,15 @@ class Slots:
             item = self._pop()
             entry = item[2]
             dag_id = entry.dag_id
+            # Parked, it leaves the candidates: tries kept parked by a limit it was counted
+            # in may come back in its place, unless they too are sure to meet the limit
+            # it met (see _park_at_key and _refill_held).
+            limits = entry.limits
             if self._per_dag[dag_id] >= entry.dag_limit:
                 heapq.heappush(self._dag_wait.setdefault(dag_id, []), item)
                 self._refill_pool(entry.pool)
+                continue
+            if limits is not None and self._park_at_key(item, limits):
                 continue
             if entry.holder.pool_hold is None:
                 pool = entry.pool
@@ -228,12 +267,16 @@ class Slots:
                     self._unrunnable.append(item)
                     self._refill_dag(dag_id, entry.dag_limit)
                     self._refill_pool(pool)
+                    if limits is not None and self._held_at_key:
+                        self._refill_held(limits)
                     if self.on_unrunnable is not None:
                         self.on_unrunnable(entry, self._why_unrunnable(entry, limit))
                     continue
                 if limit != UNLIMITED_SLOTS and self.pool_used[pool] + entry.pool_slots > limit:
                     heapq.heappush(self._pool_wait.setdefault(pool, []), item)
                     self._refill_dag(dag_id, entry.dag_limit)
+                    if limits is not None and self._held_at_key:
+                        self._refill_held(limits)
                     continue
             return item
         return None
@@ -253,6 +296,70 @@ class Slots:
             self._push(heapq.heappop(parked))
         if parked is not None and not parked:
             del self._dag_wait[dag_id]
+
+    # -- task limits ------------------------------------------------------------------
+    # Every try of a key is of one task, so of one DAG and one pool, and every try of a
+    # run's key is also one of its task's DAG-wide key. So when a try meets a full DAG,
+    # or its task's full DAG-wide limit, the tries parked at its keys stay parked: they
+    # would meet it too (bringing them back would only move them all from one wait to
+    # the other, and back when the other limit frees). When it meets its run's full
+    # limit, tries of the task's other runs parked at the DAG-wide key may take the room
+    # it leaves. A full pool stops every try of a key too, except one that already holds
+    # its pool slots (a resumed deferred TI, see PoolHold): while one is parked at a key
+    # (`_held_at_key`), the tries ahead of it come back past the full pool.
+    def _park_at_key(self, item: _Item, limits: TaskLimits) -> bool:
+        """Park a candidate at the first of its task-limit keys that is full (True), or
+        leave it (False)."""
+        running = self._per_key
+        full = next((key for key, limit in limits if running.get(key, 0) >= limit), None)
+        if full is None:
+            return False
+        entry = item[2]
+        heapq.heappush(self._key_wait.setdefault(full, []), item)
+        if not entry.counted:  # (it held its pool slots when it was queued)
+            self._held_at_key[full] = self._held_at_key.get(full, 0) + 1
+        self._refill_dag(entry.dag_id, entry.dag_limit)
+        self._refill_pool(entry.pool)
+        if full is not limits[0][0]:  # its run's limit is full, not its task's DAG-wide
+            self._refill_key(*limits[0])  # one: tries of the task's other runs may go on
+        return True
+
+    def _refill_key(self, key: TaskKey, limit: int) -> None:
+        """Bring back as many of the tries parked at `key` as it has room for, in their
+        order. Candidates of the key in the heap are not counted against the room: a try
+        queued later, never parked, would otherwise start before earlier ones parked
+        (the heap orders them all, and one that finds the key full again is parked
+        again)."""
+        parked = self._key_wait.get(key)
+        if parked is None:
+            return
+        for _ in range(limit - self._per_key.get(key, 0)):
+            item = heapq.heappop(parked)
+            if not item[2].counted:
+                self._unheld(key)
+            self._push(item)
+            if not parked:
+                del self._key_wait[key]
+                return
+
+    def _refill_held(self, limits: TaskLimits) -> None:
+        """A try of these keys met a full pool: bring tries parked at its keys back while
+        one that holds its pool slots is parked there."""
+        for key, limit in limits:
+            while self._held_at_key.get(key) and self._per_key.get(key, 0) < limit:
+                item = heapq.heappop(self._key_wait[key])
+                if not item[2].counted:
+                    self._unheld(key)
+                self._push(item)
+                if not self._key_wait[key]:
+                    del self._key_wait[key]
+
+    def _unheld(self, key: TaskKey) -> None:
+        left = self._held_at_key[key] - 1
+        if left:
+            self._held_at_key[key] = left
+        else:
+            del self._held_at_key[key]
 
     def _refill_pool(self, pool: str) -> None:
         """Bring parked tries of `pool` back while the pool has room for them (in priority
@@ -288,6 +395,10 @@ class Slots:
             self.on_start(time.monotonic() - entry.queued_at)
         self.running += 1
         self._per_dag[entry.dag_id] += 1
+        if entry.limits is not None:
+            running = self._per_key
+            for key, _ in entry.limits:
+                running[key] = running.get(key, 0) + 1
         holder = entry.holder
         if holder.pool_hold is None:
             holder.pool_hold = PoolHold(entry.pool, entry.pool_slots)
@@ -299,6 +410,16 @@ class Slots:
         dag_id = entry.dag_id
         self._per_dag[dag_id] -= 1
         self._refill_dag(dag_id, entry.dag_limit)
+        if entry.limits is not None:
+            running = self._per_key
+            for key, _ in entry.limits:
+                left = running[key] - 1
+                if left:
+                    running[key] = left
+                else:
+                    del running[key]
+            for key, limit in entry.limits:
+                self._refill_key(key, limit)
         holder = entry.holder
         if not keep and entry.hold is not None and holder.pool_hold is entry.hold:
             self.release_hold(holder, dispatch=False)  # the worker takes the next try itself

@@ -46,7 +46,8 @@ def build_dags() -> list[DAG]:
         },
     ) as greet:
         first = PythonOperator(task_id="first", python_callable=say, op_args=["{{ params.name }}"])
-        second = PythonOperator(task_id="second", python_callable=say, op_args=["again"])
+        second = PythonOperator(task_id="second", python_callable=say, op_args=["again"],
+                                max_active_tis_per_dag=4, max_active_tis_per_dagrun=1)
         first >> second
     with DAG("other", schedule="@daily", start_date=START, catchup=False,
              is_paused_upon_creation=True) as other:
@@ -183,6 +184,8 @@ async def test_dags_list_detail_and_pause(served: tuple[Orchestrator, httpx.Asyn
     detail = (await client.get("/dags/greet")).json()
     assert [t["task_id"] for t in detail["tasks"]] == ["first", "second"]
     assert detail["tasks"][0]["downstream"] == ["second"]
+    assert [(t["max_active_tis_per_dag"], t["max_active_tis_per_dagrun"]) for t in detail["tasks"]] \
+        == [(None, None), (4, 1)]
     assert set(detail["params"]) == {"name", "times", "mode"}
 
     paused = await client.patch("/dags/greet", json={"is_paused": True})

@@ -4,12 +4,15 @@ is ever exceeded and every run finishes.
 Each example builds 1-2 random DAGs (random edges; tasks in random pools, some with
 include_deferred, each taking up to its pool's size in `pool_slots`; short random
 durations; some tasks run in threads, some fail once and retry, some defer on a short
-timer and resume inline, as an ordinary try, or fail once after resuming and retry),
-triggers several runs of each on a real Orchestrator over a real SQLite file, and
-checks what the tasks recorded (monotonic start/end of each piece of work):
+timer and resume inline, as an ordinary try, or fail once after resuming and retry;
+some are mapped over a few instances; some have task limits), triggers several runs of
+each on a real Orchestrator over a real SQLite file, and checks what the tasks recorded
+(monotonic start/end of each piece of work):
 
 * parallelism: tries running at once (executions and resumed tries);
 * max_active_tasks: the same, per DAG across its runs;
+* max_active_tis_per_dag: the same, per task across its DAG's runs;
+* max_active_tis_per_dagrun: the same, per task (its instances, when mapped) in one run;
 * each pool: the slots its tries hold at once, counting a deferred try from its first
   start to the end of its resume when the pool has include_deferred;
 * max_active_runs: runs of a DAG with work going at once;
@@ -49,6 +52,9 @@ class TaskSpec:
     pool_slots: int
     ms: int
     weight: int
+    mapped: int = 0  # how many instances (0: not mapped)
+    per_dag: int | None = None  # max_active_tis_per_dag
+    per_run: int | None = None  # max_active_tis_per_dagrun
 
 
 @dataclass
@@ -69,14 +75,15 @@ class Scenario:
 
 @dataclass
 class Recorder:
-    """(dag_id, run_id, task_id, try, piece, start, end); piece: exec, resume, inline."""
+    """(dag_id, run_id, task_id, map_index, try, piece, start, end); piece: exec, resume,
+    inline."""
 
-    rows: list[tuple[str, str, str, int, str, float, float]] = field(default_factory=list)
+    rows: list[tuple[str, str, str, int, int, str, float, float]] = field(default_factory=list)
 
     def add(self, context: dict[str, Any], piece: str, t0: float) -> None:
         ti = context["ti"]
-        self.rows.append((ti.dag_id, ti.run_id, ti.task_id, ti.try_number, piece, t0,
-                          time.monotonic()))
+        self.rows.append((ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number, piece,
+                          t0, time.monotonic()))
 
 
 RECORDER = Recorder()  # tasks find it by module (a try in a thread sees the same one)
@@ -138,6 +145,9 @@ def scenarios(draw: Any) -> Scenario:
                 pool_slots=draw(st.integers(1, pools[pool][0])),
                 ms=draw(st.integers(0, 15)),
                 weight=draw(st.integers(1, 3)),
+                mapped=draw(st.sampled_from((0, 0, 2, 4))),
+                per_dag=draw(st.sampled_from((None, None, 1, 2))),
+                per_run=draw(st.sampled_from((None, None, 1, 2))),
             ))
         pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
         edges = [p for p in pairs if draw(st.integers(0, 2)) == 0]
@@ -149,12 +159,16 @@ def scenarios(draw: Any) -> Scenario:
 def build(index: int, spec: DagSpec) -> DAG:
     with DAG(f"prop{index}", start_date=START, max_active_tasks=spec.max_active_tasks,
              max_active_runs=spec.max_active_runs) as dag:
-        ops = [
-            (ThreadWorker if t.kind == "thread" else Worker)(
-                   task_id=f"t{i}", kind=t.kind, ms=t.ms, pool=t.pool, pool_slots=t.pool_slots,
-                   priority_weight=t.weight, retries=1, retry_delay=0)
-            for i, t in enumerate(spec.tasks)
-        ]
+        ops = []
+        for i, t in enumerate(spec.tasks):
+            cls = ThreadWorker if t.kind == "thread" else Worker
+            args = dict(task_id=f"t{i}", kind=t.kind, pool=t.pool, pool_slots=t.pool_slots,
+                        priority_weight=t.weight, retries=1, retry_delay=0,
+                        max_active_tis_per_dag=t.per_dag, max_active_tis_per_dagrun=t.per_run)
+            if t.mapped:
+                ops.append(cls.partial(**args).expand(ms=[t.ms] * t.mapped))
+            else:
+                ops.append(cls(ms=t.ms, **args))
         for i, j in spec.edges:
             ops[i] >> ops[j]
     return dag
@@ -175,13 +189,14 @@ def check(scenario: Scenario, dags: list[DAG], rows: list[Any]) -> None:
     running: list[tuple[float, float, int]] = []  # execution slots
     per_dag: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     per_pool: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    per_task: dict[tuple[str, ...], list[tuple[float, float, int]]] = defaultdict(list)
     run_spans: dict[tuple[str, str], list[float]] = {}
-    tries: dict[tuple[str, str, str, int], dict[str, tuple[float, float]]] = defaultdict(dict)
-    for dag_id, run_id, task_id, try_number, piece, t0, t1 in rows:
-        tries[(dag_id, run_id, task_id, try_number)][piece] = (t0, t1)
+    tries: dict[tuple[str, str, str, int, int], dict[str, tuple[float, float]]] = defaultdict(dict)
+    for dag_id, run_id, task_id, map_index, try_number, piece, t0, t1 in rows:
+        tries[(dag_id, run_id, task_id, map_index, try_number)][piece] = (t0, t1)
         span = run_spans.setdefault((dag_id, run_id), [t0, t1])
         span[0], span[1] = min(span[0], t0), max(span[1], t1)
-    for (dag_id, _, task_id, _), pieces in tries.items():
+    for (dag_id, run_id, task_id, _, _), pieces in tries.items():
         dag, _spec = specs[dag_id]
         task = dag.task_dict[task_id]
         slots, include_deferred = scenario.pools[task.pool]
@@ -189,6 +204,8 @@ def check(scenario: Scenario, dags: list[DAG], rows: list[Any]) -> None:
         for t0, t1 in held:
             running.append((t0, t1, 1))
             per_dag[dag_id].append((t0, t1, 1))
+            per_task[(dag_id, task_id)].append((t0, t1, 1))
+            per_task[(dag_id, run_id, task_id)].append((t0, t1, 1))
         end = pieces.get("resume", pieces.get("inline", (0.0, 0.0)))[1]
         if include_deferred and end:
             per_pool[task.pool].append((pieces["exec"][0], end, task.pool_slots))
@@ -198,6 +215,11 @@ def check(scenario: Scenario, dags: list[DAG], rows: list[Any]) -> None:
     for dag_id, spans in per_dag.items():
         limit = specs[dag_id][1].max_active_tasks
         assert peak(spans) <= limit, f"{dag_id}: max_active_tasks {limit} exceeded"
+    for key, spans in per_task.items():
+        task = specs[key[0]][0].task_dict[key[-1]]
+        limit = task.max_active_tis_per_dag if len(key) == 2 else task.max_active_tis_per_dagrun
+        if limit is not None:
+            assert peak(spans) <= limit, f"{key}: task limit {limit} exceeded"
     for pool, spans in per_pool.items():
         limit = scenario.pools[pool][0]
         assert peak(spans) <= limit, f"pool {pool} ({limit} slots) exceeded"

@@ -191,7 +191,7 @@ class Slots:
             return
         holder.pool_hold = None
         self.pool_used[hold.pool] -= hold.slots
-        self._refill_pool(hold.pool)
+        self._refill_pool(hold.pool, freed=True)
         if dispatch:
             self._dispatch()
 
@@ -289,12 +289,22 @@ class Slots:
         return (f"waiting: it needs {entry.pool_slots} slots of pool {entry.pool!r}, which "
                 f"has {limit} (grow it with `aflow pools set {entry.pool} SLOTS`)")
 
-    def _refill_dag(self, dag_id: str, dag_limit: int) -> None:
-        """Bring parked tries of `dag_id` back while the DAG has room for them."""
+    def _refill_dag(self, dag_id: str, dag_limit: int, *, freed: bool = False) -> None:
+        """Bring parked tries of `dag_id` back while the DAG has room for them. Its tries
+        among the candidates count against that room, except when one of its tries has
+        just ended (`freed`): then as many come back as it has room for, so that a parked
+        try is not passed by a lighter one that came after it (those that do not start
+        are parked again)."""
         parked = self._dag_wait.get(dag_id)
-        while parked and self._per_dag[dag_id] + self._heap_per_dag[dag_id] < dag_limit:
+        if not parked:
+            return
+        room = dag_limit - self._per_dag[dag_id]
+        if not freed:
+            room -= self._heap_per_dag[dag_id]
+        while parked and room > 0:
             self._push(heapq.heappop(parked))
-        if parked is not None and not parked:
+            room -= 1
+        if not parked:
             del self._dag_wait[dag_id]
 
     # -- task limits ------------------------------------------------------------------
@@ -361,19 +371,22 @@ class Slots:
         else:
             del self._held_at_key[key]
 
-    def _refill_pool(self, pool: str) -> None:
+    def _refill_pool(self, pool: str, *, freed: bool = False) -> None:
         """Bring parked tries of `pool` back while the pool has room for them (in priority
-        order: one that does not fit yet keeps those behind it parked)."""
+        order: one that does not fit yet keeps those behind it parked). The slots the
+        candidates need count against that room, except when slots have just been given
+        back (`freed`): as for a DAG's, see _refill_dag."""
         parked = self._pool_wait.get(pool)
         if not parked:
             return
         limit = self._pool_limit(pool)
         if limit is None:
             return
-        while parked and (
-            limit == UNLIMITED_SLOTS
-            or self.pool_used[pool] + self._heap_pool_slots[pool] + parked[0][2].pool_slots <= limit
-        ):
+        room = limit - self.pool_used[pool]
+        if not freed:
+            room -= self._heap_pool_slots[pool]
+        while parked and (limit == UNLIMITED_SLOTS or parked[0][2].pool_slots <= room):
+            room -= parked[0][2].pool_slots
             self._push(heapq.heappop(parked))
         if not parked:
             del self._pool_wait[pool]
@@ -409,7 +422,7 @@ class Slots:
         self.running -= 1
         dag_id = entry.dag_id
         self._per_dag[dag_id] -= 1
-        self._refill_dag(dag_id, entry.dag_limit)
+        self._refill_dag(dag_id, entry.dag_limit, freed=True)
         if entry.limits is not None:
             running = self._per_key
             for key, _ in entry.limits:

@@ -72,6 +72,56 @@ async def test_a_try_blocked_by_its_pool_lets_its_dag_go_on() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_a_dag_slot_goes_to_the_heaviest_try_not_the_first_candidate() -> None:
+    """DAG limit 1: `a` and `b` (weight 7) were parked while the DAG was full; `c`
+    (weight 5) came while no worker was idle, so it is still a candidate, not parked.
+    When the DAG's try ends, `a` starts before `c`, then `b`."""
+    t = Tracker()
+    async with anyio.create_task_group() as tg:
+        slots = Slots(2, tg)
+        slots.submit("d", 1, 1, t.start("z", "d"))
+        await until(lambda: t.started == ["z"])
+        slots.submit("d", 7, 1, t.start("a", "d"))
+        slots.submit("d", 7, 1, t.start("b", "d"))
+        slots.submit("e", 1, 9, t.start("e1", "e"))
+        await until(lambda: t.started == ["z", "e1"])
+        slots.submit("d", 5, 1, t.start("c", "d"))
+        for done, expected in (("z", ["z", "e1", "a"]), ("a", ["z", "e1", "a", "b"]),
+                               ("b", ["z", "e1", "a", "b", "c"])):
+            t.gates[done].set()
+            await until(lambda: len(t.started) == len(expected))  # noqa: B023
+            assert t.started == expected
+        t.gates["c"].set()
+        t.gates["e1"].set()
+        await until(lambda: t.done == 5)
+        tg.cancel_scope.cancel()
+
+
+async def test_pool_slots_go_to_the_heaviest_try_not_the_first_candidate() -> None:
+    """As for a DAG's slot: pool `p` of 1, `a` and `b` (weight 7) parked at the pool, `c`
+    (weight 5) still a candidate when the pool's slot is given back."""
+    t = Tracker()
+    async with anyio.create_task_group() as tg:
+        slots = Slots(2, tg, pools={"p": PoolRecord("p", 1)})
+        slots.submit("d1", 1, 9, t.start("z", "p"), pool="p")
+        await until(lambda: t.started == ["z"])
+        slots.submit("d2", 7, 9, t.start("a", "p"), pool="p")
+        slots.submit("d3", 7, 9, t.start("b", "p"), pool="p")
+        slots.submit("e", 1, 9, t.start("e1", "e"))
+        await until(lambda: t.started == ["z", "e1"])
+        slots.submit("d4", 5, 9, t.start("c", "p"), pool="p")
+        for done, expected in (("z", ["z", "e1", "a"]), ("a", ["z", "e1", "a", "b"]),
+                               ("b", ["z", "e1", "a", "b", "c"])):
+            t.gates[done].set()
+            await until(lambda: len(t.started) == len(expected))  # noqa: B023
+            assert t.started == expected
+        t.gates["c"].set()
+        t.gates["e1"].set()
+        await until(lambda: t.done == 5)
+        assert t.peak["p"] == 1
+        tg.cancel_scope.cancel()
+
+
 async def test_pool_slots_gate_and_a_held_hold_skips_the_pool() -> None:
     t = Tracker()
     async with anyio.create_task_group() as tg:

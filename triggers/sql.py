@@ -121,23 +121,63 @@ def connect_timeout_seconds(value: Any) -> float:
     return seconds
 
 
-def _pop_connect_timeout(target: str) -> tuple[str, float]:
-    """libpq's `connect_timeout` query option taken out of a PostgreSQL DSN: asyncpg would
-    send an option it does not know to the server as a setting, which it refuses."""
+EXTRA_PARAM = "__extra__"
+"""The query option that holds a connection's whole extra as a JSON object: what
+aflow's (and Airflow's) `Connection.get_uri()` writes when an extra value is not text."""
+
+_SECRET_OPTIONS = frozenset({"password", "sslpassword", EXTRA_PARAM})
+
+
+def _query_items(query: str) -> list[tuple[str, Any]]:
+    """A DSN's query options in order, `__extra__=<JSON object>` opened into its items
+    (typed, as the JSON has them). ValueError when it is not a JSON object."""
+    items: list[tuple[str, Any]] = []
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != EXTRA_PARAM:
+            items.append((key, value))
+            continue
+        try:
+            loaded = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{EXTRA_PARAM} is not valid JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"{EXTRA_PARAM} is not a JSON object (got {type(loaded).__name__})"
+            )
+        items.extend(loaded.items())
+    return items
+
+
+def _option_text(key: str, value: Any) -> str:
+    """A DSN option's value as the text asyncpg reads: text as it is, a number or a
+    boolean written as JSON writes it. ValueError for a list or an object."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    raise ValueError(f"extra {key}={value!r} is not text or a number")
+
+
+def _pg_target(target: str) -> tuple[str, float]:
+    """A PostgreSQL DSN as asyncpg takes it, and its connection timeout.
+
+    - `__extra__=<JSON>` is opened into plain options: asyncpg would send it to the server
+      as a setting, which refuses it, and the options inside it would be lost.
+    - libpq's `connect_timeout` is taken out (asyncpg would send it as a setting too) and
+      returned as the timeout."""
     parts = urlsplit(target)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    timeouts = [v for k, v in query if k == "connect_timeout"]
-    if not timeouts:
-        return target, CONNECT_TIMEOUT_S
-    seconds = connect_timeout_seconds(timeouts[-1])
-    rest = urlencode([(k, v) for k, v in query if k != "connect_timeout"])
+    options = dict(_query_items(parts.query))  # a key given twice: the last one counts
+    timeout = options.pop("connect_timeout", None)
+    seconds = CONNECT_TIMEOUT_S if timeout is None else connect_timeout_seconds(timeout)
+    rest = urlencode([(k, _option_text(k, v)) for k, v in options.items() if v is not None])
     return urlunsplit(parts._replace(query=rest)), seconds
 
 
 def parse_dsn(dsn: str) -> Dsn:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, `postgresql://...` (also
     `postgres://` and `postgresql+asyncpg://`; a `connect_timeout=<seconds>` option is
-    the connection timeout). Raises ValueError otherwise."""
+    the connection timeout, and `__extra__=<JSON object>` stands for the options in it).
+    Raises ValueError otherwise."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -153,7 +193,7 @@ def parse_dsn(dsn: str) -> Dsn:
         return Dsn("sqlite", path, f"sqlite:///{path}")
     if base in ("postgres", "postgresql"):
         try:
-            target, timeout = _pop_connect_timeout("postgresql://" + rest)
+            target, timeout = _pg_target("postgresql://" + rest)
         except ValueError as exc:
             raise ValueError(f"{exc}, in {_redact(dsn)!r}") from None
         return Dsn("postgresql", target, _redact(target), timeout)
@@ -163,15 +203,21 @@ def parse_dsn(dsn: str) -> Dsn:
 
 
 def _redact(dsn: str) -> str:
+    """The DSN as logs and errors show it: its password, and the query options that may
+    hold one (password, sslpassword, __extra__), replaced by ***."""
     try:
         parts = urlsplit(dsn)
+        items = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return "<unparseable DSN>"
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if any(key in _SECRET_OPTIONS for key, _ in items):
+        masked = [(k, "***" if k in _SECRET_OPTIONS else v) for k, v in items]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{netloc}")
+    return urlunsplit(parts)
 
 
 # -- backends -----------------------------------------------------------------------------------

@@ -318,3 +318,42 @@ async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
     assert "placeholder :absent" in error and "statement 2" in error and "'missing'" in error
     exists = await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched')
     assert exists is None  # statement 1 never ran, although autocommit was on
+
+
+def _json_connection(postgres_dsn: str, extra: dict[str, Any]) -> str:
+    """The test server as a connection in Airflow's JSON form, with a password the server
+    does not ask for."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_dsn)
+    return json.dumps({"conn_type": "postgres", "host": parts.hostname,
+                       "port": parts.port or 5432, "login": parts.username or "postgres",
+                       "password": PASSWORD, "schema": parts.path.lstrip("/"), "extra": extra})
+
+
+@pytest.mark.postgres
+async def test_postgres_json_connection_with_a_numeric_extra_serves_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """A connection whose extra holds a number (`"connect_timeout": 5`, as Airflow's JSON
+    form has it) reaches a trigger as `?__extra__=<JSON>`. The SqlSensor sent that to the
+    server as a setting, which refused it ("unrecognized configuration parameter
+    __extra__"), and lost connect_timeout and search_path inside it. The table here is
+    found through that search_path alone."""
+    from aflow.authoring.sensors import SqlSensor
+
+    _, schema = pg_conn
+    monkeypatch.setenv("AFLOW_CONN_PG_JSON", _json_connection(
+        postgres_dsn, {"connect_timeout": 5, "search_path": schema}))
+    with DAG("sql_pg_json_conn", start_date=START) as dag:
+        make = SQLExecuteQueryOperator(
+            task_id="make", conn_id="pg_json",
+            sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
+        wait = SqlSensor(task_id="wait", conn_id="pg_json", sql="SELECT n FROM ready",
+                         deferrable=True, poke_interval=0.05, timeout=60)
+        make >> wait
+    state, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert tis["make"].state.value == "success", tis["make"].error
+    assert tis["wait"].state.value == "success", tis["wait"].error
+    assert x["wait"] == {"value": 7}
+    assert PASSWORD not in task_log(o, tis["wait"])

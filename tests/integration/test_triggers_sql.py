@@ -311,6 +311,42 @@ async def test_bad_connect_timeout_of_a_connection_is_named() -> None:
                 await first_event(SqlTrigger("SELECT 1", conn_id="warehouse"))
 
 
+def test_dsn_extra_json_is_opened_into_options() -> None:
+    """`?__extra__=<JSON object>` is how Connection.get_uri writes an extra that holds a
+    number; its items become the DSN's options (connect_timeout taken out as ever), never
+    a setting named __extra__ sent to the server."""
+    from aflow.secrets.connection import Connection
+
+    uri = Connection(conn_id="pg", conn_type="postgres", host="h", login="u", password="pw",
+                     schema="db", extra={"connect_timeout": 5, "sslmode": "disable"}).get_uri()
+    assert "__extra__" in uri
+    dsn = parse_dsn(uri)
+    assert dsn.connect_timeout == 5.0
+    assert dsn.target == "postgresql://u:pw@h/db?sslmode=disable"
+    assert "__extra__" not in dsn.target and dsn.shown == "postgresql://u:***@h/db?sslmode=disable"
+    # plain options and __extra__ together: the later one of a key wins, as in from_uri
+    both = parse_dsn('postgresql://h/db?application_name=a&__extra__={"application_name":"b"}')
+    assert both.target == "postgresql://h/db?application_name=b"
+    for bad, why in (("%7Bnope", "__extra__ is not valid JSON"),
+                     ("%5B1%5D", "__extra__ is not a JSON object"),
+                     ('{"search_path": ["a"]}', r"extra search_path=\['a'\] is not text")):
+        with pytest.raises(ValueError, match=why) as caught:
+            parse_dsn(f"postgresql://u:pw@h/db?__extra__={bad}")
+        assert "pw" not in str(caught.value), caught.value
+
+
+async def test_bad_extra_json_of_a_connection_is_named() -> None:
+    def resolve(conn_id: str) -> str:
+        return 'postgresql://u:pw@127.0.0.1:1/db?sslpassword=key-pw&__extra__={"connect_timeout": 5'
+
+    async with Resources(resolve_connection=resolve) as resources:
+        with use_resources(resources), anyio.fail_after(DEADLINE_S):
+            with pytest.raises(ValueError, match="connection 'warehouse': __extra__ is not valid JSON"
+                               ) as caught:
+                await first_event(SqlTrigger("SELECT 1", conn_id="warehouse"))
+    assert "pw" not in str(caught.value) and "__extra__=***" in str(caught.value)
+
+
 async def test_postgres_placeholder_without_a_value_is_named() -> None:
     """Found while rewriting `:name` to `$n`, before the database is asked (so even while
     it is unreachable the sensor fails with the name, instead of retrying)."""

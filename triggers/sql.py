@@ -54,6 +54,7 @@ import anyio
 import asyncpg
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
+from triggers.pg_options import CONNECT_TIMEOUT_S, checked_pg_options
 from triggers.shared import Resources, current_resources
 from triggers.sql_placeholders import pg_named_to_positional
 
@@ -75,7 +76,6 @@ log = logging.getLogger(__name__)
 SQL_HUB_KEY = "triggers.sql.hub"
 BACKOFF_FACTOR = 2.0
 JITTER = 0.2
-CONNECT_TIMEOUT_S = 10.0
 QUERY_TIMEOUT_S = 60.0
 PG_POOL_MAX_SIZE = 10
 SQLITE_BUSY_TIMEOUT_MS = 1000
@@ -102,23 +102,6 @@ class Dsn:
     target: str  # a file path for SQLite, an asyncpg DSN for PostgreSQL
     shown: str  # for logs and errors: no password
     connect_timeout: float = CONNECT_TIMEOUT_S  # seconds; PostgreSQL only
-
-
-def connect_timeout_seconds(value: Any) -> float:
-    """A `connect_timeout` as a connection's extra or a DSN's query gives it: a number of
-    seconds > 0, as a number or as text (a URI's values are text). ValueError otherwise,
-    saying what is accepted; the caller names the connection."""
-    seconds = math.nan
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except ValueError:
-            pass
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(
-            f"connect_timeout={value!r} is not a number of seconds > 0 (use e.g. 10 or 2.5)"
-        )
-    return seconds
 
 
 EXTRA_PARAM = "__extra__"
@@ -148,36 +131,27 @@ def _query_items(query: str) -> list[tuple[str, Any]]:
     return items
 
 
-def _option_text(key: str, value: Any) -> str:
-    """A DSN option's value as the text asyncpg reads: text as it is, a number or a
-    boolean written as JSON writes it. ValueError for a list or an object."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | int | float):
-        return json.dumps(value)
-    raise ValueError(f"extra {key}={value!r} is not text or a number")
-
-
 def _pg_target(target: str) -> tuple[str, float]:
-    """A PostgreSQL DSN as asyncpg takes it, and its connection timeout.
+    """A PostgreSQL DSN as asyncpg takes it, and its connection timeout; its options
+    checked (triggers.pg_options), so that asyncpg never sends the server a setting it
+    would refuse, and no option is lost on the way.
 
     - `__extra__=<JSON>` is opened into plain options: asyncpg would send it to the server
-      as a setting, which refuses it, and the options inside it would be lost.
+      as a setting, and the options inside it would be lost.
     - libpq's `connect_timeout` is taken out (asyncpg would send it as a setting too) and
       returned as the timeout."""
     parts = urlsplit(target)
     options = dict(_query_items(parts.query))  # a key given twice: the last one counts
-    timeout = options.pop("connect_timeout", None)
-    seconds = CONNECT_TIMEOUT_S if timeout is None else connect_timeout_seconds(timeout)
-    rest = urlencode([(k, _option_text(k, v)) for k, v in options.items() if v is not None])
-    return urlunsplit(parts._replace(query=rest)), seconds
+    seconds, checked = checked_pg_options(options)
+    return urlunsplit(parts._replace(query=urlencode(checked))), seconds
 
 
 def parse_dsn(dsn: str) -> Dsn:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, `postgresql://...` (also
-    `postgres://` and `postgresql+asyncpg://`; a `connect_timeout=<seconds>` option is
-    the connection timeout, and `__extra__=<JSON object>` stands for the options in it).
-    Raises ValueError otherwise."""
+    `postgres://` and `postgresql+asyncpg://`; its options are those triggers.pg_options
+    accepts, `connect_timeout=<seconds>` being the connection timeout, and
+    `__extra__=<JSON object>` stands for the options in it). Raises ValueError
+    otherwise, naming what is wrong."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -327,6 +301,19 @@ def _pg_transient(exc: BaseException) -> bool:
     return state[:2] in _PG_TRANSIENT_CLASSES or state in _PG_TRANSIENT_STATES
 
 
+def _for_read_only_sessions(target: str) -> str:
+    """asyncpg checks `target_session_attrs=read-write` by asking the new session whether
+    it is read-only, and a sensor's sessions are (default_transaction_read_only), so no
+    server would ever match. What such a connection asks for is the primary: ask for it."""
+    parts = urlsplit(target)
+    items = parse_qsl(parts.query, keep_blank_values=True)
+    if ("target_session_attrs", "read-write") not in items:
+        return target
+    items = [(k, "primary" if (k, v) == ("target_session_attrs", "read-write") else v)
+             for k, v in items]
+    return urlunsplit(parts._replace(query=urlencode(items)))
+
+
 class PostgresBackend:
     """One asyncpg pool per DSN (connections made on demand, sessions read-only)."""
 
@@ -339,7 +326,7 @@ class PostgresBackend:
     @classmethod
     async def create(cls, dsn: Dsn, *, max_size: int = PG_POOL_MAX_SIZE) -> PostgresBackend:
         pool = await asyncpg.create_pool(
-            dsn.target,
+            _for_read_only_sessions(dsn.target),
             min_size=0,
             max_size=max_size,
             timeout=dsn.connect_timeout,

@@ -155,6 +155,16 @@ async def test_bad_connection_extras_fail_before_connecting(
             "search_path": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
                                         "port": port, "extra": {"search_path": ["a", "b"]}}),
                             "search_path=['a', 'b']", "text"),
+            # extras asyncpg does not read were silently dropped (an Airflow hook's
+            # `cursor`, libpq's keepalives_idle, a typo)
+            "unknown": (f"{base}?sslmode=verify-full&sslrootcert=/etc/ca.pem&cursor=dictcursor"
+                        "&keepalives_idle=30", "unknown extras cursor, keepalives_idle",
+                        "takes connect_timeout, sslmode, sslrootcert, sslcert, sslkey"),
+            "session_attrs": (f"{base}?target_session_attrs=master",
+                              "target_session_attrs='master'", "read-write"),
+            "not_text": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                     "port": port, "extra": {"application_name": 5}}),
+                         "application_name=5", "use text"),
         }
         for conn_id, (uri, _, _) in bad.items():
             monkeypatch.setenv(f"AFLOW_CONN_{conn_id.upper()}", uri)
@@ -357,3 +367,80 @@ async def test_postgres_json_connection_with_a_numeric_extra_serves_operator_and
     assert tis["wait"].state.value == "success", tis["wait"].error
     assert x["wait"] == {"value": 7}
     assert PASSWORD not in task_log(o, tis["wait"])
+
+
+@pytest.mark.postgres
+async def test_postgres_tls_options_reach_the_driver_for_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch,
+    postgres_dsn: str, tmp_path: Path,
+) -> None:
+    """`sslmode=verify-full&sslrootcert=<CA file>`: the operator dropped sslrootcert, so
+    asyncpg looked for ~/.postgresql/root.crt and the task failed, while a SqlSensor on
+    the same connection connected. Through a TLS front whose certificate a CA of its own
+    issued, both connect with that CA's file; with another CA's, the certificate is
+    refused (the check is real, not skipped)."""
+    from urllib.parse import urlsplit
+
+    from aflow.authoring.sensors import SqlSensor
+    from tests.pg_tls import tls_front
+
+    _, schema = pg_conn
+    parts = urlsplit(postgres_dsn)
+    user = parts.username or "postgres"
+    async with tls_front(parts.hostname or "127.0.0.1", parts.port or 5432, tmp_path) as front:
+        def uri(ca_file: Path) -> str:
+            return (f"postgres://{user}:{PASSWORD}@127.0.0.1:{front.port}{parts.path}"
+                    f"?sslmode=verify-full&sslrootcert={ca_file}&search_path={schema}")
+
+        monkeypatch.setenv("AFLOW_CONN_PG_TLS", uri(front.ca_file))
+        monkeypatch.setenv("AFLOW_CONN_PG_OTHER_CA", uri(front.other_ca_file))
+        with DAG("sql_pg_tls", start_date=START) as dag:
+            make = SQLExecuteQueryOperator(
+                task_id="make", conn_id="pg_tls",
+                sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
+            wait = SqlSensor(task_id="wait", conn_id="pg_tls", sql="SELECT n FROM ready",
+                             deferrable=True, poke_interval=0.05, timeout=60)
+            make >> wait
+            SQLExecuteQueryOperator(task_id="other_ca", conn_id="pg_other_ca", sql="SELECT 1")
+        _, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert tis["make"].state.value == "success", tis["make"].error
+    assert tis["wait"].state.value == "success", tis["wait"].error
+    assert x["wait"] == {"value": 7}
+    assert front.handshakes >= 2
+    error = tis["other_ca"].error
+    assert tis["other_ca"].state.value == "failed"
+    assert "'pg_other_ca'" in error and "certificate verify failed" in error, error
+    assert PASSWORD not in error
+
+
+@pytest.mark.postgres
+async def test_postgres_target_session_attrs_reach_the_driver_for_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection option asyncpg reads (not a server setting) is used by the operator as
+    by the trigger: the test server is a primary, so `target_session_attrs=standby` finds
+    no server for either, and `read-write` finds it for both (the sensor's sessions are
+    read-only, so it asks for the primary instead)."""
+    import os
+
+    from aflow.authoring.sensors import SqlSensor
+
+    base = os.environ["AFLOW_CONN_PG"]
+    monkeypatch.setenv("AFLOW_CONN_PG_RW", base + "&target_session_attrs=read-write")
+    monkeypatch.setenv("AFLOW_CONN_PG_STANDBY", base + "&target_session_attrs=standby")
+    with DAG("sql_pg_attrs", start_date=START) as dag:
+        SQLExecuteQueryOperator(task_id="rw", conn_id="pg_rw", sql="SELECT 41 + 1")
+        SqlSensor(task_id="rw_wait", conn_id="pg_rw", sql="SELECT 42", deferrable=True,
+                  poke_interval=0.05, timeout=60)
+        SQLExecuteQueryOperator(task_id="standby", conn_id="pg_standby", sql="SELECT 1")
+        SqlSensor(task_id="standby_wait", conn_id="pg_standby", sql="SELECT 1", deferrable=True,
+                  poke_interval=0.05, timeout=60)
+    _, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert tis["rw"].state.value == "success", tis["rw"].error
+    assert x["rw"] == [[42]]
+    assert tis["rw_wait"].state.value == "success", tis["rw_wait"].error
+    assert tis["standby"].state.value == "failed"
+    assert "'pg_standby'" in tis["standby"].error
+    assert "target attribute requirement" in tis["standby"].error
+    assert tis["standby_wait"].state.value == "failed"
+    assert "target attribute requirement" in task_log(o, tis["standby_wait"])

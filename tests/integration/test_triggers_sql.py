@@ -290,15 +290,31 @@ async def test_conn_id_is_resolved_at_run_time(tmp_path: Path) -> None:
 def test_dsn_connect_timeout_is_checked_and_taken_out() -> None:
     """libpq's connect_timeout option is the pool's connect timeout, not a server setting
     (the server refuses unknown settings); a bad one is named, with what is accepted."""
-    dsn = parse_dsn("postgresql://u:pw@h:5/db?sslmode=disable&connect_timeout=2.5&x=1")
+    dsn = parse_dsn("postgresql://u:pw@h:5/db?sslmode=disable&connect_timeout=2.5&options=x")
     assert dsn.connect_timeout == 2.5
-    assert dsn.target == "postgresql://u:pw@h:5/db?sslmode=disable&x=1"
+    assert dsn.target == "postgresql://u:pw@h:5/db?sslmode=disable&options=x"
     assert parse_dsn("postgresql://h/db").connect_timeout == 10.0
     for value in ("abc", "-1", "0", "nan", "inf", ""):
         with pytest.raises(ValueError, match=r"connect_timeout='.*' is not a number of seconds > 0"
                            ) as caught:
             parse_dsn(f"postgresql://u:pw@h/db?connect_timeout={value}")
         assert "pw" not in str(caught.value) and "postgresql://u:***@h/db" in str(caught.value)
+
+
+def test_dsn_options_are_those_the_sql_operator_takes() -> None:
+    """An option asyncpg reads itself (sslrootcert, target_session_attrs, ...) stays in the
+    DSN for it; one it would send the server as a setting is refused before connecting,
+    naming it and what is accepted, as SQLExecuteQueryOperator refuses it."""
+    good = ("postgresql://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+            "&target_session_attrs=primary&options=-c+statement_timeout%3D5000")
+    assert parse_dsn(good).target == good
+    with pytest.raises(ValueError, match=r"unknown extras cursor, statement_timeout: a PostgreSQL "
+                       r"connection takes connect_timeout, sslmode, sslrootcert, .*, options; "
+                       r"another server setting goes in options") as caught:
+        parse_dsn("postgresql://u:pw@h/db?statement_timeout=5000&cursor=x")
+    assert "pw" not in str(caught.value)
+    with pytest.raises(ValueError, match="target_session_attrs='master' is not valid: use one of"):
+        parse_dsn("postgresql://h/db?target_session_attrs=master")
 
 
 async def test_bad_connect_timeout_of_a_connection_is_named() -> None:
@@ -329,7 +345,7 @@ def test_dsn_extra_json_is_opened_into_options() -> None:
     assert both.target == "postgresql://h/db?application_name=b"
     for bad, why in (("%7Bnope", "__extra__ is not valid JSON"),
                      ("%5B1%5D", "__extra__ is not a JSON object"),
-                     ('{"search_path": ["a"]}', r"extra search_path=\['a'\] is not text")):
+                     ('{"search_path": ["a"]}', r"extra search_path=\['a'\] is not valid: use text")):
         with pytest.raises(ValueError, match=why) as caught:
             parse_dsn(f"postgresql://u:pw@h/db?__extra__={bad}")
         assert "pw" not in str(caught.value), caught.value

@@ -320,6 +320,14 @@ async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
         SQLExecuteQueryOperator(
             task_id="missing", conn_id="pg", autocommit=True, parameters={"n": 1},
             sql=["CREATE TABLE touched (n int)", "SELECT :n, :absent"])
+        # `$1` beside `:n` would have been bound to n's value (both became $1)
+        SQLExecuteQueryOperator(
+            task_id="mixed", conn_id="pg", autocommit=True, parameters={"n": 1},
+            sql=["CREATE TABLE touched_too (n int)", "SELECT $1::int, :n"])
+        # `$1` alone is the function's argument: it binds nothing from the dict
+        SQLExecuteQueryOperator(
+            task_id="body", conn_id="pg", parameters={"n": 41},
+            sql=["CREATE FUNCTION add_one(int) RETURNS int RETURN $1 + 1", "SELECT add_one(:n)"])
     state, x, tis, _ = await run_one(orchestrator_factory, dag)
     assert tis["scan"].state.value == "success", tis["scan"].error
     assert x["scan"] == [["hi ann", " :word ", ":word", "W", "ann"]]
@@ -328,6 +336,12 @@ async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
     assert "placeholder :absent" in error and "statement 2" in error and "'missing'" in error
     exists = await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched')
     assert exists is None  # statement 1 never ran, although autocommit was on
+    error = tis["mixed"].error
+    assert tis["mixed"].state.value == "failed"
+    assert "positional placeholder $1 (line 1)" in error and "statement 2" in error, error
+    assert await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched_too') is None
+    assert tis["body"].state.value == "success", tis["body"].error
+    assert x["body"] == [[42]]
 
 
 def _json_connection(postgres_dsn: str, extra: dict[str, Any]) -> str:

@@ -10,7 +10,10 @@ ignores:
 - quoted identifiers `"..."` (`""` inside);
 - dollar-quoted strings `$$...$$` and `$tag$...$tag$` (function bodies);
 - `-- line comments` and `/* block comments */`, which nest in PostgreSQL;
-- `::type` casts, and a `:` right after a word or number (`arr[1:n]`).
+- `::type` casts, and a `:` right after a word or number (`arr[1:n]`);
+- `[:name]` when `name` is not a key of the parameters: an array slice with no lower
+  bound (`arr[:hi]`, `hi` a column). When it is a key, `:name` is a placeholder
+  (`arr[:i]` is `arr[$1]`, an element; the slice up to a parameter is `arr[: :hi]`).
 
 Strings are read as with `standard_conforming_strings = on` (PostgreSQL's default since
 9.1): a backslash escapes only in `E'...'`. A placeholder whose name is not a key of the
@@ -164,6 +167,10 @@ def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, l
             continue
         end = _end_of_name(sql, i + 1)
         name = sql[i + 1 : end]
+        if name not in parameters and i > 0 and sql[i - 1] == "[":
+            out.append(sql[i:end])  # arr[:hi], a slice with no lower bound: SQL
+            i = end
+            continue
         if name not in parameters:
             line = _line(sql, i)
             known = ", ".join(sorted(map(str, parameters))) or "none"

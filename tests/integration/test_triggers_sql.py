@@ -491,6 +491,23 @@ async def test_postgres_named_parameters_and_errors(pg: PgWorld) -> None:
 
 
 @pytest.mark.postgres
+async def test_postgres_array_slice_without_lower_bound(pg: PgWorld) -> None:
+    """`arr[:hi]` slices up to the column hi when hi is not a parameter (it failed
+    "placeholder :hi has no value" with any dict); when hi is one, `:hi` is its value
+    (`arr[$1]`: an element), and `arr[: :hi]` is the slice up to it."""
+    sql = "SELECT (ARRAY[10, 20, 30])[:hi] FROM (SELECT 2 AS hi) AS s WHERE :on"
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            event = await first_event(SqlTrigger(sql, dsn=pg.dsn, parameters={"on": True}))
+            assert event == TriggerEvent({"value": [10, 20]})
+            event = await first_event(SqlTrigger(sql, dsn=pg.dsn, parameters={"on": True, "hi": 3}))
+            assert event == TriggerEvent({"value": 30})
+            event = await first_event(SqlTrigger("SELECT (ARRAY[10, 20, 30])[: :hi]", dsn=pg.dsn,
+                                                 parameters={"hi": 1}))
+            assert event == TriggerEvent({"value": [10]})
+
+
+@pytest.mark.postgres
 async def test_postgres_connection_with_connect_timeout(pg: PgWorld) -> None:
     """A connection URI with connect_timeout (as SQLExecuteQueryOperator documents it)
     works for the trigger too, polling and listening."""

@@ -31,6 +31,16 @@ def test_colon_after_a_word_or_number_is_not_a_placeholder() -> None:
     assert rewrite("SELECT arr[1:word], t.x:a") == ("SELECT arr[1:word], t.x:a", [])
 
 
+def test_slice_without_lower_bound_is_sql_unless_its_name_is_a_parameter() -> None:
+    # arr[:hi] with hi a column failed "placeholder :hi has no value" with any dict
+    assert rewrite("SELECT arr[:hi], :a FROM t") == ("SELECT arr[:hi], $1 FROM t", [1])
+    assert rewrite("SELECT arr[:a] FROM t") == ("SELECT arr[$1] FROM t", [1])
+    assert rewrite("SELECT arr[:hi][:b] FROM t") == ("SELECT arr[:hi][$1] FROM t", ["two"])
+    assert rewrite("SELECT arr[: :b] FROM t") == ("SELECT arr[: $1] FROM t", ["two"])
+    with pytest.raises(ValueError, match=r"placeholder :hi \(line 1\) has no value"):
+        rewrite("SELECT arr[ :hi] FROM t")  # only right after `[`
+
+
 @pytest.mark.parametrize(
     "sql",
     [

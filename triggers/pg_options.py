@@ -5,7 +5,8 @@ SqlTrigger and SQLExecuteQueryOperator both read a connection through
 `triggers.sql.parse_dsn`, which checks its options here, so one connection works for
 both, or fails for both with the same message. Accepted:
 
-- `connect_timeout`: seconds > 0 to make a connection (aflow's own; default 10);
+- `connect_timeout`: seconds > 0 to make a connection (aflow's own; default 10; 0, libpq's
+  "no limit", is read as the default);
 - what asyncpg reads as connection options, as libpq does (see PG_CONNECTION_OPTIONS):
   `sslmode` (one of PG_SSLMODES), `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`,
   `sslpassword`, `target_session_attrs` (one of PG_TARGET_SESSION_ATTRS), ...; `host`,
@@ -57,24 +58,28 @@ PG_OPTIONS = ("connect_timeout", *PG_CONNECTION_OPTIONS, *PG_SESSION_SETTINGS)
 
 def connect_timeout_seconds(value: Any) -> float:
     """A `connect_timeout` as a connection's extra or a DSN's query gives it: a number of
-    seconds > 0, as a number or as text (a URI's values are text). ValueError otherwise,
-    saying what is accepted; the caller names the connection."""
+    seconds > 0, or 0, as a number or as text (a URI's values are text). 0 is returned as
+    0.0: libpq reads it as "wait indefinitely", and connections copied from libpq or
+    Airflow use it; the caller (triggers.sql.parse_dsn) uses the default instead, since
+    aflow bounds every wait. ValueError otherwise, saying what is accepted; the caller
+    names the connection."""
     seconds = math.nan
     if isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
             seconds = float(value)
         except ValueError:
             pass
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not (math.isfinite(seconds) and seconds >= 0):
         raise ValueError(
-            f"connect_timeout={value!r} is not a number of seconds > 0 (use e.g. 10 or 2.5)"
+            f"connect_timeout={value!r} is not a number of seconds > 0 (use e.g. 10 or 2.5; "
+            f"0 means the default, {CONNECT_TIMEOUT_S:g})"
         )
     return seconds
 
 
 def checked_pg_options(options: Mapping[str, Any]) -> tuple[float, list[tuple[str, str]]]:
-    """(the connection timeout in seconds, the other options as text, in order) from a
-    connection's options. A None or empty value counts as absent. ValueError names every option
+    """(the connection timeout in seconds, 0.0 for connect_timeout=0; the other options as
+    text, in order) from a connection's options. A None or empty value counts as absent. ValueError names every option
     that is not accepted, or else the first bad value, and what is accepted."""
     unknown = sorted(key for key in options if key not in PG_OPTIONS)
     if unknown:

@@ -146,12 +146,19 @@ def _pg_target(target: str) -> tuple[str, float]:
     return urlunsplit(parts._replace(query=urlencode(checked))), seconds
 
 
-def parse_dsn(dsn: str) -> Dsn:
+_zero_timeout_warned: set[str] = set()  # connections already warned about connect_timeout=0
+
+
+def parse_dsn(dsn: str, *, name: str | None = None) -> Dsn:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, `postgresql://...` (also
     `postgres://` and `postgresql+asyncpg://`; its options are those triggers.pg_options
     accepts, `connect_timeout=<seconds>` being the connection timeout, and
     `__extra__=<JSON object>` stands for the options in it). Raises ValueError
-    otherwise, naming what is wrong."""
+    otherwise, naming what is wrong.
+
+    `connect_timeout=0` (libpq's "wait indefinitely") is read as the default, with a
+    warning logged once per connection: `name` (e.g. "connection 'warehouse'"), else the
+    DSN without its password."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -170,7 +177,18 @@ def parse_dsn(dsn: str) -> Dsn:
             target, timeout = _pg_target("postgresql://" + rest)
         except ValueError as exc:
             raise ValueError(f"{exc}, in {_redact(dsn)!r}") from None
-        return Dsn("postgresql", target, _redact(target), timeout)
+        shown = _redact(target)
+        if timeout == 0:
+            timeout = CONNECT_TIMEOUT_S
+            where = name or shown
+            if where not in _zero_timeout_warned:
+                _zero_timeout_warned.add(where)
+                log.warning(
+                    "%s: connect_timeout=0 (no limit, in libpq) is read as %g s: aflow "
+                    "bounds every wait; set the number of seconds to wait instead",
+                    where, CONNECT_TIMEOUT_S,
+                )
+        return Dsn("postgresql", target, shown, timeout)
     raise ValueError(
         f"unsupported DSN scheme {scheme!r} in {_redact(dsn)!r}: use sqlite:/// or postgresql://"
     )
@@ -866,7 +884,7 @@ class SqlTrigger(BaseTrigger):
         if inspect.isawaitable(uri):
             uri = await uri
         try:
-            return parse_dsn(str(uri))
+            return parse_dsn(str(uri), name=f"connection {self.conn_id!r}")
         except ValueError as exc:
             raise ValueError(f"connection {self.conn_id!r}: {exc}") from None
 

@@ -146,11 +146,10 @@ async def test_bad_connection_extras_fail_before_connecting(
         bad = {
             "timeout_text": (f"{base}?connect_timeout=abc", "connect_timeout='abc'", "seconds > 0"),
             "timeout_negative": (f"{base}?connect_timeout=-1", "connect_timeout='-1'", "seconds > 0"),
-            "timeout_zero": (f"{base}?connect_timeout=0", "connect_timeout='0'", "seconds > 0"),
             "timeout_nan": (f"{base}?connect_timeout=nan", "connect_timeout='nan'", "seconds > 0"),
             "timeout_json": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
-                                         "port": port, "extra": {"connect_timeout": 0}}),
-                             "connect_timeout=0", "seconds > 0"),
+                                         "port": port, "extra": {"connect_timeout": -2.5}}),
+                             "connect_timeout=-2.5", "seconds > 0"),
             "ssl_mode": (f"{base}?sslmode=always", "sslmode='always'", "verify-full"),
             "search_path": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
                                         "port": port, "extra": {"search_path": ["a", "b"]}}),
@@ -294,6 +293,43 @@ async def test_postgres_connect_timeout_extra_is_used(
     state, x, tis, _ = await run_one(orchestrator_factory, dag)
     assert state == "success", tis["q"].error
     assert x["q"] == [[42]]
+
+
+@pytest.mark.postgres
+async def test_postgres_connect_timeout_zero_is_the_default(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """connect_timeout=0 is libpq's "wait indefinitely" (connections copied from libpq or
+    Airflow have it). It was refused; now it is the default, 10 s, for the operator and
+    the sensor alike, with a warning logged once per connection."""
+    import os
+
+    from aflow.authoring.sensors import SqlSensor
+
+    _, schema = pg_conn
+    tag = uuid.uuid4().hex[:8]  # a connection never warned about before in this process
+    monkeypatch.setenv(f"AFLOW_CONN_PG_ZERO_{tag.upper()}", os.environ["AFLOW_CONN_PG"] + "&connect_timeout=0")
+    monkeypatch.setenv(f"AFLOW_CONN_PG_ZERO_JSON_{tag.upper()}", _json_connection(
+        postgres_dsn, {"connect_timeout": 0, "search_path": schema}))
+    with DAG("sql_pg_timeout_zero", start_date=START) as dag:
+        first = SQLExecuteQueryOperator(task_id="first", conn_id=f"pg_zero_{tag}",
+                                        sql="SELECT 41 + 1")
+        second = SQLExecuteQueryOperator(task_id="second", conn_id=f"pg_zero_{tag}",
+                                         sql="SELECT 43 - 1")
+        from_json = SQLExecuteQueryOperator(task_id="from_json", conn_id=f"pg_zero_json_{tag}",
+                                            sql="SELECT 42")
+        wait = SqlSensor(task_id="wait", conn_id=f"pg_zero_json_{tag}", sql="SELECT 42",
+                         deferrable=True, poke_interval=0.05, timeout=60)
+        first >> second
+        from_json >> wait
+    _, x, tis, o = await run_one(orchestrator_factory, dag)
+    for task_id in ("first", "second", "from_json", "wait"):
+        assert tis[task_id].state.value == "success", (task_id, tis[task_id].error)
+    assert x["first"] == x["second"] == x["from_json"] == [[42]]
+    warning = "connect_timeout=0 (no limit, in libpq) is read as 10 s"
+    assert f"connection 'pg_zero_{tag}': {warning}" in task_log(o, tis["first"])
+    assert warning not in task_log(o, tis["second"])  # once per connection
+    assert f"connection 'pg_zero_json_{tag}': {warning}" in task_log(o, tis["from_json"])
 
 
 @pytest.mark.postgres

@@ -294,7 +294,7 @@ def test_dsn_connect_timeout_is_checked_and_taken_out() -> None:
     assert dsn.connect_timeout == 2.5
     assert dsn.target == "postgresql://u:pw@h:5/db?sslmode=disable&options=x"
     assert parse_dsn("postgresql://h/db").connect_timeout == 10.0
-    for value in ("abc", "-1", "0", "nan", "inf", ""):
+    for value in ("abc", "-1", "-0.5", "nan", "inf", ""):
         with pytest.raises(ValueError, match=r"connect_timeout='.*' is not a number of seconds > 0"
                            ) as caught:
             parse_dsn(f"postgresql://u:pw@h/db?connect_timeout={value}")
@@ -315,6 +315,28 @@ def test_dsn_options_are_those_the_sql_operator_takes() -> None:
     assert "pw" not in str(caught.value)
     with pytest.raises(ValueError, match="target_session_attrs='master' is not valid: use one of"):
         parse_dsn("postgresql://h/db?target_session_attrs=master")
+
+
+def test_dsn_connect_timeout_zero_is_the_default_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """libpq reads connect_timeout=0 as "wait indefinitely", and connections copied from
+    libpq or Airflow use it; aflow bounds every wait, so it is the default, 10 s, with a
+    warning once per connection (it was refused, which broke those connections)."""
+    caplog.set_level(logging.WARNING, logger="triggers")
+    name = f"connection 'zero_{uuid.uuid4().hex[:8]}'"
+    for dsn in ("postgresql://u:pw@h/db?connect_timeout=0",
+                'postgresql://u:pw@h/db?__extra__={"connect_timeout": 0}',
+                "postgresql://u:pw@h/db?connect_timeout=0.0"):
+        parsed = parse_dsn(dsn, name=name)
+        assert parsed.connect_timeout == 10.0
+        assert parsed.target == "postgresql://u:pw@h/db"
+    warnings = [r.getMessage() for r in caplog.records if "connect_timeout=0" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{name}: connect_timeout=0 (no limit, in libpq) is read as 10 s")
+    parse_dsn("postgresql://u:pw@other/db?connect_timeout=0")  # another connection: its own
+    warnings = [r.getMessage() for r in caplog.records if "connect_timeout=0" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[1].startswith("postgresql://u:***@other/db:"), warnings
 
 
 async def test_bad_connect_timeout_of_a_connection_is_named() -> None:

@@ -21,10 +21,11 @@ Connection types: `sqlite` (the file is the connection's schema or host:
 `sqlite:////abs/file.db`, `sqlite:///relative.db`) and `postgres`/`postgresql` (host,
 port, login, password, schema = database). A PostgreSQL connection is read exactly as
 SqlTrigger reads it (triggers.sql.parse_dsn): its extras are those triggers.pg_options
-accepts (`connect_timeout`, seconds > 0, default 10; asyncpg's connection options such as
-`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `target_session_attrs`; the settings
-`search_path`, `application_name`, `options`), handed to asyncpg as a DSN's options; any
-other extra, or a bad value, fails the task, naming it, before any connection is tried.
+accepts (`connect_timeout`, seconds > 0, default 10, 0 read as the default; asyncpg's
+connection options such as `sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
+`target_session_attrs`; the settings `search_path`, `application_name`, `options`),
+handed to asyncpg as a DSN's options; any other extra, or a bad value, fails the task,
+naming it, before any connection is tried.
 Errors name the connection and host, never the password.
 """
 
@@ -236,7 +237,7 @@ class SQLExecuteQueryOperator(BaseOperator):
         if not conn.host and not conn.extra.get("host"):
             conn = dataclasses.replace(conn, host="localhost")
         try:
-            return parse_dsn(conn.get_uri())
+            return parse_dsn(conn.get_uri(), name=f"connection {self.conn_id!r}")
         except ValueError as exc:
             raise SqlOperatorError(f"connection {self.conn_id!r}: {mask(str(exc))}") from None
 

@@ -54,6 +54,7 @@ import anyio
 import asyncpg
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
+from triggers.pg_options import CONNECT_TIMEOUT_S, checked_pg_options
 from triggers.shared import Resources, current_resources
 from triggers.sql_placeholders import pg_named_to_positional
 
@@ -75,7 +76,6 @@ log = logging.getLogger(__name__)
 SQL_HUB_KEY = "triggers.sql.hub"
 BACKOFF_FACTOR = 2.0
 JITTER = 0.2
-CONNECT_TIMEOUT_S = 10.0
 QUERY_TIMEOUT_S = 60.0
 PG_POOL_MAX_SIZE = 10
 SQLITE_BUSY_TIMEOUT_MS = 1000
@@ -104,40 +104,61 @@ class Dsn:
     connect_timeout: float = CONNECT_TIMEOUT_S  # seconds; PostgreSQL only
 
 
-def connect_timeout_seconds(value: Any) -> float:
-    """A `connect_timeout` as a connection's extra or a DSN's query gives it: a number of
-    seconds > 0, as a number or as text (a URI's values are text). ValueError otherwise,
-    saying what is accepted; the caller names the connection."""
-    seconds = math.nan
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
+EXTRA_PARAM = "__extra__"
+"""The query option that holds a connection's whole extra as a JSON object: what
+aflow's (and Airflow's) `Connection.get_uri()` writes when an extra value is not text."""
+
+_SECRET_OPTIONS = frozenset({"password", "sslpassword", EXTRA_PARAM})
+
+
+def _query_items(query: str) -> list[tuple[str, Any]]:
+    """A DSN's query options in order, `__extra__=<JSON object>` opened into its items
+    (typed, as the JSON has them). ValueError when it is not a JSON object."""
+    items: list[tuple[str, Any]] = []
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != EXTRA_PARAM:
+            items.append((key, value))
+            continue
         try:
-            seconds = float(value)
-        except ValueError:
-            pass
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(
-            f"connect_timeout={value!r} is not a number of seconds > 0 (use e.g. 10 or 2.5)"
-        )
-    return seconds
+            loaded = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{EXTRA_PARAM} is not valid JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"{EXTRA_PARAM} is not a JSON object (got {type(loaded).__name__})"
+            )
+        items.extend(loaded.items())
+    return items
 
 
-def _pop_connect_timeout(target: str) -> tuple[str, float]:
-    """libpq's `connect_timeout` query option taken out of a PostgreSQL DSN: asyncpg would
-    send an option it does not know to the server as a setting, which it refuses."""
+def _pg_target(target: str) -> tuple[str, float]:
+    """A PostgreSQL DSN as asyncpg takes it, and its connection timeout; its options
+    checked (triggers.pg_options), so that asyncpg never sends the server a setting it
+    would refuse, and no option is lost on the way.
+
+    - `__extra__=<JSON>` is opened into plain options: asyncpg would send it to the server
+      as a setting, and the options inside it would be lost.
+    - libpq's `connect_timeout` is taken out (asyncpg would send it as a setting too) and
+      returned as the timeout."""
     parts = urlsplit(target)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    timeouts = [v for k, v in query if k == "connect_timeout"]
-    if not timeouts:
-        return target, CONNECT_TIMEOUT_S
-    seconds = connect_timeout_seconds(timeouts[-1])
-    rest = urlencode([(k, v) for k, v in query if k != "connect_timeout"])
-    return urlunsplit(parts._replace(query=rest)), seconds
+    options = dict(_query_items(parts.query))  # a key given twice: the last one counts
+    seconds, checked = checked_pg_options(options)
+    return urlunsplit(parts._replace(query=urlencode(checked))), seconds
 
 
-def parse_dsn(dsn: str) -> Dsn:
+_zero_timeout_warned: set[str] = set()  # connections already warned about connect_timeout=0
+
+
+def parse_dsn(dsn: str, *, name: str | None = None) -> Dsn:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, `postgresql://...` (also
-    `postgres://` and `postgresql+asyncpg://`; a `connect_timeout=<seconds>` option is
-    the connection timeout). Raises ValueError otherwise."""
+    `postgres://` and `postgresql+asyncpg://`; its options are those triggers.pg_options
+    accepts, `connect_timeout=<seconds>` being the connection timeout, and
+    `__extra__=<JSON object>` stands for the options in it). Raises ValueError
+    otherwise, naming what is wrong.
+
+    `connect_timeout=0` (libpq's "wait indefinitely") is read as the default, with a
+    warning logged once per connection: `name` (e.g. "connection 'warehouse'"), else the
+    DSN without its password."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -153,25 +174,42 @@ def parse_dsn(dsn: str) -> Dsn:
         return Dsn("sqlite", path, f"sqlite:///{path}")
     if base in ("postgres", "postgresql"):
         try:
-            target, timeout = _pop_connect_timeout("postgresql://" + rest)
+            target, timeout = _pg_target("postgresql://" + rest)
         except ValueError as exc:
             raise ValueError(f"{exc}, in {_redact(dsn)!r}") from None
-        return Dsn("postgresql", target, _redact(target), timeout)
+        shown = _redact(target)
+        if timeout == 0:
+            timeout = CONNECT_TIMEOUT_S
+            where = name or shown
+            if where not in _zero_timeout_warned:
+                _zero_timeout_warned.add(where)
+                log.warning(
+                    "%s: connect_timeout=0 (no limit, in libpq) is read as %g s: aflow "
+                    "bounds every wait; set the number of seconds to wait instead",
+                    where, CONNECT_TIMEOUT_S,
+                )
+        return Dsn("postgresql", target, shown, timeout)
     raise ValueError(
         f"unsupported DSN scheme {scheme!r} in {_redact(dsn)!r}: use sqlite:/// or postgresql://"
     )
 
 
 def _redact(dsn: str) -> str:
+    """The DSN as logs and errors show it: its password, and the query options that may
+    hold one (password, sslpassword, __extra__), replaced by ***."""
     try:
         parts = urlsplit(dsn)
+        items = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return "<unparseable DSN>"
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if any(key in _SECRET_OPTIONS for key, _ in items):
+        masked = [(k, "***" if k in _SECRET_OPTIONS else v) for k, v in items]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{netloc}")
+    return urlunsplit(parts)
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -281,6 +319,19 @@ def _pg_transient(exc: BaseException) -> bool:
     return state[:2] in _PG_TRANSIENT_CLASSES or state in _PG_TRANSIENT_STATES
 
 
+def _for_read_only_sessions(target: str) -> str:
+    """asyncpg checks `target_session_attrs=read-write` by asking the new session whether
+    it is read-only, and a sensor's sessions are (default_transaction_read_only), so no
+    server would ever match. What such a connection asks for is the primary: ask for it."""
+    parts = urlsplit(target)
+    items = parse_qsl(parts.query, keep_blank_values=True)
+    if ("target_session_attrs", "read-write") not in items:
+        return target
+    items = [(k, "primary" if (k, v) == ("target_session_attrs", "read-write") else v)
+             for k, v in items]
+    return urlunsplit(parts._replace(query=urlencode(items)))
+
+
 class PostgresBackend:
     """One asyncpg pool per DSN (connections made on demand, sessions read-only)."""
 
@@ -293,7 +344,7 @@ class PostgresBackend:
     @classmethod
     async def create(cls, dsn: Dsn, *, max_size: int = PG_POOL_MAX_SIZE) -> PostgresBackend:
         pool = await asyncpg.create_pool(
-            dsn.target,
+            _for_read_only_sessions(dsn.target),
             min_size=0,
             max_size=max_size,
             timeout=dsn.connect_timeout,
@@ -833,7 +884,7 @@ class SqlTrigger(BaseTrigger):
         if inspect.isawaitable(uri):
             uri = await uri
         try:
-            return parse_dsn(str(uri))
+            return parse_dsn(str(uri), name=f"connection {self.conn_id!r}")
         except ValueError as exc:
             raise ValueError(f"connection {self.conn_id!r}: {exc}") from None
 

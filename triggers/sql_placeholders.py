@@ -10,11 +10,16 @@ ignores:
 - quoted identifiers `"..."` (`""` inside);
 - dollar-quoted strings `$$...$$` and `$tag$...$tag$` (function bodies);
 - `-- line comments` and `/* block comments */`, which nest in PostgreSQL;
-- `::type` casts, and a `:` right after a word or number (`arr[1:n]`).
+- `::type` casts, and a `:` right after a word or number (`arr[1:n]`);
+- `[:name]` when `name` is not a key of the parameters: an array slice with no lower
+  bound (`arr[:hi]`, `hi` a column). When it is a key, `:name` is a placeholder
+  (`arr[:i]` is `arr[$1]`, an element; the slice up to a parameter is `arr[: :hi]`).
 
 Strings are read as with `standard_conforming_strings = on` (PostgreSQL's default since
 9.1): a backslash escapes only in `E'...'`. A placeholder whose name is not a key of the
-parameters is an error naming it (on SQLite, sqlite3 says the same).
+parameters is an error naming it (on SQLite, sqlite3 says the same), and so is a
+positional `$1` in a statement that also has `:name` placeholders: the rewrite numbers
+the names from `$1`, so it would silently take a named value.
 """
 
 from __future__ import annotations
@@ -132,12 +137,20 @@ def _skip(sql: str, i: int) -> int:
     return i + 1
 
 
+def _line(sql: str, i: int) -> int:
+    return sql.count("\n", 0, i) + 1
+
+
 def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, list[Any]]:
     """Rewrite each `:name` placeholder in `sql` to `$n` (the same name, the same `$n`)
     and return the new text with the values in `$n` order. A placeholder whose name is
-    not in `parameters` raises ValueError naming it and its line."""
+    not in `parameters`, or a positional `$n` beside `:name` ones (it would take the value
+    of whichever name became `$n`), raises ValueError naming it and its line. A `$n`
+    alone is left to the server: it binds nothing from the dict, and may be SQL that
+    means a function's argument (`CREATE FUNCTION f(int) ... RETURN $1 + 1`, `PREPARE`)."""
     out: list[str] = []
     order: dict[str, int] = {}
+    positional: int | None = None  # where the first `$n` is, if any
     i = 0
     while i < len(sql):
         is_placeholder = (
@@ -145,6 +158,8 @@ def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, l
             and _word_start(sql[i + 1 : i + 2])  # not "::", not ": "
             and (i == 0 or not _word_char(sql[i - 1]))  # not arr[1:n]
         )
+        if positional is None and sql[i] == "$" and sql[i + 1 : i + 2].isdecimal():
+            positional = i
         if not is_placeholder:
             end = _skip(sql, i)
             out.append(sql[i:end])
@@ -152,8 +167,12 @@ def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, l
             continue
         end = _end_of_name(sql, i + 1)
         name = sql[i + 1 : end]
+        if name not in parameters and i > 0 and sql[i - 1] == "[":
+            out.append(sql[i:end])  # arr[:hi], a slice with no lower bound: SQL
+            i = end
+            continue
         if name not in parameters:
-            line = sql.count("\n", 0, i) + 1
+            line = _line(sql, i)
             known = ", ".join(sorted(map(str, parameters))) or "none"
             raise ValueError(
                 f"placeholder :{name} (line {line}) has no value: it is not a key of "
@@ -162,4 +181,14 @@ def pg_named_to_positional(sql: str, parameters: dict[str, Any]) -> tuple[str, l
         number = order.setdefault(name, len(order) + 1)
         out.append(f"${number}")
         i = end
+    if positional is not None and order:
+        end = positional + 1
+        while end < len(sql) and sql[end].isdecimal():
+            end += 1
+        raise ValueError(
+            f"positional placeholder {sql[positional:end]} (line {_line(sql, positional)}) "
+            "in a statement with :name placeholders: the names become $1, $2, ..., so it "
+            "would take one of their values; write :name for it too, or pass the parameters "
+            "as a list"
+        )
     return "".join(out), [parameters[name] for name in order]

@@ -146,15 +146,24 @@ async def test_bad_connection_extras_fail_before_connecting(
         bad = {
             "timeout_text": (f"{base}?connect_timeout=abc", "connect_timeout='abc'", "seconds > 0"),
             "timeout_negative": (f"{base}?connect_timeout=-1", "connect_timeout='-1'", "seconds > 0"),
-            "timeout_zero": (f"{base}?connect_timeout=0", "connect_timeout='0'", "seconds > 0"),
             "timeout_nan": (f"{base}?connect_timeout=nan", "connect_timeout='nan'", "seconds > 0"),
             "timeout_json": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
-                                         "port": port, "extra": {"connect_timeout": 0}}),
-                             "connect_timeout=0", "seconds > 0"),
+                                         "port": port, "extra": {"connect_timeout": -2.5}}),
+                             "connect_timeout=-2.5", "seconds > 0"),
             "ssl_mode": (f"{base}?sslmode=always", "sslmode='always'", "verify-full"),
             "search_path": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
                                         "port": port, "extra": {"search_path": ["a", "b"]}}),
                             "search_path=['a', 'b']", "text"),
+            # extras asyncpg does not read were silently dropped (an Airflow hook's
+            # `cursor`, libpq's keepalives_idle, a typo)
+            "unknown": (f"{base}?sslmode=verify-full&sslrootcert=/etc/ca.pem&cursor=dictcursor"
+                        "&keepalives_idle=30", "unknown extras cursor, keepalives_idle",
+                        "takes connect_timeout, sslmode, sslrootcert, sslcert, sslkey"),
+            "session_attrs": (f"{base}?target_session_attrs=master",
+                              "target_session_attrs='master'", "read-write"),
+            "not_text": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                     "port": port, "extra": {"application_name": 5}}),
+                         "application_name=5", "use text"),
         }
         for conn_id, (uri, _, _) in bad.items():
             monkeypatch.setenv(f"AFLOW_CONN_{conn_id.upper()}", uri)
@@ -287,6 +296,43 @@ async def test_postgres_connect_timeout_extra_is_used(
 
 
 @pytest.mark.postgres
+async def test_postgres_connect_timeout_zero_is_the_default(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """connect_timeout=0 is libpq's "wait indefinitely" (connections copied from libpq or
+    Airflow have it). It was refused; now it is the default, 10 s, for the operator and
+    the sensor alike, with a warning logged once per connection."""
+    import os
+
+    from aflow.authoring.sensors import SqlSensor
+
+    _, schema = pg_conn
+    tag = uuid.uuid4().hex[:8]  # a connection never warned about before in this process
+    monkeypatch.setenv(f"AFLOW_CONN_PG_ZERO_{tag.upper()}", os.environ["AFLOW_CONN_PG"] + "&connect_timeout=0")
+    monkeypatch.setenv(f"AFLOW_CONN_PG_ZERO_JSON_{tag.upper()}", _json_connection(
+        postgres_dsn, {"connect_timeout": 0, "search_path": schema}))
+    with DAG("sql_pg_timeout_zero", start_date=START) as dag:
+        first = SQLExecuteQueryOperator(task_id="first", conn_id=f"pg_zero_{tag}",
+                                        sql="SELECT 41 + 1")
+        second = SQLExecuteQueryOperator(task_id="second", conn_id=f"pg_zero_{tag}",
+                                         sql="SELECT 43 - 1")
+        from_json = SQLExecuteQueryOperator(task_id="from_json", conn_id=f"pg_zero_json_{tag}",
+                                            sql="SELECT 42")
+        wait = SqlSensor(task_id="wait", conn_id=f"pg_zero_json_{tag}", sql="SELECT 42",
+                         deferrable=True, poke_interval=0.05, timeout=60)
+        first >> second
+        from_json >> wait
+    _, x, tis, o = await run_one(orchestrator_factory, dag)
+    for task_id in ("first", "second", "from_json", "wait"):
+        assert tis[task_id].state.value == "success", (task_id, tis[task_id].error)
+    assert x["first"] == x["second"] == x["from_json"] == [[42]]
+    warning = "connect_timeout=0 (no limit, in libpq) is read as 10 s"
+    assert f"connection 'pg_zero_{tag}': {warning}" in task_log(o, tis["first"])
+    assert warning not in task_log(o, tis["second"])  # once per connection
+    assert f"connection 'pg_zero_json_{tag}': {warning}" in task_log(o, tis["from_json"])
+
+
+@pytest.mark.postgres
 async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
     orchestrator_factory: Any, pg_conn: Any
 ) -> None:
@@ -310,6 +356,14 @@ async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
         SQLExecuteQueryOperator(
             task_id="missing", conn_id="pg", autocommit=True, parameters={"n": 1},
             sql=["CREATE TABLE touched (n int)", "SELECT :n, :absent"])
+        # `$1` beside `:n` would have been bound to n's value (both became $1)
+        SQLExecuteQueryOperator(
+            task_id="mixed", conn_id="pg", autocommit=True, parameters={"n": 1},
+            sql=["CREATE TABLE touched_too (n int)", "SELECT $1::int, :n"])
+        # `$1` alone is the function's argument: it binds nothing from the dict
+        SQLExecuteQueryOperator(
+            task_id="body", conn_id="pg", parameters={"n": 41},
+            sql=["CREATE FUNCTION add_one(int) RETURNS int RETURN $1 + 1", "SELECT add_one(:n)"])
     state, x, tis, _ = await run_one(orchestrator_factory, dag)
     assert tis["scan"].state.value == "success", tis["scan"].error
     assert x["scan"] == [["hi ann", " :word ", ":word", "W", "ann"]]
@@ -318,3 +372,125 @@ async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
     assert "placeholder :absent" in error and "statement 2" in error and "'missing'" in error
     exists = await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched')
     assert exists is None  # statement 1 never ran, although autocommit was on
+    error = tis["mixed"].error
+    assert tis["mixed"].state.value == "failed"
+    assert "positional placeholder $1 (line 1)" in error and "statement 2" in error, error
+    assert await db.fetchval("SELECT to_regclass($1)", f'"{schema}".touched_too') is None
+    assert tis["body"].state.value == "success", tis["body"].error
+    assert x["body"] == [[42]]
+
+
+def _json_connection(postgres_dsn: str, extra: dict[str, Any]) -> str:
+    """The test server as a connection in Airflow's JSON form, with a password the server
+    does not ask for."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_dsn)
+    return json.dumps({"conn_type": "postgres", "host": parts.hostname,
+                       "port": parts.port or 5432, "login": parts.username or "postgres",
+                       "password": PASSWORD, "schema": parts.path.lstrip("/"), "extra": extra})
+
+
+@pytest.mark.postgres
+async def test_postgres_json_connection_with_a_numeric_extra_serves_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """A connection whose extra holds a number (`"connect_timeout": 5`, as Airflow's JSON
+    form has it) reaches a trigger as `?__extra__=<JSON>`. The SqlSensor sent that to the
+    server as a setting, which refused it ("unrecognized configuration parameter
+    __extra__"), and lost connect_timeout and search_path inside it. The table here is
+    found through that search_path alone."""
+    from aflow.authoring.sensors import SqlSensor
+
+    _, schema = pg_conn
+    monkeypatch.setenv("AFLOW_CONN_PG_JSON", _json_connection(
+        postgres_dsn, {"connect_timeout": 5, "search_path": schema}))
+    with DAG("sql_pg_json_conn", start_date=START) as dag:
+        make = SQLExecuteQueryOperator(
+            task_id="make", conn_id="pg_json",
+            sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
+        wait = SqlSensor(task_id="wait", conn_id="pg_json", sql="SELECT n FROM ready",
+                         deferrable=True, poke_interval=0.05, timeout=60)
+        make >> wait
+    state, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert tis["make"].state.value == "success", tis["make"].error
+    assert tis["wait"].state.value == "success", tis["wait"].error
+    assert x["wait"] == {"value": 7}
+    assert PASSWORD not in task_log(o, tis["wait"])
+
+
+@pytest.mark.postgres
+async def test_postgres_tls_options_reach_the_driver_for_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch,
+    postgres_dsn: str, tmp_path: Path,
+) -> None:
+    """`sslmode=verify-full&sslrootcert=<CA file>`: the operator dropped sslrootcert, so
+    asyncpg looked for ~/.postgresql/root.crt and the task failed, while a SqlSensor on
+    the same connection connected. Through a TLS front whose certificate a CA of its own
+    issued, both connect with that CA's file; with another CA's, the certificate is
+    refused (the check is real, not skipped)."""
+    from urllib.parse import urlsplit
+
+    from aflow.authoring.sensors import SqlSensor
+    from tests.pg_tls import tls_front
+
+    _, schema = pg_conn
+    parts = urlsplit(postgres_dsn)
+    user = parts.username or "postgres"
+    async with tls_front(parts.hostname or "127.0.0.1", parts.port or 5432, tmp_path) as front:
+        def uri(ca_file: Path) -> str:
+            return (f"postgres://{user}:{PASSWORD}@127.0.0.1:{front.port}{parts.path}"
+                    f"?sslmode=verify-full&sslrootcert={ca_file}&search_path={schema}")
+
+        monkeypatch.setenv("AFLOW_CONN_PG_TLS", uri(front.ca_file))
+        monkeypatch.setenv("AFLOW_CONN_PG_OTHER_CA", uri(front.other_ca_file))
+        with DAG("sql_pg_tls", start_date=START) as dag:
+            make = SQLExecuteQueryOperator(
+                task_id="make", conn_id="pg_tls",
+                sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
+            wait = SqlSensor(task_id="wait", conn_id="pg_tls", sql="SELECT n FROM ready",
+                             deferrable=True, poke_interval=0.05, timeout=60)
+            make >> wait
+            SQLExecuteQueryOperator(task_id="other_ca", conn_id="pg_other_ca", sql="SELECT 1")
+        _, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert tis["make"].state.value == "success", tis["make"].error
+    assert tis["wait"].state.value == "success", tis["wait"].error
+    assert x["wait"] == {"value": 7}
+    assert front.handshakes >= 2
+    error = tis["other_ca"].error
+    assert tis["other_ca"].state.value == "failed"
+    assert "'pg_other_ca'" in error and "certificate verify failed" in error, error
+    assert PASSWORD not in error
+
+
+@pytest.mark.postgres
+async def test_postgres_target_session_attrs_reach_the_driver_for_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection option asyncpg reads (not a server setting) is used by the operator as
+    by the trigger: the test server is a primary, so `target_session_attrs=standby` finds
+    no server for either, and `read-write` finds it for both (the sensor's sessions are
+    read-only, so it asks for the primary instead)."""
+    import os
+
+    from aflow.authoring.sensors import SqlSensor
+
+    base = os.environ["AFLOW_CONN_PG"]
+    monkeypatch.setenv("AFLOW_CONN_PG_RW", base + "&target_session_attrs=read-write")
+    monkeypatch.setenv("AFLOW_CONN_PG_STANDBY", base + "&target_session_attrs=standby")
+    with DAG("sql_pg_attrs", start_date=START) as dag:
+        SQLExecuteQueryOperator(task_id="rw", conn_id="pg_rw", sql="SELECT 41 + 1")
+        SqlSensor(task_id="rw_wait", conn_id="pg_rw", sql="SELECT 42", deferrable=True,
+                  poke_interval=0.05, timeout=60)
+        SQLExecuteQueryOperator(task_id="standby", conn_id="pg_standby", sql="SELECT 1")
+        SqlSensor(task_id="standby_wait", conn_id="pg_standby", sql="SELECT 1", deferrable=True,
+                  poke_interval=0.05, timeout=60)
+    _, x, tis, o = await run_one(orchestrator_factory, dag)
+    assert tis["rw"].state.value == "success", tis["rw"].error
+    assert x["rw"] == [[42]]
+    assert tis["rw_wait"].state.value == "success", tis["rw_wait"].error
+    assert tis["standby"].state.value == "failed"
+    assert "'pg_standby'" in tis["standby"].error
+    assert "target attribute requirement" in tis["standby"].error
+    assert tis["standby_wait"].state.value == "failed"
+    assert "target attribute requirement" in task_log(o, tis["standby_wait"])

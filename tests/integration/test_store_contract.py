@@ -1507,6 +1507,31 @@ async def test_client_dsn_reaches_the_stores_schema(postgres_dsn: str, pg_schema
             await conn.close()
 
 
+@pytest.mark.postgres
+async def test_client_dsn_keeps_the_urls_server_settings_in_a_form_triggers_accept(
+    pg_schema_url: str,
+) -> None:
+    """The store hands an option asyncpg does not know to the server as a setting; a
+    SqlTrigger on `aflow_store` takes other settings only in libpq's `options`
+    (triggers.pg_options), so client_dsn moves them there (a space in a value escaped)."""
+    import asyncpg
+
+    from aflow.store.postgres import PostgresStore
+    from triggers.sql import parse_dsn
+
+    url = f"{pg_schema_url}&statement_timeout=12345&DateStyle=ISO,%20DMY"
+    async with PostgresStore(url) as store:
+        await store.create_run(a_run(), [])
+        dsn = parse_dsn(store.client_dsn)  # raised "unknown extras DateStyle, statement_timeout"
+        conn = await asyncpg.connect(dsn.target, timeout=dsn.connect_timeout)
+        try:
+            assert await conn.fetchval("SELECT run_id FROM dag_run") == "r1"
+            assert await conn.fetchval("SHOW statement_timeout") == "12345ms"
+            assert await conn.fetchval("SHOW DateStyle") == "ISO, DMY"
+        finally:
+            await conn.close()
+
+
 _CHILD = """
 import anyio, json, sys
 from datetime import UTC, datetime, timedelta

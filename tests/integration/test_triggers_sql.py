@@ -290,15 +290,53 @@ async def test_conn_id_is_resolved_at_run_time(tmp_path: Path) -> None:
 def test_dsn_connect_timeout_is_checked_and_taken_out() -> None:
     """libpq's connect_timeout option is the pool's connect timeout, not a server setting
     (the server refuses unknown settings); a bad one is named, with what is accepted."""
-    dsn = parse_dsn("postgresql://u:pw@h:5/db?sslmode=disable&connect_timeout=2.5&x=1")
+    dsn = parse_dsn("postgresql://u:pw@h:5/db?sslmode=disable&connect_timeout=2.5&options=x")
     assert dsn.connect_timeout == 2.5
-    assert dsn.target == "postgresql://u:pw@h:5/db?sslmode=disable&x=1"
+    assert dsn.target == "postgresql://u:pw@h:5/db?sslmode=disable&options=x"
     assert parse_dsn("postgresql://h/db").connect_timeout == 10.0
-    for value in ("abc", "-1", "0", "nan", "inf", ""):
+    for value in ("abc", "-1", "-0.5", "nan", "inf", ""):
         with pytest.raises(ValueError, match=r"connect_timeout='.*' is not a number of seconds > 0"
                            ) as caught:
             parse_dsn(f"postgresql://u:pw@h/db?connect_timeout={value}")
         assert "pw" not in str(caught.value) and "postgresql://u:***@h/db" in str(caught.value)
+
+
+def test_dsn_options_are_those_the_sql_operator_takes() -> None:
+    """An option asyncpg reads itself (sslrootcert, target_session_attrs, ...) stays in the
+    DSN for it; one it would send the server as a setting is refused before connecting,
+    naming it and what is accepted, as SQLExecuteQueryOperator refuses it."""
+    good = ("postgresql://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+            "&target_session_attrs=primary&options=-c+statement_timeout%3D5000")
+    assert parse_dsn(good).target == good
+    with pytest.raises(ValueError, match=r"unknown extras cursor, statement_timeout: a PostgreSQL "
+                       r"connection takes connect_timeout, sslmode, sslrootcert, .*, options; "
+                       r"another server setting goes in options") as caught:
+        parse_dsn("postgresql://u:pw@h/db?statement_timeout=5000&cursor=x")
+    assert "pw" not in str(caught.value)
+    with pytest.raises(ValueError, match="target_session_attrs='master' is not valid: use one of"):
+        parse_dsn("postgresql://h/db?target_session_attrs=master")
+
+
+def test_dsn_connect_timeout_zero_is_the_default_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """libpq reads connect_timeout=0 as "wait indefinitely", and connections copied from
+    libpq or Airflow use it; aflow bounds every wait, so it is the default, 10 s, with a
+    warning once per connection (it was refused, which broke those connections)."""
+    caplog.set_level(logging.WARNING, logger="triggers")
+    name = f"connection 'zero_{uuid.uuid4().hex[:8]}'"
+    for dsn in ("postgresql://u:pw@h/db?connect_timeout=0",
+                'postgresql://u:pw@h/db?__extra__={"connect_timeout": 0}',
+                "postgresql://u:pw@h/db?connect_timeout=0.0"):
+        parsed = parse_dsn(dsn, name=name)
+        assert parsed.connect_timeout == 10.0
+        assert parsed.target == "postgresql://u:pw@h/db"
+    warnings = [r.getMessage() for r in caplog.records if "connect_timeout=0" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{name}: connect_timeout=0 (no limit, in libpq) is read as 10 s")
+    parse_dsn("postgresql://u:pw@other/db?connect_timeout=0")  # another connection: its own
+    warnings = [r.getMessage() for r in caplog.records if "connect_timeout=0" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[1].startswith("postgresql://u:***@other/db:"), warnings
 
 
 async def test_bad_connect_timeout_of_a_connection_is_named() -> None:
@@ -309,6 +347,42 @@ async def test_bad_connect_timeout_of_a_connection_is_named() -> None:
         with use_resources(resources), anyio.fail_after(DEADLINE_S):
             with pytest.raises(ValueError, match="connection 'warehouse': connect_timeout='abc'"):
                 await first_event(SqlTrigger("SELECT 1", conn_id="warehouse"))
+
+
+def test_dsn_extra_json_is_opened_into_options() -> None:
+    """`?__extra__=<JSON object>` is how Connection.get_uri writes an extra that holds a
+    number; its items become the DSN's options (connect_timeout taken out as ever), never
+    a setting named __extra__ sent to the server."""
+    from aflow.secrets.connection import Connection
+
+    uri = Connection(conn_id="pg", conn_type="postgres", host="h", login="u", password="pw",
+                     schema="db", extra={"connect_timeout": 5, "sslmode": "disable"}).get_uri()
+    assert "__extra__" in uri
+    dsn = parse_dsn(uri)
+    assert dsn.connect_timeout == 5.0
+    assert dsn.target == "postgresql://u:pw@h/db?sslmode=disable"
+    assert "__extra__" not in dsn.target and dsn.shown == "postgresql://u:***@h/db?sslmode=disable"
+    # plain options and __extra__ together: the later one of a key wins, as in from_uri
+    both = parse_dsn('postgresql://h/db?application_name=a&__extra__={"application_name":"b"}')
+    assert both.target == "postgresql://h/db?application_name=b"
+    for bad, why in (("%7Bnope", "__extra__ is not valid JSON"),
+                     ("%5B1%5D", "__extra__ is not a JSON object"),
+                     ('{"search_path": ["a"]}', r"extra search_path=\['a'\] is not valid: use text")):
+        with pytest.raises(ValueError, match=why) as caught:
+            parse_dsn(f"postgresql://u:pw@h/db?__extra__={bad}")
+        assert "pw" not in str(caught.value), caught.value
+
+
+async def test_bad_extra_json_of_a_connection_is_named() -> None:
+    def resolve(conn_id: str) -> str:
+        return 'postgresql://u:pw@127.0.0.1:1/db?sslpassword=key-pw&__extra__={"connect_timeout": 5'
+
+    async with Resources(resolve_connection=resolve) as resources:
+        with use_resources(resources), anyio.fail_after(DEADLINE_S):
+            with pytest.raises(ValueError, match="connection 'warehouse': __extra__ is not valid JSON"
+                               ) as caught:
+                await first_event(SqlTrigger("SELECT 1", conn_id="warehouse"))
+    assert "pw" not in str(caught.value) and "__extra__=***" in str(caught.value)
 
 
 async def test_postgres_placeholder_without_a_value_is_named() -> None:
@@ -436,6 +510,23 @@ async def test_postgres_named_parameters_and_errors(pg: PgWorld) -> None:
                     )
                 )
     assert await pg.conn.fetchval(f"SELECT count(*) FROM {pg.schema}.events") == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_array_slice_without_lower_bound(pg: PgWorld) -> None:
+    """`arr[:hi]` slices up to the column hi when hi is not a parameter (it failed
+    "placeholder :hi has no value" with any dict); when hi is one, `:hi` is its value
+    (`arr[$1]`: an element), and `arr[: :hi]` is the slice up to it."""
+    sql = "SELECT (ARRAY[10, 20, 30])[:hi] FROM (SELECT 2 AS hi) AS s WHERE :on"
+    async with default_resources():
+        with anyio.fail_after(DEADLINE_S):
+            event = await first_event(SqlTrigger(sql, dsn=pg.dsn, parameters={"on": True}))
+            assert event == TriggerEvent({"value": [10, 20]})
+            event = await first_event(SqlTrigger(sql, dsn=pg.dsn, parameters={"on": True, "hi": 3}))
+            assert event == TriggerEvent({"value": 30})
+            event = await first_event(SqlTrigger("SELECT (ARRAY[10, 20, 30])[: :hi]", dsn=pg.dsn,
+                                                 parameters={"hi": 1}))
+            assert event == TriggerEvent({"value": [10]})
 
 
 @pytest.mark.postgres

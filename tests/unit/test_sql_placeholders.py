@@ -31,6 +31,16 @@ def test_colon_after_a_word_or_number_is_not_a_placeholder() -> None:
     assert rewrite("SELECT arr[1:word], t.x:a") == ("SELECT arr[1:word], t.x:a", [])
 
 
+def test_slice_without_lower_bound_is_sql_unless_its_name_is_a_parameter() -> None:
+    # arr[:hi] with hi a column failed "placeholder :hi has no value" with any dict
+    assert rewrite("SELECT arr[:hi], :a FROM t") == ("SELECT arr[:hi], $1 FROM t", [1])
+    assert rewrite("SELECT arr[:a] FROM t") == ("SELECT arr[$1] FROM t", [1])
+    assert rewrite("SELECT arr[:hi][:b] FROM t") == ("SELECT arr[:hi][$1] FROM t", ["two"])
+    assert rewrite("SELECT arr[: :b] FROM t") == ("SELECT arr[: $1] FROM t", ["two"])
+    with pytest.raises(ValueError, match=r"placeholder :hi \(line 1\) has no value"):
+        rewrite("SELECT arr[ :hi] FROM t")  # only right after `[`
+
+
 @pytest.mark.parametrize(
     "sql",
     [
@@ -59,20 +69,37 @@ def test_no_placeholder_outside_sql(sql: str) -> None:
 
 def test_placeholders_around_skipped_text_still_count() -> None:
     sql = (
-        "SELECT :a, 'x'':b', \"c:b\", $$ :b $$, $t$ :b $t$ -- :b\n"
-        "/* :b /* :b */ */ , :b, $1"
+        "SELECT :a, 'x'':b $1', \"c:b\", $$ :b $1 $$, $t$ :b $t$ -- :b $1\n"
+        "/* :b /* :b $1 */ */ , :b, :a"
     )
     assert rewrite(sql) == (
-        "SELECT $1, 'x'':b', \"c:b\", $$ :b $$, $t$ :b $t$ -- :b\n"
-        "/* :b /* :b */ */ , $2, $1",
+        "SELECT $1, 'x'':b $1', \"c:b\", $$ :b $1 $$, $t$ :b $t$ -- :b $1\n"
+        "/* :b /* :b $1 */ */ , $2, $1",
         [1, "two"],
     )
 
 
 def test_dollar_is_not_always_a_quote() -> None:
-    # $1 is a positional parameter; a$b$ is one identifier (PostgreSQL allows $ in them)
-    assert rewrite("SELECT $1, a$b$, :a, c$d FROM t") == (
-        "SELECT $1, a$b$, $1, c$d FROM t", [1])
+    # a$b$ and c$1 are identifiers (PostgreSQL allows $ in them), not quotes or parameters
+    assert rewrite("SELECT a$b$, :a, c$d, c$1 FROM t") == (
+        "SELECT a$b$, $1, c$d, c$1 FROM t", [1])
+
+
+@pytest.mark.parametrize("sql", ["SELECT $1, :a", "SELECT :a,\n $12", "SELECT :a, :a + $2"])
+def test_positional_parameter_beside_named_ones_is_named(sql: str) -> None:
+    """`SELECT $1, :a` with {"a": 1} became `SELECT $1, $1`: $1 silently took a's value."""
+    number = sql[sql.index("$"):].split(",")[0].split()[0]
+    line = sql.count("\n") + 1
+    with pytest.raises(ValueError, match=rf"positional placeholder \{number} \(line {line}\) "
+                       r"in a statement with :name placeholders"):
+        rewrite(sql)
+
+
+def test_positional_parameter_alone_is_left_to_the_server() -> None:
+    # nothing is taken from the dict; in a function body or PREPARE, $1 is its argument
+    for sql in ("CREATE FUNCTION f(int) RETURNS int RETURN $1 + 1",
+                "PREPARE p(int) AS SELECT $1"):
+        assert rewrite(sql) == (sql, [])
 
 
 def test_a_word_ending_in_e_does_not_open_an_escape_string() -> None:

@@ -19,19 +19,25 @@ an aflow Connection, with bound parameters, and hand the rows to XCom.
 
 Connection types: `sqlite` (the file is the connection's schema or host:
 `sqlite:////abs/file.db`, `sqlite:///relative.db`) and `postgres`/`postgresql` (host,
-port, login, password, schema = database; extra `sslmode` (disable, allow, prefer,
-require, verify-ca or verify-full), `search_path`, `application_name` (text) and
-`connect_timeout` (seconds > 0, default 10); a bad extra fails the task, naming it, before
-any connection is tried). Errors name the connection and host, never the password.
+port, login, password, schema = database). A PostgreSQL connection is read exactly as
+SqlTrigger reads it (triggers.sql.parse_dsn): its extras are those triggers.pg_options
+accepts (`connect_timeout`, seconds > 0, default 10, 0 read as the default; asyncpg's
+connection options such as `sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
+`target_session_attrs`; the settings `search_path`, `application_name`, `options`),
+handed to asyncpg as a DSN's options; any other extra, or a bad value, fails the task,
+naming it, before any connection is tried.
+Errors name the connection and host, never the password.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import aiosqlite
 import anyio
@@ -42,31 +48,20 @@ from aflow.exceptions import AflowError, DagDefinitionError
 from aflow.secrets.backends import lookup_connection
 from aflow.secrets.connection import Connection
 from aflow.secrets.masking import mask
-from triggers.sql import connect_timeout_seconds, jsonable
+from triggers.sql import Dsn, jsonable, parse_dsn
 from triggers.sql_placeholders import pg_named_to_positional
 
 log = logging.getLogger("aflow.task.sql")
 
 DEFAULT_MAX_ROWS = 1000
-CONNECT_TIMEOUT_S = 10.0
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_TYPES = ("sqlite",)
 POSTGRES_TYPES = ("postgres", "postgresql")
-PG_EXTRA_SETTINGS = ("search_path", "application_name")
-PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+APPLICATION_NAME = "aflow-sql-operator"  # unless the connection names one
 
 
 class SqlOperatorError(AflowError):
     """A SQL task failed: no connection, a rejected statement, too many rows."""
-
-
-@dataclass(frozen=True, slots=True)
-class PgOptions:
-    """What a PostgreSQL connection's extras ask for, checked."""
-
-    timeout: float  # seconds for the connection to be made
-    ssl: str | None  # an sslmode, or None: asyncpg's default
-    settings: dict[str, str]  # server settings for the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,51 +229,28 @@ class SQLExecuteQueryOperator(BaseOperator):
         return results
 
     # -- PostgreSQL ------------------------------------------------------------------------
-    def _pg_options(self, conn: Connection) -> PgOptions:
-        """The extras this operator reads, checked before any connection is tried: a bad
-        value fails the task naming the connection, the extra and what is accepted."""
-        extra = conn.extra or {}
-
-        def bad(key: str, accepted: str) -> SqlOperatorError:
-            return SqlOperatorError(
-                f"connection {self.conn_id!r}: extra {key}={extra[key]!r} is not valid: "
-                f"{accepted}"
-            )
-
-        timeout = CONNECT_TIMEOUT_S
-        if extra.get("connect_timeout") is not None:
-            try:
-                timeout = connect_timeout_seconds(extra["connect_timeout"])
-            except ValueError:
-                raise bad("connect_timeout", "use a number of seconds > 0 (e.g. 10 or 2.5)"
-                          ) from None
-        ssl = extra.get("sslmode")
-        if ssl is not None and ssl not in PG_SSLMODES:
-            raise bad("sslmode", f"use one of {', '.join(PG_SSLMODES)}")
-        settings: dict[str, str] = {}
-        for key in PG_EXTRA_SETTINGS:
-            value = extra.get(key)
-            if value is not None and not isinstance(value, str):
-                raise bad(key, "use text")
-            if value:
-                settings[key] = value
-        settings.setdefault("application_name", "aflow-sql-operator")
-        return PgOptions(timeout, ssl, settings)
+    def _pg_dsn(self, conn: Connection) -> Dsn:
+        """The connection as the SQL trigger reads it (triggers.sql.parse_dsn), so both
+        accept the same extras and hand them to asyncpg the same way; checked before any
+        connection is tried: a bad extra fails the task naming the connection, the extra
+        and what is accepted."""
+        if not conn.host and not conn.extra.get("host"):
+            conn = dataclasses.replace(conn, host="localhost")
+        try:
+            return parse_dsn(conn.get_uri(), name=f"connection {self.conn_id!r}")
+        except ValueError as exc:
+            raise SqlOperatorError(f"connection {self.conn_id!r}: {mask(str(exc))}") from None
 
     async def _pg_connect(self, conn: Connection) -> asyncpg.Connection:
-        options = self._pg_options(conn)
+        dsn = self._pg_dsn(conn)
+        named = {key for key, _ in parse_qsl(urlsplit(dsn.target).query)}
+        settings = None if "application_name" in named else {"application_name": APPLICATION_NAME}
         try:
             return await asyncpg.connect(
-                host=conn.host or "localhost",
-                port=conn.port or 5432,
-                user=conn.login,
-                password=conn.password,
-                database=conn.schema,
-                ssl=options.ssl,
-                timeout=options.timeout,
-                server_settings=options.settings,
+                dsn.target, timeout=dsn.connect_timeout, server_settings=settings
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                asyncpg.InternalClientError) as exc:  # e.g. no host fits target_session_attrs
             raise SqlOperatorError(
                 f"connection {self.conn_id!r}: cannot connect to {_where(conn)} as "
                 f"{conn.login!r}: {type(exc).__name__}: {mask(str(exc))}"

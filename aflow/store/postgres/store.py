@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -109,6 +109,7 @@ from aflow.store.records import (
     WebSessionRecord,
     XComRecord,
 )
+from triggers.pg_options import PG_OPTIONS, setting_as_option
 
 log = logging.getLogger(__name__)
 
@@ -438,11 +439,25 @@ class PostgresStore(Store):
     @property
     def client_dsn(self) -> str:
         """A DSN for other asyncpg clients of this database (e.g. a SqlTrigger on aflow's
-        own tables): the URL with `schema` turned into a `search_path` server setting."""
-        if self.schema is None:
-            return self.target.dsn
-        sep = "&" if "?" in self.target.dsn else "?"
-        return f"{self.target.dsn}{sep}{urlencode({'search_path': quote_ident(self.schema)})}"
+        own tables): the URL with `schema` turned into a `search_path` server setting, and
+        every other server setting the URL gives (asyncpg sends an option it does not
+        know itself as one) moved into libpq's `options` as `-c name=value`, the form in
+        which a trigger takes any setting (triggers.pg_options)."""
+        parts = urlsplit(self.target.dsn)
+        kept: list[tuple[str, str]] = []
+        moved: list[str] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in PG_OPTIONS:
+                kept.append((key, value))
+            else:
+                moved.append(setting_as_option(key, value))
+        if moved:
+            given = [value for key, value in kept if key == "options"]
+            kept = [(k, v) for k, v in kept if k != "options"]
+            kept.append(("options", " ".join([*given[-1:], *moved])))
+        if self.schema is not None:
+            kept.append(("search_path", quote_ident(self.schema)))
+        return urlunsplit(parts._replace(query=urlencode(kept)))
 
     # -- lifecycle -----------------------------------------------------------
     async def open(self) -> None:

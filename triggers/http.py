@@ -12,8 +12,9 @@ instead of hammering it. Each trigger polls with exponential backoff and jitter 
 Connections: `conn_id` is resolved when the trigger runs, through
 `current_resources().resolve_connection(conn_id)`, to a URI such as
 `https://user:password@host:port/base?X-Api-Key=...`. The user and password become HTTP
-basic auth, the query parameters become request headers (Airflow's HttpHook reads a
-connection's extras as headers), and `endpoint` is appended to the base path. So secrets
+basic auth, the query parameters with text values become request headers (Airflow's
+HttpHook reads a connection's extras as headers; `__extra__=<JSON>` is opened, see
+triggers.conn_uri), and `endpoint` is appended to the base path. So secrets
 never appear in the trigger's kwargs, hence never in the trigger row.
 """
 
@@ -37,6 +38,7 @@ import anyio
 import httpx
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
+from triggers.conn_uri import query_items
 from triggers.shared import Resources, current_resources
 
 __all__ = [
@@ -468,7 +470,12 @@ class HttpTrigger(BaseTrigger):
         auth = None
         if conn.username or conn.password:
             auth = httpx.BasicAuth(conn.username, conn.password)
-        headers = {key: value for key, value in conn.params.multi_items()}
+        try:
+            options = query_items(conn.query.decode())
+        except ValueError as exc:
+            raise ValueError(f"connection {self.conn_id!r}: {exc}") from None
+        # (text options only, as HttpOperator: a number such as a timeout is no header)
+        headers = {key: value for key, value in options if isinstance(value, str)}
         headers.update(self.headers)
         base = conn.copy_with(username=None, password=None, query=None, fragment=None)
         return httpx.URL(_join(str(base), self.endpoint)), auth, headers

@@ -54,6 +54,7 @@ import anyio
 import asyncpg
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
+from triggers.conn_uri import EXTRA_PARAM, query_items
 from triggers.pg_options import CONNECT_TIMEOUT_S, checked_pg_options
 from triggers.shared import Resources, current_resources
 from triggers.sql_placeholders import pg_named_to_positional
@@ -104,31 +105,7 @@ class Dsn:
     connect_timeout: float = CONNECT_TIMEOUT_S  # seconds; PostgreSQL only
 
 
-EXTRA_PARAM = "__extra__"
-"""The query option that holds a connection's whole extra as a JSON object: what
-aflow's (and Airflow's) `Connection.get_uri()` writes when an extra value is not text."""
-
 _SECRET_OPTIONS = frozenset({"password", "sslpassword", EXTRA_PARAM})
-
-
-def _query_items(query: str) -> list[tuple[str, Any]]:
-    """A DSN's query options in order, `__extra__=<JSON object>` opened into its items
-    (typed, as the JSON has them). ValueError when it is not a JSON object."""
-    items: list[tuple[str, Any]] = []
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key != EXTRA_PARAM:
-            items.append((key, value))
-            continue
-        try:
-            loaded = json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"{EXTRA_PARAM} is not valid JSON ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(
-                f"{EXTRA_PARAM} is not a JSON object (got {type(loaded).__name__})"
-            )
-        items.extend(loaded.items())
-    return items
 
 
 def _pg_target(target: str) -> tuple[str, float]:
@@ -141,7 +118,7 @@ def _pg_target(target: str) -> tuple[str, float]:
     - libpq's `connect_timeout` is taken out (asyncpg would send it as a setting too) and
       returned as the timeout."""
     parts = urlsplit(target)
-    options = dict(_query_items(parts.query))  # a key given twice: the last one counts
+    options = dict(query_items(parts.query))  # a key given twice: the last one counts
     seconds, checked = checked_pg_options(options)
     return urlunsplit(parts._replace(query=urlencode(checked))), seconds
 

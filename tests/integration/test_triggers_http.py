@@ -245,6 +245,30 @@ async def test_connection_is_resolved_at_run_time_and_secrets_stay_out_of_kwargs
                     await first_event(HttpTrigger(conn_id="nope"))
 
 
+async def test_a_connection_whose_extra_holds_a_number_sends_its_text_extras_as_headers() -> None:
+    """aflow's Connection.get_uri() writes `__extra__=<JSON>` once an extra value is not
+    text: the trigger opens it, sends the text values as headers and keeps the number
+    (a timeout, as HttpOperator reads it) out of them."""
+    from aflow.secrets.connection import Connection
+
+    server = FlipServer()
+    server.status, server.body, server.content_type = 200, {"ok": True}, "application/json"
+    server.require_headers = {"X-Api-Key": "key-42"}
+    async with serve(server) as port:
+        conn = Connection(conn_id="api", conn_type="http", host="127.0.0.1", port=port,
+                          extra={"X-Api-Key": "key-42", "timeout": 5})
+        uri = conn.get_uri()
+        assert "__extra__" in uri
+        bad = conn.get_uri().split("?")[0] + "?__extra__=%5B1%5D"  # a JSON list
+        uris = {"api": uri, "bad": bad}
+        async with Resources(resolve_connection=uris.__getitem__) as resources:
+            with use_resources(resources), anyio.fail_after(DEADLINE_S):
+                event = await first_event(HttpTrigger(conn_id="api", poke_interval=0.02))
+                assert event == TriggerEvent({"status": 200, "body": {"ok": True}})
+                with pytest.raises(ValueError, match="connection 'bad': __extra__ is not a JSON object"):
+                    await first_event(HttpTrigger(conn_id="bad", poke_interval=0.02))
+
+
 # -- politeness and resilience ----------------------------------------------------------------
 
 

@@ -7,10 +7,27 @@ earlier one arrives). A run that ends (RunDriver.on_run_finished) drops its entr
 
 When an entry is due and its run (or task: every instance of it) has not finished, the
 miss is recorded first (Store.record_deadline_miss, unique per run, task and alert), and
-the alert's callbacks are called only if that insert won. So an alert goes out at most
-once, across restarts (a re-adopted run finds its miss recorded) and across processes on
-one PostgreSQL (only one insert wins). Nothing about the run changes: no task is
-cancelled or failed. How the alert ended (`sent`, `failed`) is recorded afterwards.
+the alert's callbacks are called only if that insert won: across restarts (a re-adopted
+run finds its miss recorded) and across processes on one PostgreSQL (only one insert
+wins), a miss is alerted by the process that recorded it. A retry of the insert after a
+lost commit acknowledgement recognises its own row (same owner, `missed_at` and state),
+so the alert still goes out. Nothing about the run changes: no task is cancelled or
+failed. How the alert ended (`sent`, `failed`) is recorded afterwards, while the row is
+still this process's.
+
+A process can die (or lose its run) between recording a miss and recording how its
+alert ended: the row stays `sending`. The next process to drive the run takes the row
+over and sends the alert itself (Store.claim_deadline_alert: only the run's lease holder
+can, in one conditional update, so of processes that each think they drive the run one
+at most gets it). That rides on the same timers, no scan: a deadline that has passed
+when its run is adopted is due at once, and for an alert with callbacks its entry is
+made, and checked, even if its task (or the run) has finished since. The guarantee: the
+callbacks of a missed deadline are called once while the processes driving its run stay
+up; across a crash, at least once: they are called again only if the process died, or
+lost the run, after calling some of them and before recording the end (a callback
+called before the crash is called again by the new owner). A run that has ended before
+another process adopts it is not adopted, so an alert its dead owner left `sending`
+stays so.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import anyio
@@ -52,6 +70,10 @@ class _Timer:
     index: int
     alert: DeadlineAlert
     dead: bool = False
+    # Overdue on adoption with callbacks: a miss recorded by a process that is gone may
+    # wait for its alert (its row `sending`), so the entry is checked even if the run or
+    # task has finished by the time it is due.
+    overdue: bool = False
 
 
 def alerts_of(dag: DAG) -> list[tuple[str | None, int, DeadlineAlert]]:
@@ -83,9 +105,12 @@ class DeadlineWatcher:
         self.firing = 0  # due deadlines being recorded and alerted now
         self._fire_done = anyio.Event()
         self.recorded_before = 0  # due deadlines whose miss another process (or life) recorded
+        self.taken_over = 0  # of those, alerts left `sending` by a gone process, sent here
         # Called once a due deadline is dealt with: (the miss as recorded, whether this
-        # process recorded it, and so sent its alert). For metrics and tests.
+        # process sent its alert: it recorded the miss, or took over an alert a gone
+        # process left unsent). For metrics and tests.
         self.on_fired: list[Callable[[DeadlineMissRecord, bool], None]] = []
+        self._sending: set[tuple[str, str, str | None, int]] = set()  # misses firing here
         self._heap: list[tuple[datetime, int, _Timer]] = []
         self._by_run: dict[tuple[str, str], list[_Timer]] = {}
         self._dead = 0
@@ -119,11 +144,15 @@ class DeadlineWatcher:
             return
         self._drop(rs.key)  # adopted again: its deadlines are computed afresh
         timers = []
+        now = self.clock.now()
         for task_id, index, alert in alerts:
             when = alert.deadline_for(rs.run)
-            if when is None or (task_id is not None and _task_finished(rs, task_id)):
+            if when is None:
                 continue
-            timer = _Timer(when, rs, task_id, index, alert)
+            overdue = bool(alert.callbacks) and when <= now
+            if not overdue and task_id is not None and _task_finished(rs, task_id):
+                continue
+            timer = _Timer(when, rs, task_id, index, alert, overdue=overdue)
             timers.append(timer)
             heapq.heappush(self._heap, (when, next(self._seq), timer))
             if self._heap[0][2] is timer:
@@ -166,9 +195,18 @@ class DeadlineWatcher:
                 if not timers:
                     del self._by_run[timer.rs.key]
             if self._still_open(timer):
-                assert self._tg is not None
-                self.firing += 1
-                self._tg.start_soon(self._fire, timer)
+                self._start(self._record_and_alert, timer)
+            elif timer.overdue and self._driven_here(timer.rs):
+                self._start(self._take_over, timer)
+
+    def _start(self, fire: Callable[[_Timer], Any], timer: _Timer) -> None:
+        key = _key_of(timer)
+        if key in self._sending:  # (the run was adopted again while this one fires)
+            return
+        assert self._tg is not None
+        self._sending.add(key)
+        self.firing += 1
+        self._tg.start_soon(self._fire, fire, timer, key)
 
     async def wait_idle(self) -> None:
         """Return once no due deadline is being recorded or alerted (a shutdown lets
@@ -192,20 +230,27 @@ class DeadlineWatcher:
             tg.start_soon(sleep)
             tg.start_soon(woken)
 
+    def _driven_here(self, rs: RunState) -> bool:
+        return self.driver.runs.get(rs.key) is rs and not rs.lost
+
     def _still_open(self, timer: _Timer) -> bool:
         """Whether the run is still driven here and the run (or task) has not finished."""
         rs = timer.rs
-        if self.driver.runs.get(rs.key) is not rs or rs.lost or rs.finishing:
+        if not self._driven_here(rs) or rs.finishing:
             return False
         if timer.task_id is None:
             return rs.unfinished > 0
         return not _task_finished(rs, timer.task_id)
 
     # -- firing ------------------------------------------------------------------------------
-    async def _fire(self, timer: _Timer) -> None:
+    async def _fire(
+        self, fire: Callable[[_Timer], Any], timer: _Timer,
+        key: tuple[str, str, str | None, int],
+    ) -> None:
         try:
-            await self._record_and_alert(timer)
+            await fire(timer)
         finally:
+            self._sending.discard(key)
             self.firing -= 1
             self._fire_done.set()
 
@@ -219,9 +264,11 @@ class DeadlineWatcher:
         )
         won = await durably(self.store.record_deadline_miss, miss)
         if not won:
+            if alert.callbacks:
+                await self._take_over(timer)
+                return
             self.recorded_before += 1
-            log.info("deadline %s of %s was recorded already; no second alert", timer.index,
-                     _what(miss))
+            log.info("deadline %s of %s was recorded already", timer.index, _what(miss))
         else:
             self.missed += 1
             log.warning("%s missed its deadline (%s, at %s); the work goes on", _what(miss),
@@ -230,6 +277,30 @@ class DeadlineWatcher:
                 miss = await self._alert(rs, alert, miss)
         for listener in self.on_fired:
             listener(miss, won)
+
+    async def _take_over(self, timer: _Timer) -> None:
+        """A miss recorded already (by another process, or this one's former life): send
+        its alert if its owner left it `sending` (it died, or lost the run, before
+        recording how the alert ended) and this process, which holds the run's lease,
+        takes the row over."""
+        rs = timer.rs
+        miss = await durably(self.store.claim_deadline_alert, rs.run.dag_id, rs.run.run_id,
+                             timer.task_id, timer.index, self.owner)
+        if miss is None:  # (an overdue entry of a task that ended in time, or never ran)
+            return
+        self.recorded_before += 1
+        sends = miss.alert_state == "sending" and miss.owner == self.owner
+        if sends:
+            self.taken_over += 1
+            log.warning("%s missed deadline %s (%s) and the process that recorded it did "
+                        "not record its alert as sent; sending it from here", _what(miss),
+                        timer.index, miss.description)
+            miss = await self._alert(rs, timer.alert, miss)
+        else:
+            log.info("deadline %s of %s was recorded already (its alert: %s); no second "
+                     "alert", timer.index, _what(miss), miss.alert_state)
+        for listener in self.on_fired:
+            listener(miss, sends)
 
     async def _alert(
         self, rs: RunState, alert: DeadlineAlert, miss: DeadlineMissRecord
@@ -249,8 +320,12 @@ class DeadlineWatcher:
         finally:
             services.reset_store(token)
         state, error = ("failed", "; ".join(errors)[:2000]) if errors else ("sent", None)
-        await durably(self.store.set_deadline_alert_state, miss.dag_id, miss.run_id,
-                             miss.task_id, miss.alert_index, state, error)
+        mine = await durably(partial(self.store.set_deadline_alert_state, owner=self.owner),
+                             miss.dag_id, miss.run_id, miss.task_id, miss.alert_index, state,
+                             error)
+        if not mine:  # this process was taken for gone (it lost the run) while sending
+            log.warning("the alert of %s ended %s, but another process has taken it over "
+                        "meanwhile; its end is not recorded from here", _what(miss), state)
         return replace(miss, alert_state=state, alert_error=error)
 
     def _context(self, rs: RunState, miss: DeadlineMissRecord) -> dict[str, Any]:
@@ -269,6 +344,9 @@ class DeadlineWatcher:
                 context["ti"] = self.driver.record_of(tis[0])
         return context
 
+
+def _key_of(timer: _Timer) -> tuple[str, str, str | None, int]:
+    return (*timer.rs.key, timer.task_id, timer.index)
 
 
 def _task_finished(rs: RunState, task_id: str) -> bool:

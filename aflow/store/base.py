@@ -484,14 +484,30 @@ class Store(abc.ABC):
         """Record a missed deadline (committed on return) unless one is recorded already
         for its (dag_id, run_id, task_id, alert_index); True when this call recorded it:
         only that caller sends the alert, so it goes out once across restarts and
-        processes."""
+        processes. Also True when the row found is this very record (same `owner`,
+        `missed_at` and `alert_state` as given): a retry after a commit whose
+        acknowledgement was lost recognises its own insert."""
+
+    @abc.abstractmethod
+    async def claim_deadline_alert(
+        self, dag_id: str, run_id: str, task_id: str | None, alert_index: int, owner: str,
+    ) -> DeadlineMissRecord | None:
+        """Take over, for `owner`, the alert of a recorded miss that another owner left
+        `sending` (it died, or lost the run, between recording the miss and recording how
+        the alert ended). Only the run's current owner (the holder of its lease) can, and
+        only from the owner and state it read (one conditional update): so of processes
+        that each think they drive the run, one at most gets it. Returns the row as it is
+        now (None when no miss is recorded under that key): `owner` sends the alert when
+        the row is `sending` and its own, which includes a row it had claimed already."""
 
     @abc.abstractmethod
     async def set_deadline_alert_state(
         self, dag_id: str, run_id: str, task_id: str | None, alert_index: int,
-        state: str, error: str | None = None,
-    ) -> None:
-        """Record how sending a miss's alert ended (`sent` or `failed` with `error`)."""
+        state: str, error: str | None = None, *, owner: str | None = None,
+    ) -> bool:
+        """Record how sending a miss's alert ended (`sent` or `failed` with `error`).
+        With `owner`, only while the row is still that owner's; False when it is not
+        (another process claimed it meanwhile) or there is no such row."""
 
     @abc.abstractmethod
     async def deadline_misses(

@@ -116,6 +116,7 @@ log = logging.getLogger(__name__)
 _TOKEN_COLS = "token_id, token_hash, username, name, created_at, expires_at"
 _MISS_COLS = ("dag_id, run_id, task_id, alert_index, deadline_at, missed_at, description, "
               "owner, alert_state, alert_error")
+_MISS_KEY = "dag_id=$1 AND run_id=$2 AND task_id=$3 AND alert_index=$4"
 _CONN_COLS = (
     "conn_id, conn_type, host, port, login, password_enc, schema, extra_enc, description"
 )
@@ -1719,22 +1720,65 @@ class PostgresStore(Store):
                 m.dag_id, m.run_id, m.task_id or "", m.alert_index, enc.aware(m.deadline_at),
                 enc.aware(m.missed_at), m.description, m.owner, m.alert_state, m.alert_error,
             )
-            return bool(status == "INSERT 0 1")
+            if status == "INSERT 0 1":
+                return True
+            if m.owner is None:
+                return False
+            # This very record, committed by an earlier attempt whose answer was lost (a
+            # connection lost during the COMMIT)?
+            return await conn.fetchval(
+                f"SELECT true FROM deadline_miss WHERE {_MISS_KEY} "
+                "AND owner=$5 AND missed_at=$6 AND alert_state=$7",
+                m.dag_id, m.run_id, m.task_id or "", m.alert_index, m.owner,
+                enc.aware(m.missed_at), m.alert_state,
+            ) is not None
+
+        return await self._transaction(tx)
+
+    async def claim_deadline_alert(
+        self, dag_id: str, run_id: str, task_id: str | None, alert_index: int, owner: str,
+    ) -> DeadlineMissRecord | None:
+        key = (dag_id, run_id, task_id or "", alert_index)
+        select = f"SELECT {_MISS_COLS} FROM deadline_miss WHERE {_MISS_KEY}"
+        rows = await self._read(select, *key)
+        if not rows:
+            return None
+        found = _miss_from(rows[0])
+        if found.alert_state != "sending" or found.owner == owner:
+            return found
+
+        async def tx(conn: asyncpg.Connection) -> DeadlineMissRecord | None:
+            # Only while unsent, still the owner read above's, and the run is `owner`'s:
+            # a process that stalled past its lease cannot take the alert from the one
+            # that adopted its run (nor it back). Of claimers racing on one read, the
+            # first to update wins; the others, once its commit frees the row, find
+            # another owner (READ COMMITTED re-checks the row as committed).
+            status = await conn.execute(
+                f"UPDATE deadline_miss SET owner=$5 WHERE {_MISS_KEY} "
+                "AND alert_state='sending' AND owner IS NOT DISTINCT FROM $6 AND EXISTS "
+                "(SELECT 1 FROM dag_run r WHERE r.dag_id=$1 AND r.run_id=$2 AND r.owner=$5)",
+                *key, owner, found.owner,
+            )
+            if status == "UPDATE 1":
+                return dataclasses.replace(found, owner=owner)
+            row = await conn.fetchrow(select, *key)
+            return None if row is None else _miss_from(row)
 
         return await self._transaction(tx)
 
     async def set_deadline_alert_state(
         self, dag_id: str, run_id: str, task_id: str | None, alert_index: int,
-        state: str, error: str | None = None,
-    ) -> None:
-        async def tx(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "UPDATE deadline_miss SET alert_state=$1, alert_error=$2 "
-                "WHERE dag_id=$3 AND run_id=$4 AND task_id=$5 AND alert_index=$6",
-                state, error, dag_id, run_id, task_id or "", alert_index,
+        state: str, error: str | None = None, *, owner: str | None = None,
+    ) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                f"UPDATE deadline_miss SET alert_state=$5, alert_error=$6 WHERE {_MISS_KEY} "
+                "AND ($7::text IS NULL OR owner=$7)",
+                dag_id, run_id, task_id or "", alert_index, state, error, owner,
             )
+            return bool(status != "UPDATE 0")
 
-        await self._transaction(tx)
+        return await self._transaction(tx)
 
     async def deadline_misses(
         self, dag_id: str, run_id: str | None = None
@@ -1747,14 +1791,7 @@ class PostgresStore(Store):
             rows = await self._read(
                 f"SELECT {_MISS_COLS} FROM deadline_miss WHERE dag_id=$1 AND run_id=$2 "
                 "ORDER BY deadline_at, run_id, task_id, alert_index", dag_id, run_id)
-        return [
-            DeadlineMissRecord(
-                dag_id=r[0], run_id=r[1], task_id=r[2] or None, alert_index=r[3],
-                deadline_at=r[4], missed_at=r[5], description=r[6], owner=r[7],
-                alert_state=r[8], alert_error=r[9],
-            )
-            for r in rows
-        ]
+        return [_miss_from(r) for r in rows]
 
     # -- processes ----------------------------------------------------------------------
     async def register_process(self, process: ProcessRecord) -> None:
@@ -1919,3 +1956,11 @@ class PostgresStore(Store):
             with anyio.fail_after(max(1.0, self.listen_ping_s / 2)):
                 await conn.fetchval("SELECT 1")
         raise _ConnectionLost("the connection closed")
+
+
+def _miss_from(r: Sequence[Any]) -> DeadlineMissRecord:
+    return DeadlineMissRecord(
+        dag_id=r[0], run_id=r[1], task_id=r[2] or None, alert_index=r[3],
+        deadline_at=r[4], missed_at=r[5], description=r[6], owner=r[7],
+        alert_state=r[8], alert_error=r[9],
+    )

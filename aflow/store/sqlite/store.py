@@ -1452,22 +1452,62 @@ class SqliteStore(Store):
     # -- deadline misses ----------------------------------------------------------------
     async def record_deadline_miss(self, miss: DeadlineMissRecord) -> bool:
         m = miss
-        return await self._transaction(lambda conn: conn.execute(
-            f"INSERT OR IGNORE INTO deadline_miss ({_MISS_COLS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (m.dag_id, m.run_id, m.task_id or "", m.alert_index, dt_out(m.deadline_at),
-             dt_out(m.missed_at), m.description, m.owner, m.alert_state, m.alert_error),
-        ).rowcount > 0)
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            if conn.execute(
+                f"INSERT OR IGNORE INTO deadline_miss ({_MISS_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (m.dag_id, m.run_id, m.task_id or "", m.alert_index, dt_out(m.deadline_at),
+                 dt_out(m.missed_at), m.description, m.owner, m.alert_state, m.alert_error),
+            ).rowcount > 0:
+                return True
+            if m.owner is None:
+                return False
+            # This very record, committed by an earlier attempt whose answer was lost?
+            return conn.execute(
+                f"SELECT 1 FROM deadline_miss WHERE {_MISS_KEY} "
+                "AND owner=? AND missed_at=? AND alert_state=?",
+                (m.dag_id, m.run_id, m.task_id or "", m.alert_index, m.owner,
+                 dt_out(m.missed_at), m.alert_state),
+            ).fetchone() is not None
+
+        return await self._transaction(tx)
+
+    async def claim_deadline_alert(
+        self, dag_id: str, run_id: str, task_id: str | None, alert_index: int, owner: str,
+    ) -> DeadlineMissRecord | None:
+        key = (dag_id, run_id, task_id or "", alert_index)
+        select = f"SELECT {_MISS_COLS} FROM deadline_miss WHERE {_MISS_KEY}"
+        rows = await self._read(select, key)
+        if not rows:
+            return None
+        found = _miss_from(rows[0])
+        if found.alert_state != "sending" or found.owner == owner:
+            return found
+
+        def tx(conn: sqlite3.Connection) -> DeadlineMissRecord | None:
+            if conn.execute(  # while unsent, still the owner read's, and the run `owner`'s
+                f"UPDATE deadline_miss SET owner=? WHERE {_MISS_KEY} "
+                "AND alert_state='sending' AND owner IS ? AND EXISTS (SELECT 1 FROM dag_run r "
+                "WHERE r.dag_id=deadline_miss.dag_id AND r.run_id=deadline_miss.run_id "
+                "AND r.owner=?)", (owner, *key, found.owner, owner),
+            ).rowcount:
+                return dataclasses.replace(found, owner=owner)
+            row = conn.execute(select, key).fetchone()
+            return None if row is None else _miss_from(row)
+
+        return await self._transaction(tx)
 
     async def set_deadline_alert_state(
         self, dag_id: str, run_id: str, task_id: str | None, alert_index: int,
-        state: str, error: str | None = None,
-    ) -> None:
-        await self._transaction(lambda conn: conn.execute(
-            "UPDATE deadline_miss SET alert_state=?, alert_error=? "
-            "WHERE dag_id=? AND run_id=? AND task_id=? AND alert_index=?",
-            (state, error, dag_id, run_id, task_id or "", alert_index),
-        ))
+        state: str, error: str | None = None, *, owner: str | None = None,
+    ) -> bool:
+        sql = f"UPDATE deadline_miss SET alert_state=?, alert_error=? WHERE {_MISS_KEY}"
+        params: tuple[Any, ...] = (state, error, dag_id, run_id, task_id or "", alert_index)
+        if owner is not None:
+            sql += " AND owner=?"
+            params += (owner,)
+        return bool(await self._transaction(lambda conn: conn.execute(sql, params).rowcount))
 
     async def deadline_misses(
         self, dag_id: str, run_id: str | None = None
@@ -1544,6 +1584,7 @@ def _asset_rows_op(dags: Sequence[DagRecord]) -> Op:
 
 _MISS_COLS = ("dag_id, run_id, task_id, alert_index, deadline_at, missed_at, description, "
               "owner, alert_state, alert_error")
+_MISS_KEY = "dag_id=? AND run_id=? AND task_id=? AND alert_index=?"
 
 
 def _miss_from(r: Sequence[Any]) -> DeadlineMissRecord:

@@ -422,8 +422,7 @@ class RunDriver:
                         ready.append(instance)
             elif ti.state is TaskState.NONE:
                 self._decide(rs, ti, rs.peek_counts(task.task_id), now, ready, decided)
-        for ti in ready:
-            self._submit(rs, ti)
+        self._submit_all(rs, ready)
         if decided:
             await self._commit_decided(rs, decided)
         if rs.unfinished == 0:
@@ -514,8 +513,7 @@ class RunDriver:
         decided: list[TIState] = []
         for ti in held:
             self._decide(rs, ti, rs.peek_counts(ti.task_id), now, ready, decided)
-        for ti in ready:
-            self._submit(rs, ti)
+        self._submit_all(rs, ready)
         if decided:
             await self._commit_decided(rs, decided)
 
@@ -578,8 +576,7 @@ class RunDriver:
             decided: list[TIState] = []
             for ti in held:
                 self._decide(rs, ti, rs.peek_counts(ti.task_id), now, ready, decided)
-            for ti in ready:
-                self._submit(rs, ti)
+            self._submit_all(rs, ready)
             if decided:
                 await self._commit_decided(rs, decided)
         finally:
@@ -725,8 +722,7 @@ class RunDriver:
                     teardown = rs.tis[teardown_id]  # (a setup it waited for has ended)
                     if teardown.state is TaskState.NONE:
                         self._decide(rs, teardown, rs.peek_counts(teardown_id), now, ready, decided)
-            for ti in ready:
-                self._submit(rs, ti)
+            self._submit_all(rs, ready)
             if decided:
                 await self._durably(self.store.save_tis, decided)
                 rs.unfinished -= len(decided)
@@ -735,6 +731,13 @@ class RunDriver:
             await self._finish_run(rs)
 
     # -- running a try --------------------------------------------------------------
+    def _submit_all(self, rs: RunState, tis: list[TIState]) -> None:
+        """Queue tries that became ready together: they start in priority_weight order
+        among themselves, not in the order they are listed."""
+        with self.slots.batch():
+            for ti in tis:
+                self._submit(rs, ti)
+
     def _submit(self, rs: RunState, ti: TIState) -> None:
         if rs.lost:
             return
@@ -871,7 +874,7 @@ class RunDriver:
         rs.change_totals(ti.task_id, n - 1)
         for instance in group:
             instance.state = TaskState.SCHEDULED
-            self._submit(rs, instance)
+        self._submit_all(rs, group)
 
     def _unexpand(self, rs: RunState, task_id: str) -> list[TIState]:
         """Forget the instances of an expanded mapped task whose TIs have all ended (it
@@ -960,11 +963,8 @@ class RunDriver:
                 await self._durably(self.store.save_tis, [ti])
             except anyio.get_cancelled_exc_class():
                 # Shutdown while the `running` row commits (a queued write commits even
-                # if its caller is cancelled): record the interruption after it, or a
-                # restart would count the try as lost and use up a retry.
-                if not rs.ended_by_hand:
-                    with anyio.CancelScope(shield=True):
-                        await self._interrupted(rs, ti)
+                # if its caller is cancelled): as for a try cut short while it runs.
+                await self._cut_short(rs, ti, resume)
                 raise
             if rs.lost:
                 # the run was marked by hand (committed after this row) or taken over
@@ -993,9 +993,7 @@ class RunDriver:
         try:
             result = await run_try(job)
         except anyio.get_cancelled_exc_class():
-            if not rs.ended_by_hand:
-                with anyio.CancelScope(shield=True):
-                    await self._interrupted(rs, ti)
+            await self._cut_short(rs, ti, resume)
             raise
         if rs.ended_by_hand:
             # the run was marked meanwhile, and with it this TI: the mark stands
@@ -1226,6 +1224,18 @@ class RunDriver:
             start_date=ti.start_date or now, hostname=self.hostname, xcoms=rs.xcoms,
             upstream_task_ids=task.upstream_task_ids,
         )
+
+    async def _cut_short(self, rs: RunState, ti: TIState, resume: Resume | None) -> None:
+        """Shutdown cancelled a try as it started or while it ran. A fresh try is recorded
+        as interrupted: without that, a restart would find its `running` row and count
+        the try as lost, using up a retry. A resumed try is left as committed (`running`
+        with its method, or `deferred`, and its fired trigger either way), so adoption
+        resumes it from the same event in the same try instead of running `execute`
+        again. Nothing is written for a run marked by hand or taken over meanwhile."""
+        if resume is not None or rs.ended_by_hand or rs.lost:
+            return
+        with anyio.CancelScope(shield=True):
+            await self._interrupted(rs, ti)
 
     async def _interrupted(self, rs: RunState, ti: TIState) -> None:
         """Shutdown cancelled a running try: leave it to be run again, without using a retry."""

@@ -23,12 +23,13 @@ whose pool does not exist or is smaller than its `pool_slots` is parked apart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -138,6 +139,7 @@ class Slots:
         # Called with (entry, reason) when a try is parked because of its pool's definition.
         self.on_unrunnable: Callable[[Entry, str], None] | None = None
         self._drained = anyio.Event()
+        self._batching = 0  # inside batch(): submit() does not dispatch
         self.set_pools(pools or {})
         for _ in range(parallelism):
             task_group.start_soon(self._worker)
@@ -213,7 +215,20 @@ class Slots:
         `limits` are its task's (see `task_limits`)."""
         entry = Entry(dag_id, dag_limit, pool, pool_slots, holder or _Holder(), start, limits)
         self._push((-priority_weight, next(self._seq), entry))
-        self._dispatch()
+        if not self._batching:
+            self._dispatch()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Tries submitted inside are handed to idle slots together when it ends, so that
+        they start in priority order among themselves rather than as submitted."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching:
+                self._dispatch()
 
     def stop_accepting(self) -> None:
         """Shutdown phase one: start nothing new."""
@@ -274,6 +289,9 @@ class Slots:
                     continue
                 if limit != UNLIMITED_SLOTS and self.pool_used[pool] + entry.pool_slots > limit:
                     heapq.heappush(self._pool_wait.setdefault(pool, []), item)
+                    # It no longer counts against the pool's room: tries parked behind it
+                    # that fit may come back (it stays ahead of lighter ones).
+                    self._refill_pool(pool)
                     self._refill_dag(dag_id, entry.dag_limit)
                     if limits is not None and self._held_at_key:
                         self._refill_held(limits)

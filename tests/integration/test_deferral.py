@@ -220,6 +220,49 @@ async def test_a_shutdown_as_the_running_row_commits_uses_no_retry(home: Path) -
     assert (ti.try_number, ti.max_tries) == (2, 1)
 
 
+class SlowToResume(WaitForFlag):
+    """Counts its `execute` calls; its first resume hangs until the shutdown cuts it."""
+
+    executed: list[int] = []
+    resuming = anyio.Event()
+
+    async def execute(self, context: dict[str, Any]) -> None:
+        SlowToResume.executed.append(context["ti"].try_number)
+        await super().execute(context)
+
+    async def done(self, context: dict[str, Any], event: Any = None, note: str = "") -> Any:
+        if not SlowToResume.resuming.is_set():
+            SlowToResume.resuming.set()
+            await anyio.sleep_forever()
+        return super().done(context, event, note)
+
+
+async def test_a_resume_cut_short_by_shutdown_resumes_again_in_the_same_try(
+    home: Path, tmp_path: Path
+) -> None:
+    """Not `execute` again (a TriggerDagRunOperator would trigger a second run): the
+    restarted scheduler resumes the try from the trigger's event it kept."""
+    SlowToResume.executed, SlowToResume.resuming = [], anyio.Event()
+    flag = tmp_path / "flag"
+    flag.touch()
+    with DAG("resume_cut", start_date=START) as dag:
+        SlowToResume(task_id="wait", path=str(flag), retries=0)
+
+    async with Orchestrator([dag], home=home, schedule=False, shutdown_grace_s=0.1) as o:
+        handle = await o.trigger("resume_cut")
+        with anyio.fail_after(30):
+            await SlowToResume.resuming.wait()
+    async with Orchestrator([dag], home=home, schedule=False) as o:
+        run = await o.get_run("resume_cut", handle.run_id)
+        final = await run.wait(timeout=30)
+        (ti,) = await run.task_instances()
+        xcoms = {x.task_id: x.value for x in await o.store.get_xcoms("resume_cut", final.run_id)}
+    assert final.state.value == "success"
+    assert SlowToResume.executed == [1]
+    assert ti.try_number == 1
+    assert xcoms["wait"] == {"event": {"found": str(flag)}, "note": "resumed", "try": 1}
+
+
 async def _triggers(home: Path) -> list[Any]:
     from aflow.store.sqlite import SqliteStore
 

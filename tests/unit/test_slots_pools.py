@@ -122,6 +122,52 @@ async def test_pool_slots_go_to_the_heaviest_try_not_the_first_candidate() -> No
         tg.cancel_scope.cancel()
 
 
+async def test_tries_submitted_together_start_by_priority_not_by_order() -> None:
+    """Roots of a run become ready together: with one slot, the heaviest starts first
+    even when it is submitted last (outside a batch, the first submitted takes the idle
+    slot at once)."""
+    t = Tracker()
+    async with anyio.create_task_group() as tg:
+        slots = Slots(1, tg)
+        with slots.batch():
+            for name, weight in (("light", 1), ("middle", 5), ("heavy", 9)):
+                slots.submit("d", weight, 9, t.start(name, "d"))
+            assert t.started == []
+        for name in ("heavy", "middle", "light"):
+            await until(lambda: name in t.started)  # noqa: B023
+            t.gates[name].set()
+        await until(lambda: t.done == 3)
+        assert t.started == ["heavy", "middle", "light"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_try_parked_at_its_pool_leaves_the_pools_room_to_one_that_fits() -> None:
+    """Pool `q` of 2 frees both slots; `Q` (DAG `d`, limit 1) takes one, `P` parks at its
+    DAG, and `C`, a candidate that needs both slots, parks at the pool: the slot it was
+    counted against must go to `W`, parked at the pool and fitting, not stay idle."""
+    t = Tracker()
+    async with anyio.create_task_group() as tg:
+        slots = Slots(3, tg, pools={"q": PoolRecord("q", 2)})
+        slots.submit("e", 1, 16, t.start("B1", "q"), pool="q", holder=Holder())
+        slots.submit("e", 1, 16, t.start("B2", "q"), pool="q", holder=Holder())
+        await until(lambda: t.started == ["B1", "B2"])
+        slots.submit("d", 9, 1, t.start("Q", "q"), pool="q", holder=Holder())
+        slots.submit("d", 5, 1, t.start("P", "q"), pool="q", holder=Holder())
+        slots.submit("e", 3, 16, t.start("W", "q"), pool="q", holder=Holder())
+        slots.submit("f", 1, 16, t.start("X", "f"), holder=Holder())
+        await until(lambda: "X" in t.started)
+        slots.submit("g", 2, 16, t.start("C", "q", 2), pool="q", pool_slots=2, holder=Holder())
+        t.gates["B1"].set()
+        t.gates["B2"].set()
+        await until(lambda: "W" in t.started)
+        assert t.started == ["B1", "B2", "X", "Q", "W"]
+        assert slots.pool_used["q"] == 2
+        for name in ("Q", "W", "X", "P", "C"):
+            t.gates[name].set()
+        await until(lambda: t.done == 7)
+        tg.cancel_scope.cancel()
+
+
 async def test_pool_slots_gate_and_a_held_hold_skips_the_pool() -> None:
     t = Tracker()
     async with anyio.create_task_group() as tg:

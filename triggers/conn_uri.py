@@ -9,11 +9,22 @@ whole (to a database as a setting, to an HTTP server as a header) and lose what 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 EXTRA_PARAM = "__extra__"
 """The query option that holds a connection's whole extra as a JSON object."""
+SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "private_key")
+"""An option whose name holds one of these may hold a secret: its value is never shown.
+The same words as aflow.secrets.masking.SENSITIVE_WORDS (a test keeps them so); the
+triggers package does not import aflow."""
+_SECRET = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
+
+
+def is_secret_option(key: str) -> bool:
+    """Whether a URI's query option (or a connection's extra) `key` may hold a secret."""
+    return key == EXTRA_PARAM or _SECRET.search(key) is not None
 
 
 def query_items(query: str) -> list[tuple[str, Any]]:

@@ -54,7 +54,7 @@ import anyio
 import asyncpg
 
 from triggers.base import BaseTrigger, TriggerEvent, check_kwargs, classpath_of
-from triggers.conn_uri import EXTRA_PARAM, query_items
+from triggers.conn_uri import is_secret_option, query_items
 from triggers.pg_options import CONNECT_TIMEOUT_S, checked_pg_options
 from triggers.shared import Resources, current_resources
 from triggers.sql_placeholders import pg_named_to_positional
@@ -105,10 +105,7 @@ class Dsn:
     connect_timeout: float = CONNECT_TIMEOUT_S  # seconds; PostgreSQL only
 
 
-_SECRET_OPTIONS = frozenset({"password", "sslpassword", EXTRA_PARAM})
-
-
-def _pg_target(target: str) -> tuple[str, float]:
+def _pg_target(target: str) -> tuple[str, float, list[str]]:
     """A PostgreSQL DSN as asyncpg takes it, and its connection timeout; its options
     checked (triggers.pg_options), so that asyncpg never sends the server a setting it
     would refuse, and no option is lost on the way.
@@ -116,14 +113,25 @@ def _pg_target(target: str) -> tuple[str, float]:
     - `__extra__=<JSON>` is opened into plain options: asyncpg would send it to the server
       as a setting, and the options inside it would be lost.
     - libpq's `connect_timeout` is taken out (asyncpg would send it as a setting too) and
-      returned as the timeout."""
+      returned as the timeout.
+    - the extras that have no effect (triggers.pg_options.PG_IGNORED_OPTIONS) are taken
+      out and returned, for a warning.
+    - a port with no host before it (`user@:5432/db?host=db`, as `Connection.get_uri()`
+      writes a connection whose host is only in its extra) becomes the `port` option:
+      asyncpg would read the empty host as the host and ignore the `host` option."""
     parts = urlsplit(target)
     options = dict(query_items(parts.query))  # a key given twice: the last one counts
-    seconds, checked = checked_pg_options(options)
-    return urlunsplit(parts._replace(query=urlencode(checked))), seconds
+    checked = checked_pg_options(options)
+    query = checked.options
+    userinfo, at, hostspec = parts.netloc.rpartition("@")
+    if hostspec.startswith(":") and hostspec[1:].isdigit():
+        parts = parts._replace(netloc=userinfo + at)
+        query = [(k, v) for k, v in query if k != "port"] + [("port", hostspec[1:])]
+    return urlunsplit(parts._replace(query=urlencode(query))), checked.timeout, checked.ignored
 
 
 _zero_timeout_warned: set[str] = set()  # connections already warned about connect_timeout=0
+_ignored_warned: set[str] = set()  # connections already warned about ignored extras
 
 
 def parse_dsn(dsn: str, *, name: str | None = None) -> Dsn:
@@ -133,9 +141,10 @@ def parse_dsn(dsn: str, *, name: str | None = None) -> Dsn:
     `__extra__=<JSON object>` stands for the options in it). Raises ValueError
     otherwise, naming what is wrong.
 
-    `connect_timeout=0` (libpq's "wait indefinitely") is read as the default, with a
-    warning logged once per connection: `name` (e.g. "connection 'warehouse'"), else the
-    DSN without its password."""
+    `connect_timeout=0` (libpq's "wait indefinitely") is read as the default, and the
+    options that have no effect in aflow (triggers.pg_options.PG_IGNORED_OPTIONS) are
+    dropped, each with a warning logged once per connection: `name` (e.g. "connection
+    'warehouse'"), else the DSN without its password."""
     scheme, sep, rest = dsn.partition("://")
     base = scheme.split("+", 1)[0].lower()
     if not sep:
@@ -151,10 +160,17 @@ def parse_dsn(dsn: str, *, name: str | None = None) -> Dsn:
         return Dsn("sqlite", path, f"sqlite:///{path}")
     if base in ("postgres", "postgresql"):
         try:
-            target, timeout = _pg_target("postgresql://" + rest)
+            target, timeout, ignored = _pg_target("postgresql://" + rest)
         except ValueError as exc:
             raise ValueError(f"{exc}, in {_redact(dsn)!r}") from None
         shown = _redact(target)
+        if ignored and (name or shown) not in _ignored_warned:
+            _ignored_warned.add(name or shown)
+            log.warning(
+                "%s: these extras have no effect in aflow and are ignored (meant for "
+                "Airflow's PostgreSQL hook or libpq; asyncpg does not use them): %s",
+                name or shown, ", ".join(ignored),
+            )
         if timeout == 0:
             timeout = CONNECT_TIMEOUT_S
             where = name or shown
@@ -173,14 +189,15 @@ def parse_dsn(dsn: str, *, name: str | None = None) -> Dsn:
 
 def _redact(dsn: str) -> str:
     """The DSN as logs and errors show it: its password, and the query options that may
-    hold one (password, sslpassword, __extra__), replaced by ***."""
+    hold one (password, sslpassword, __extra__, any whose name says secret or token:
+    triggers.conn_uri.is_secret_option), replaced by ***."""
     try:
         parts = urlsplit(dsn)
         items = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return "<unparseable DSN>"
-    if any(key in _SECRET_OPTIONS for key, _ in items):
-        masked = [(k, "***" if k in _SECRET_OPTIONS else v) for k, v in items]
+    if any(is_secret_option(key) for key, _ in items):
+        masked = [(k, "***" if is_secret_option(k) else v) for k, v in items]
         parts = parts._replace(query=urlencode(masked, safe="*"))
     if parts.password is not None:
         netloc = parts.netloc.rsplit("@", 1)[1]

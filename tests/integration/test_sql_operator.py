@@ -153,17 +153,23 @@ async def test_bad_connection_extras_fail_before_connecting(
             "ssl_mode": (f"{base}?sslmode=always", "sslmode='always'", "verify-full"),
             "search_path": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
                                         "port": port, "extra": {"search_path": ["a", "b"]}}),
-                            "search_path=['a', 'b']", "text"),
-            # extras asyncpg does not read were silently dropped (an Airflow hook's
-            # `cursor`, libpq's keepalives_idle, a typo)
+                            "search_path of type list", "use text"),
+            # a typo is an error (an extra only Airflow or libpq reads is ignored)
             "unknown": (f"{base}?sslmode=verify-full&sslrootcert=/etc/ca.pem&cursor=dictcursor"
-                        "&keepalives_idle=30", "unknown extras cursor, keepalives_idle",
+                        "&keepalives_idle=30&sslmdoe=require&serach_path=x",
+                        "unknown extras serach_path, sslmdoe",
                         "takes connect_timeout, sslmode, sslrootcert, sslcert, sslkey"),
+            "encoding": (f"{base}?client_encoding=LATIN1", "client_encoding 'LATIN1'",
+                         "UTF8 only"),
+            # a value that is not text is named by its type: it may be a secret
+            "secret_not_text": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                            "port": port, "extra": {"sslpassword": 73019582}}),
+                                "sslpassword of type int", "use text"),
             "session_attrs": (f"{base}?target_session_attrs=master",
                               "target_session_attrs='master'", "read-write"),
             "not_text": (json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
                                      "port": port, "extra": {"application_name": 5}}),
-                         "application_name=5", "use text"),
+                         "application_name of type int", "use text"),
         }
         for conn_id, (uri, _, _) in bad.items():
             monkeypatch.setenv(f"AFLOW_CONN_{conn_id.upper()}", uri)
@@ -181,6 +187,7 @@ async def test_bad_connection_extras_fail_before_connecting(
         assert f"connection {conn_id!r}" in ti.error and shown in ti.error, ti.error
         assert accepted in ti.error, ti.error
         assert PASSWORD not in ti.error
+        assert "73019582" not in ti.error
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -417,6 +424,73 @@ async def test_postgres_json_connection_with_a_numeric_extra_serves_operator_and
     assert tis["wait"].state.value == "success", tis["wait"].error
     assert x["wait"] == {"value": 7}
     assert PASSWORD not in task_log(o, tis["wait"])
+
+
+@pytest.mark.postgres
+async def test_postgres_connection_ported_from_airflow_serves_operator_and_sensor(
+    orchestrator_factory: Any, pg_conn: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """A connection ported from Airflow carries extras only Airflow's hook or libpq reads
+    (`cursor`, `iam`, `keepalives_idle`, a UTF8 `client_encoding`). They failed every SQL
+    task as unknown; now they are ignored, with one warning per connection naming them."""
+    from aflow.authoring.sensors import SqlSensor
+
+    _, schema = pg_conn
+    tag = uuid.uuid4().hex[:8]  # a connection never warned about before in this process
+    monkeypatch.setenv(f"AFLOW_CONN_PG_PORTED_{tag.upper()}", _json_connection(postgres_dsn, {
+        "cursor": "dictcursor", "iam": False, "aws_conn_id": "aws_default",
+        "keepalives": 1, "keepalives_idle": "30", "client_encoding": "utf8",
+        "search_path": schema}))
+    with DAG("sql_pg_ported", start_date=START) as dag:
+        make = SQLExecuteQueryOperator(
+            task_id="make", conn_id=f"pg_ported_{tag}",
+            sql=["CREATE TABLE ported (n int)", "INSERT INTO ported VALUES (5)"])
+        again = SQLExecuteQueryOperator(task_id="again", conn_id=f"pg_ported_{tag}",
+                                        sql="SELECT n + 1 FROM ported")
+        wait = SqlSensor(task_id="wait", conn_id=f"pg_ported_{tag}", sql="SELECT n FROM ported",
+                         deferrable=True, poke_interval=0.05, timeout=60)
+        make >> again >> wait
+    _, x, tis, o = await run_one(orchestrator_factory, dag)
+    for task_id in ("make", "again", "wait"):
+        assert tis[task_id].state.value == "success", (task_id, tis[task_id].error)
+    assert x["again"] == [[6]]
+    assert x["wait"] == {"value": 5}
+    warning = (f"connection 'pg_ported_{tag}': these extras have no effect in aflow and are "
+               "ignored")
+    first = task_log(o, tis["make"])
+    assert warning in first
+    assert "aws_conn_id, cursor, iam, keepalives, keepalives_idle" in first
+    assert warning not in task_log(o, tis["again"])  # once per connection
+    assert PASSWORD not in first
+
+
+@pytest.mark.postgres
+async def test_postgres_host_only_in_the_extra_is_used_by_operator_and_sensor(
+    orchestrator_factory: Any, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str
+) -> None:
+    """A connection with a port but its host only in the extra became
+    `postgres://u:p@:5432/db?host=...`, and asyncpg took the empty host before the port
+    for the host (and failed to resolve it), ignoring the extra's."""
+    from urllib.parse import urlsplit
+
+    from aflow.authoring.sensors import SqlSensor
+
+    parts = urlsplit(postgres_dsn)
+    monkeypatch.setenv("AFLOW_CONN_PG_EXTRA_HOST", json.dumps({
+        "conn_type": "postgres", "port": parts.port or 5432,
+        "login": parts.username or "postgres", "password": PASSWORD,
+        "schema": parts.path.lstrip("/"), "extra": {"host": parts.hostname}}))
+    with DAG("sql_pg_extra_host", start_date=START) as dag:
+        q = SQLExecuteQueryOperator(task_id="q", conn_id="pg_extra_host",
+                                    sql="SELECT inet_server_port()")
+        wait = SqlSensor(task_id="wait", conn_id="pg_extra_host", sql="SELECT 1",
+                         deferrable=True, poke_interval=0.05, timeout=60)
+        q >> wait
+    state, x, tis, _ = await run_one(orchestrator_factory, dag)
+    assert tis["q"].state.value == "success", tis["q"].error
+    assert tis["wait"].state.value == "success", tis["wait"].error
+    assert state == "success"
+    assert x["q"] == [[parts.port or 5432]]
 
 
 @pytest.mark.postgres

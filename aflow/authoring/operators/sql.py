@@ -24,8 +24,10 @@ SqlTrigger reads it (triggers.sql.parse_dsn): its extras are those triggers.pg_o
 accepts (`connect_timeout`, seconds > 0, default 10, 0 read as the default; asyncpg's
 connection options such as `sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
 `target_session_attrs`; the settings `search_path`, `application_name`, `options`),
-handed to asyncpg as a DSN's options; any other extra, or a bad value, fails the task,
-naming it, before any connection is tried.
+handed to asyncpg as a DSN's options; extras only Airflow's hook or libpq reads (`cursor`,
+`iam`, `keepalives_idle`, ...: triggers.pg_options.PG_IGNORED_OPTIONS) are ignored with a
+warning; any other extra, or a bad value, fails the task, naming it, before any
+connection is tried. A host given only in the extras is the host.
 Errors name the connection and host, never the password.
 """
 
@@ -75,7 +77,7 @@ def _where(conn: Connection) -> str:
     """The connection as errors show it: type, host and database, never the password."""
     if conn.conn_type in SQLITE_TYPES:
         return f"sqlite file {conn.schema or conn.host!r}"
-    host = conn.host or "localhost"
+    host = conn.host or conn.extra.get("host") or "localhost"
     port = f":{conn.port}" if conn.port else ""
     return f"{conn.conn_type} at {host}{port}/{conn.schema or ''}"
 

@@ -14,13 +14,11 @@ ManualClock:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
-from aiohttp import web
 
 from aflow import (
     DAG,
@@ -35,7 +33,7 @@ from aflow.exceptions import StoreError
 from aflow.store.postgres import PostgresStore
 from aflow.store.records import DeadlineMissRecord
 from aflow.store.sqlite import SqliteStore
-from tests.integration import test_deadlines_engine
+from tests.integration import test_deadlines_engine, test_notifiers
 from tests.integration.test_deadlines_engine import Fired, blocking
 from tests.integration.test_notifiers import Hook
 
@@ -44,20 +42,7 @@ pytestmark = pytest.mark.anyio
 START = datetime(2024, 1, 1, tzinfo=UTC)
 GONE = "gone-host:4242:deadbeef"  # the owner id of a process that died
 store_url = test_deadlines_engine.store_url  # the backends: SQLite and PostgreSQL
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[tuple[Hook, str]]:
-    receiver = Hook()
-    app = web.Application()
-    app.router.add_post("/alert", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield receiver, f"http://127.0.0.1:{runner.addresses[0][1]}/alert"
-    finally:
-        await runner.cleanup()
+hook = test_notifiers.hook  # a loopback server that receives the notifiers' POSTs
 
 
 class _LosesFirstAck:
@@ -86,7 +71,8 @@ class _LossyPostgres(_LosesFirstAck, PostgresStore):
 async def test_a_lost_commit_acknowledgement_still_sends_the_alert_once(
     home: Path, store_url: str, hook: tuple[Hook, str],
 ) -> None:
-    receiver, url = hook
+    receiver, base = hook
+    url = f"{base}/alert"
     store = _LossySqlite(store_url) if store_url.startswith("sqlite") else _LossyPostgres(store_url)
     clock = ManualClock(START)
     gate, started = anyio.Event(), anyio.Event()
@@ -125,7 +111,8 @@ async def test_the_adopter_sends_an_alert_a_dead_process_left_sending_and_nothin
     died after recording two misses (the run's, and a task's that has finished since)
     are written as a dead owner's. The next process adopts the run with both deadlines
     past: it sends each alert left `sending` once, and nothing for any other state."""
-    receiver, url = hook
+    receiver, base = hook
+    url = f"{base}/alert"
     clock = ManualClock(START)
     gate, started, quick_done = anyio.Event(), anyio.Event(), anyio.Event()
     notifier = WebhookNotifier(url)
@@ -198,7 +185,8 @@ async def test_of_two_processes_that_both_drive_a_run_only_its_lease_holder_send
     while: the one that stalled past its lease (it has not noticed yet) and the one that
     adopted the run. A miss a dead process left `sending` falls due in both at once: the
     alert goes out once, from the lease holder."""
-    receiver, url = hook
+    receiver, base = hook
+    url = f"{base}/alert"
     clock = ManualClock(START)
     gate, started = anyio.Event(), anyio.Event()
     with DAG("contested", start_date=START, deadline=DeadlineAlert(

@@ -3,49 +3,15 @@ held pool hold skips its pool, and tries parked for a missing pool start once it
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any
-
 import anyio
 import anyio.lowlevel
 import pytest
 
 from aflow.runtime.slots import Slots
 from aflow.store.records import PoolRecord
+from tests.unit.slots_helpers import Holder, Tracker, until
 
 pytestmark = pytest.mark.anyio
-
-
-class Holder:
-    def __init__(self) -> None:
-        self.pool_hold: Any = None
-
-
-class Tracker:
-    def __init__(self) -> None:
-        self.now: dict[str, int] = defaultdict(int)
-        self.peak: dict[str, int] = defaultdict(int)
-        self.started: list[str] = []
-        self.gates: dict[str, anyio.Event] = defaultdict(anyio.Event)
-        self.done = 0
-
-    def start(self, name: str, key: str, slots: int = 1, keep: bool = False) -> Any:
-        async def run() -> bool:
-            self.started.append(name)
-            self.now[key] += slots
-            self.peak[key] = max(self.peak[key], self.now[key])
-            await self.gates[name].wait()
-            self.now[key] -= slots
-            self.done += 1
-            return keep
-
-        return run
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - polls in-memory state
-            await anyio.lowlevel.checkpoint()
 
 
 async def test_a_try_blocked_by_its_pool_lets_its_dag_go_on() -> None:
@@ -86,11 +52,8 @@ async def test_a_dag_slot_goes_to_the_heaviest_try_not_the_first_candidate() -> 
         slots.submit("e", 1, 9, t.start("e1", "e"))
         await until(lambda: t.started == ["z", "e1"])
         slots.submit("d", 5, 1, t.start("c", "d"))
-        for done, expected in (("z", ["z", "e1", "a"]), ("a", ["z", "e1", "a", "b"]),
-                               ("b", ["z", "e1", "a", "b", "c"])):
-            t.gates[done].set()
-            await until(lambda: len(t.started) == len(expected))  # noqa: B023
-            assert t.started == expected
+        await t.release_in_turn(("z", ["z", "e1", "a"]), ("a", ["z", "e1", "a", "b"]),
+                                ("b", ["z", "e1", "a", "b", "c"]))
         t.gates["c"].set()
         t.gates["e1"].set()
         await until(lambda: t.done == 5)
@@ -110,11 +73,8 @@ async def test_pool_slots_go_to_the_heaviest_try_not_the_first_candidate() -> No
         slots.submit("e", 1, 9, t.start("e1", "e"))
         await until(lambda: t.started == ["z", "e1"])
         slots.submit("d4", 5, 9, t.start("c", "p"), pool="p")
-        for done, expected in (("z", ["z", "e1", "a"]), ("a", ["z", "e1", "a", "b"]),
-                               ("b", ["z", "e1", "a", "b", "c"])):
-            t.gates[done].set()
-            await until(lambda: len(t.started) == len(expected))  # noqa: B023
-            assert t.started == expected
+        await t.release_in_turn(("z", ["z", "e1", "a"]), ("a", ["z", "e1", "a", "b"]),
+                                ("b", ["z", "e1", "a", "b", "c"]))
         t.gates["c"].set()
         t.gates["e1"].set()
         await until(lambda: t.done == 5)
@@ -156,7 +116,7 @@ async def test_a_try_parked_at_its_pool_leaves_the_pools_room_to_one_that_fits()
         slots.submit("e", 3, 16, t.start("W", "q"), pool="q", holder=Holder())
         slots.submit("f", 1, 16, t.start("X", "f"), holder=Holder())
         await until(lambda: "X" in t.started)
-        slots.submit("g", 2, 16, t.start("C", "q", 2), pool="q", pool_slots=2, holder=Holder())
+        slots.submit("g", 2, 16, t.start("C", "q", slots=2), pool="q", pool_slots=2, holder=Holder())
         t.gates["B1"].set()
         t.gates["B2"].set()
         await until(lambda: "W" in t.started)
@@ -173,7 +133,7 @@ async def test_pool_slots_gate_and_a_held_hold_skips_the_pool() -> None:
     async with anyio.create_task_group() as tg:
         slots = Slots(8, tg, pools={"p": PoolRecord("p", 3)})
         for i in range(6):
-            slots.submit("d", 1, 100, t.start(f"t{i}", "p", 2), pool="p", pool_slots=2,
+            slots.submit("d", 1, 100, t.start(f"t{i}", "p", slots=2), pool="p", pool_slots=2,
                          holder=Holder())
         await until(lambda: len(t.started) == 1)
         assert slots.pool_used["p"] == 2
@@ -181,7 +141,7 @@ async def test_pool_slots_gate_and_a_held_hold_skips_the_pool() -> None:
         held = Holder()
         slots.take_hold(held, "p", 1)
         assert slots.pool_used["p"] == 3
-        slots.submit("d", 1, 100, t.start("resumed", "p", 1), pool="p", holder=held)
+        slots.submit("d", 1, 100, t.start("resumed", "p"), pool="p", holder=held)
         await until(lambda: "resumed" in t.started)
         t.gates["resumed"].set()
         for i in range(6):

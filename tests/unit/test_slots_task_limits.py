@@ -14,51 +14,20 @@ import pytest
 
 from aflow.runtime.slots import Slots, task_limits
 from aflow.store.records import PoolRecord
+from tests.unit.slots_helpers import Holder, until
+from tests.unit.slots_helpers import Tracker as BaseTracker
 
 pytestmark = pytest.mark.anyio
 
 
-class Holder:
-    def __init__(self) -> None:
-        self.pool_hold: Any = None
-
-
-class Tracker:
-    """Tries that wait on their own gate and count themselves under every key they
-    name while they run."""
-
-    def __init__(self) -> None:
-        self.now: dict[str, int] = defaultdict(int)
-        self.peak: dict[str, int] = defaultdict(int)
-        self.started: list[str] = []
-        self.gates: dict[str, anyio.Event] = defaultdict(anyio.Event)
-        self.done = 0
-
-    def start(self, name: str, *keys: str, keep: bool = False) -> Any:
-        async def run() -> bool:
-            self.started.append(name)
-            for key in keys:
-                self.now[key] += 1
-                self.peak[key] = max(self.peak[key], self.now[key])
-            await self.gates[name].wait()
-            for key in keys:
-                self.now[key] -= 1
-            self.done += 1
-            return keep
-
-        return run
+class Tracker(BaseTracker):
+    """With `end`: let a try end and wait for the next ones to start."""
 
     async def end(self, name: str, then_started: int) -> None:
         """Let `name` end, and wait until `then_started` tries have started in all."""
         self.gates[name].set()
         await until(lambda: len(self.started) >= then_started)
         await settle()
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - polls in-memory state
-            await anyio.lowlevel.checkpoint()
 
 
 async def settle() -> None:

@@ -733,7 +733,12 @@ class RunDriver:
     # -- running a try --------------------------------------------------------------
     def _submit_all(self, rs: RunState, tis: list[TIState]) -> None:
         """Queue tries that became ready together: they start in priority_weight order
-        among themselves, not in the order they are listed."""
+        among themselves, not in the order they are listed. (Called at every end, most
+        often with none or one: those cost no batch.)"""
+        if len(tis) < 2:
+            if tis:
+                self._submit(rs, tis[0])
+            return
         with self.slots.batch():
             for ti in tis:
                 self._submit(rs, ti)
@@ -872,9 +877,9 @@ class RunDriver:
         ti.state = EXPANDED
         rs.unfinished += n - 1
         rs.change_totals(ti.task_id, n - 1)
-        for instance in group:
+        for instance in group:  # (one by one: all of one weight, the first starts at once)
             instance.state = TaskState.SCHEDULED
-        self._submit_all(rs, group)
+            self._submit(rs, instance)
 
     def _unexpand(self, rs: RunState, task_id: str) -> list[TIState]:
         """Forget the instances of an expanded mapped task whose TIs have all ended (it

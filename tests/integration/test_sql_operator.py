@@ -387,6 +387,20 @@ async def test_postgres_named_parameters_skip_bodies_comments_and_literals(
     assert x["body"] == [[42]]
 
 
+def make_then_sense(conn_id: str) -> None:
+    """In the current DAG: `make` creates and fills a table through `conn_id`, then a
+    deferrable SqlSensor `wait` reads it through the same connection (the operator's and
+    the trigger's ways of reading one connection, side by side)."""
+    from aflow.authoring.sensors import SqlSensor
+
+    make = SQLExecuteQueryOperator(
+        task_id="make", conn_id=conn_id,
+        sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
+    wait = SqlSensor(task_id="wait", conn_id=conn_id, sql="SELECT n FROM ready",
+                     deferrable=True, poke_interval=0.05, timeout=60)
+    make >> wait
+
+
 def _json_connection(postgres_dsn: str, extra: dict[str, Any]) -> str:
     """The test server as a connection in Airflow's JSON form, with a password the server
     does not ask for."""
@@ -407,18 +421,12 @@ async def test_postgres_json_connection_with_a_numeric_extra_serves_operator_and
     server as a setting, which refused it ("unrecognized configuration parameter
     __extra__"), and lost connect_timeout and search_path inside it. The table here is
     found through that search_path alone."""
-    from aflow.authoring.sensors import SqlSensor
 
     _, schema = pg_conn
     monkeypatch.setenv("AFLOW_CONN_PG_JSON", _json_connection(
         postgres_dsn, {"connect_timeout": 5, "search_path": schema}))
     with DAG("sql_pg_json_conn", start_date=START) as dag:
-        make = SQLExecuteQueryOperator(
-            task_id="make", conn_id="pg_json",
-            sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
-        wait = SqlSensor(task_id="wait", conn_id="pg_json", sql="SELECT n FROM ready",
-                         deferrable=True, poke_interval=0.05, timeout=60)
-        make >> wait
+        make_then_sense("pg_json")
     state, x, tis, o = await run_one(orchestrator_factory, dag)
     assert tis["make"].state.value == "success", tis["make"].error
     assert tis["wait"].state.value == "success", tis["wait"].error
@@ -505,7 +513,6 @@ async def test_postgres_tls_options_reach_the_driver_for_operator_and_sensor(
     refused (the check is real, not skipped)."""
     from urllib.parse import urlsplit
 
-    from aflow.authoring.sensors import SqlSensor
     from tests.pg_tls import tls_front
 
     _, schema = pg_conn
@@ -519,12 +526,7 @@ async def test_postgres_tls_options_reach_the_driver_for_operator_and_sensor(
         monkeypatch.setenv("AFLOW_CONN_PG_TLS", uri(front.ca_file))
         monkeypatch.setenv("AFLOW_CONN_PG_OTHER_CA", uri(front.other_ca_file))
         with DAG("sql_pg_tls", start_date=START) as dag:
-            make = SQLExecuteQueryOperator(
-                task_id="make", conn_id="pg_tls",
-                sql=["CREATE TABLE ready (n int)", "INSERT INTO ready VALUES (7)"])
-            wait = SqlSensor(task_id="wait", conn_id="pg_tls", sql="SELECT n FROM ready",
-                             deferrable=True, poke_interval=0.05, timeout=60)
-            make >> wait
+            make_then_sense("pg_tls")
             SQLExecuteQueryOperator(task_id="other_ca", conn_id="pg_other_ca", sql="SELECT 1")
         _, x, tis, _ = await run_one(orchestrator_factory, dag)
     assert tis["make"].state.value == "success", tis["make"].error

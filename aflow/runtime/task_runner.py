@@ -266,6 +266,22 @@ def _describe(exc: BaseException) -> str:
     return mask(f"{type(exc).__name__}: {exc}")  # shown in the UI: no secret in it
 
 
+def trigger_error_summary(detail: str, limit: int = 1000) -> str:
+    """What a failed trigger's error says, for the TI's row: the final exception of its
+    traceback text, its type and its whole message (which may span lines, e.g. an SQL
+    error and its statement), or the text's last line when it holds no traceback."""
+    lines = [line for line in detail.splitlines() if line.strip(" +-|")]
+    if not lines:
+        return "no detail"
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    if not frames:  # no plain traceback (an exception group's is drawn in a box)
+        return lines[-1].strip(" |")[:limit]
+    # after the last frame: its indented source line(s), then the exception, unindented
+    start = next((i for i in range(frames[-1] + 1, len(lines))
+                  if lines[i] and not lines[i][0].isspace()), len(lines) - 1)
+    return "\n".join(lines[start:])[:limit]
+
+
 def _resume_call(
     task: BaseOperator, resume: Resume, task_log: logs.TaskLog
 ) -> Callable[[dict[str, Any]], Any]:
@@ -275,8 +291,7 @@ def _resume_call(
     if kind == "error":
         detail = str(event.get("error") or "").rstrip()
         task_log.write_line("Trigger failed:\n" + detail)
-        last = detail.splitlines()[-1] if detail else "no detail"
-        raise TriggerFailed(f"the trigger failed: {last}")
+        raise TriggerFailed(f"the trigger failed: {trigger_error_summary(detail)}")
     if kind == "timeout":
         if getattr(task, "soft_fail", False):
             raise SkipTask("the wait timed out (soft_fail)")

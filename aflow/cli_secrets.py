@@ -327,13 +327,16 @@ async def test_connection(conn: Connection) -> str:
 
         return await anyio.to_thread.run_sync(probe)
     if kind in ("postgresql", "postgres"):
-        import asyncpg
+        # as the SQL operator and sensor will connect: the same extras (sslmode, ...)
+        from aflow.authoring.operators.sql import PG_CONNECT_ERRORS, connect_pg, pg_dsn_of
 
         try:
-            pg = await asyncpg.connect(host=conn.host or None, port=conn.port, user=conn.login,
-                                       password=conn.password, database=conn.schema or None,
-                                       timeout=TEST_TIMEOUT_S)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            dsn = pg_dsn_of(conn)
+        except ValueError as exc:
+            raise AflowError(f"{what}: {_masked(exc)}") from None
+        try:
+            pg = await connect_pg(dsn)
+        except PG_CONNECT_ERRORS as exc:
             raise AflowError(f"{what}: cannot connect: {_masked(exc)}") from None
         try:
             version = await pg.fetchval("SHOW server_version")

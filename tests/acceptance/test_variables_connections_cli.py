@@ -161,6 +161,13 @@ def test_connections_test_postgresql(cli: CLI, postgres_dsn: str) -> None:
     result = cli.run("connections", "test", "pg_bad")
     _one_error_line(result, "connection 'pg_bad': cannot connect")
     assert "wrong-pw-123" not in result.stderr
+    # tested as the SQL operator and sensor connect: with the connection's extras (the
+    # test server has no TLS, so one that requires it is refused; a typo is named)
+    sep = "&" if "?" in postgres_dsn else "?"
+    cli.ok("connections", "add", "pg_tls", "--uri", f"{postgres_dsn}{sep}sslmode=require")
+    _one_error_line(cli.run("connections", "test", "pg_tls"), "connection 'pg_tls': cannot connect")
+    cli.ok("connections", "add", "pg_typo", "--uri", f"{postgres_dsn}{sep}sslmod=require")
+    _one_error_line(cli.run("connections", "test", "pg_typo"), "sslmod")
 
 
 SECRETS_DAG = '''

@@ -82,6 +82,27 @@ def _where(conn: Connection) -> str:
     return f"{conn.conn_type} at {host}{port}/{conn.schema or ''}"
 
 
+PG_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                     asyncpg.InternalClientError)  # (the last: no host fits target_session_attrs)
+"""What connect_pg raises when the server cannot be reached or refuses."""
+
+
+def pg_dsn_of(conn: Connection) -> Dsn:
+    """A PostgreSQL connection as the SQL trigger reads it (triggers.sql.parse_dsn), so
+    the operator, `aflow connections test` and the sensor accept the same extras and hand
+    them to asyncpg the same way. ValueError names a bad extra and what is accepted."""
+    if not conn.host and not conn.extra.get("host"):
+        conn = dataclasses.replace(conn, host="localhost")
+    return parse_dsn(conn.get_uri(), name=f"connection {conn.conn_id!r}")
+
+
+async def connect_pg(dsn: Dsn) -> asyncpg.Connection:
+    """One connection to `dsn` (see pg_dsn_of) within its connect timeout."""
+    named = {key for key, _ in parse_qsl(urlsplit(dsn.target).query)}
+    settings = None if "application_name" in named else {"application_name": APPLICATION_NAME}
+    return await asyncpg.connect(dsn.target, timeout=dsn.connect_timeout, server_settings=settings)
+
+
 class SQLExecuteQueryOperator(BaseOperator):
     """Run `sql` on the database of connection `conn_id`; the rows go to XCom."""
 
@@ -232,27 +253,18 @@ class SQLExecuteQueryOperator(BaseOperator):
 
     # -- PostgreSQL ------------------------------------------------------------------------
     def _pg_dsn(self, conn: Connection) -> Dsn:
-        """The connection as the SQL trigger reads it (triggers.sql.parse_dsn), so both
-        accept the same extras and hand them to asyncpg the same way; checked before any
-        connection is tried: a bad extra fails the task naming the connection, the extra
-        and what is accepted."""
-        if not conn.host and not conn.extra.get("host"):
-            conn = dataclasses.replace(conn, host="localhost")
+        """See pg_dsn_of: a bad extra fails the task naming the connection, the extra and
+        what is accepted, before any connection is tried."""
         try:
-            return parse_dsn(conn.get_uri(), name=f"connection {self.conn_id!r}")
+            return pg_dsn_of(conn)
         except ValueError as exc:
             raise SqlOperatorError(f"connection {self.conn_id!r}: {mask(str(exc))}") from None
 
     async def _pg_connect(self, conn: Connection) -> asyncpg.Connection:
         dsn = self._pg_dsn(conn)
-        named = {key for key, _ in parse_qsl(urlsplit(dsn.target).query)}
-        settings = None if "application_name" in named else {"application_name": APPLICATION_NAME}
         try:
-            return await asyncpg.connect(
-                dsn.target, timeout=dsn.connect_timeout, server_settings=settings
-            )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncpg.InternalClientError) as exc:  # e.g. no host fits target_session_attrs
+            return await connect_pg(dsn)
+        except PG_CONNECT_ERRORS as exc:
             raise SqlOperatorError(
                 f"connection {self.conn_id!r}: cannot connect to {_where(conn)} as "
                 f"{conn.login!r}: {type(exc).__name__}: {mask(str(exc))}"

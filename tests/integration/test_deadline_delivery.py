@@ -23,7 +23,6 @@ import pytest
 from aflow import (
     DAG,
     DeadlineAlert,
-    DeadlineReference,
     ManualClock,
     Orchestrator,
     PythonOperator,
@@ -34,7 +33,7 @@ from aflow.store.postgres import PostgresStore
 from aflow.store.records import DeadlineMissRecord
 from aflow.store.sqlite import SqliteStore
 from tests.integration import test_deadlines_engine, test_notifiers
-from tests.integration.test_deadlines_engine import Fired, blocking
+from tests.integration.test_deadlines_engine import Fired, blocking, ten_minutes_after_queued
 from tests.integration.test_notifiers import Hook
 
 pytestmark = pytest.mark.anyio
@@ -76,9 +75,7 @@ async def test_a_lost_commit_acknowledgement_still_sends_the_alert_once(
     store = _LossySqlite(store_url) if store_url.startswith("sqlite") else _LossyPostgres(store_url)
     clock = ManualClock(START)
     gate, started = anyio.Event(), anyio.Event()
-    with DAG("lost_ack", start_date=START, deadline=DeadlineAlert(
-            reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=10),
-            callback=WebhookNotifier(url))) as dag:
+    with DAG("lost_ack", start_date=START, deadline=ten_minutes_after_queued(WebhookNotifier(url))) as dag:
         PythonOperator(task_id="t", python_callable=blocking(gate, started))
 
     async with Orchestrator([dag], home=home, store=store, clock=clock, schedule=False,
@@ -116,9 +113,7 @@ async def test_the_adopter_sends_an_alert_a_dead_process_left_sending_and_nothin
     clock = ManualClock(START)
     gate, started, quick_done = anyio.Event(), anyio.Event(), anyio.Event()
     notifier = WebhookNotifier(url)
-    with DAG("adopted", start_date=START, deadline=DeadlineAlert(
-            reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=10),
-            callback=notifier)) as dag:
+    with DAG("adopted", start_date=START, deadline=ten_minutes_after_queued(notifier)) as dag:
         PythonOperator(task_id="quick", python_callable=quick_done.set,
                        deadline=DeadlineAlert(interval=timedelta(minutes=5), callback=notifier))
         PythonOperator(task_id="slow", python_callable=blocking(gate, started))
@@ -189,9 +184,7 @@ async def test_of_two_processes_that_both_drive_a_run_only_its_lease_holder_send
     url = f"{base}/alert"
     clock = ManualClock(START)
     gate, started = anyio.Event(), anyio.Event()
-    with DAG("contested", start_date=START, deadline=DeadlineAlert(
-            reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=10),
-            callback=WebhookNotifier(url))) as dag:
+    with DAG("contested", start_date=START, deadline=ten_minutes_after_queued(WebhookNotifier(url))) as dag:
         PythonOperator(task_id="t", python_callable=blocking(gate, started), retries=3)
 
     # `stalled` renews its lease only every 40 s (it would then see that it lost the run)

@@ -54,6 +54,13 @@ class Alerts:
         self.contexts.append(context)
 
 
+def ten_minutes_after_queued(callback: Any) -> DeadlineAlert:
+    """The run deadline these tests miss on purpose: 10 minutes after the run was queued
+    (the tests advance their ManualClock past it)."""
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
+                         interval=timedelta(minutes=10), callback=callback)
+
+
 def blocking(gate: anyio.Event, started: anyio.Event | None = None) -> Any:
     async def work() -> str:
         if started is not None:
@@ -183,9 +190,7 @@ async def test_after_a_restart_a_recorded_miss_is_not_alerted_again(
     clock = ManualClock(START)
     alerts = Alerts()
     gate, started = anyio.Event(), anyio.Event()
-    with DAG("restart", start_date=START, deadline=DeadlineAlert(
-            reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=10),
-            callback=alerts)) as dag:
+    with DAG("restart", start_date=START, deadline=ten_minutes_after_queued(alerts)) as dag:
         PythonOperator(task_id="t", python_callable=blocking(gate, started))
 
     async with Orchestrator([dag], home=home, store=store_url, clock=clock, schedule=False,
